@@ -1,0 +1,147 @@
+//! Configuration from environment variables, with documented defaults. Start-up fails fast
+//! and names the variable when a value is missing or malformed.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::auth::AuthConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {name} is required: {hint}")]
+    Missing { name: String, hint: &'static str },
+    #[error("environment variable {name} has an invalid value {value:?}: {reason}")]
+    Invalid {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("cannot read file {path} named by {name}: {source}")]
+    File {
+        name: String,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Reads an optional variable; empty counts as unset.
+pub fn optional(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+pub fn required(name: &str, hint: &'static str) -> Result<String, ConfigError> {
+    optional(name).ok_or_else(|| ConfigError::Missing {
+        name: name.to_owned(),
+        hint,
+    })
+}
+
+/// Parses a variable, or returns `default` when unset.
+pub fn parse_or<T>(name: &str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    match optional(name) {
+        None => Ok(default),
+        Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+            name: name.to_owned(),
+            reason: e.to_string(),
+            value,
+        }),
+    }
+}
+
+/// Parses a duration written as `250ms`, `30s`, `15m`, `2h` or `7d`.
+pub fn duration_or(name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match optional(name) {
+        None => Ok(default),
+        Some(value) => parse_duration(&value).map_err(|reason| ConfigError::Invalid {
+            name: name.to_owned(),
+            value,
+            reason,
+        }),
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| "expected a number followed by ms, s, m, h or d".to_owned())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| "expected a number followed by ms, s, m, h or d".to_owned())?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        other => return Err(format!("unknown unit {other:?}; use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+/// What every service reads the same way.
+#[derive(Clone, Debug)]
+pub struct CommonConfig {
+    /// `DATABASE_URL` (required).
+    pub database_url: String,
+    /// `GRPC_LISTEN_ADDR`, default `0.0.0.0:<service default port>`.
+    pub listen_addr: SocketAddr,
+    /// `DB_POOL_MAX_CONNECTIONS`, default 10.
+    pub db_pool_max: u32,
+    /// `SHUTDOWN_GRACE`, default 25s: how long in-flight calls may take to drain.
+    pub shutdown_grace: Duration,
+    pub auth: AuthConfig,
+}
+
+impl CommonConfig {
+    pub fn from_env(default_port: u16) -> Result<Self, ConfigError> {
+        Ok(Self {
+            database_url: required(
+                "DATABASE_URL",
+                "a postgres:// URL of the database holding this service's schema",
+            )?,
+            listen_addr: parse_or(
+                "GRPC_LISTEN_ADDR",
+                SocketAddr::from(([0, 0, 0, 0], default_port)),
+            )?,
+            db_pool_max: parse_or("DB_POOL_MAX_CONNECTIONS", 10)?,
+            shutdown_grace: duration_or("SHUTDOWN_GRACE", Duration::from_secs(25))?,
+            auth: AuthConfig::from_env()?,
+        })
+    }
+}
+
+/// The gRPC endpoint of another service, e.g. `INTAKE_URL=http://intake:50051`.
+pub fn upstream_url(name: &str, default: &str) -> Result<String, ConfigError> {
+    let url = optional(name).unwrap_or_else(|| default.to_owned());
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ConfigError::Invalid {
+            name: name.to_owned(),
+            value: url,
+            reason: "expected an http:// or https:// URL".into(),
+        });
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+        assert!(parse_duration("7").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
+}

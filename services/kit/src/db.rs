@@ -1,0 +1,144 @@
+//! The Postgres pool and the migrator that applies a service's migrations to its own schema.
+//! Migrations are embedded in the binary, applied in order under an advisory lock (so replicas
+//! starting together never race), recorded in `<schema>.schema_migrations`, and never edited
+//! once applied: a changed checksum stops start-up.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
+
+/// One embedded migration. `{schema}` in the SQL is replaced by the service's schema name.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid postgres URL: {0}")]
+    Url(sqlx::Error),
+    #[error("cannot connect to the database: {0}")]
+    Connect(sqlx::Error),
+    #[error("migration {name} of schema {schema} failed: {source}")]
+    Migration {
+        schema: String,
+        name: String,
+        source: sqlx::Error,
+    },
+    #[error(
+        "migration {name} of schema {schema} was changed after it was applied; add a new migration instead"
+    )]
+    ChecksumMismatch { schema: String, name: String },
+    #[error("database error while migrating schema {schema}: {source}")]
+    Migrator { schema: String, source: sqlx::Error },
+}
+
+/// Connects a pool; fails fast when the database cannot be reached.
+pub async fn connect(url: &str, application: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(DbError::Url)?
+        .application_name(application);
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(10))
+        .idle_timeout(Duration::from_secs(300))
+        .connect_with(options)
+        .await
+        .map_err(DbError::Connect)
+}
+
+fn checksum(sql: &str) -> String {
+    // FNV-1a: stable across releases and platforms, enough to notice an edited migration.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in sql.bytes() {
+        hash ^= byte as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Applies the migrations not yet applied to `schema`, in order.
+pub async fn migrate(pool: &PgPool, schema: &str, migrations: &[Migration]) -> Result<(), DbError> {
+    let err = |source| DbError::Migrator {
+        schema: schema.to_owned(),
+        source,
+    };
+    let mut conn = pool.acquire().await.map_err(err)?;
+    let lock_key = format!("complaints-migrate:{schema}");
+    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        .bind(&lock_key)
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    let result = apply_pending(&mut conn, schema, migrations).await;
+    let unlock = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(&lock_key)
+        .execute(&mut *conn)
+        .await;
+    result?;
+    unlock.map_err(err)?;
+    Ok(())
+}
+
+async fn apply_pending(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+    migrations: &[Migration],
+) -> Result<(), DbError> {
+    let err = |source| DbError::Migrator {
+        schema: schema.to_owned(),
+        source,
+    };
+    sqlx::raw_sql(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+             name text PRIMARY KEY,
+             checksum text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .execute(&mut *conn)
+    .await
+    .map_err(err)?;
+    let applied: Vec<(String, String)> = sqlx::query_as(&format!(
+        "SELECT name, checksum FROM {schema}.schema_migrations"
+    ))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(err)?;
+    for migration in migrations {
+        let sql = migration.sql.replace("{schema}", schema);
+        let sum = checksum(&sql);
+        if let Some((_, recorded)) = applied.iter().find(|(name, _)| name == migration.name) {
+            if *recorded != sum {
+                return Err(DbError::ChecksumMismatch {
+                    schema: schema.to_owned(),
+                    name: migration.name.to_owned(),
+                });
+            }
+            continue;
+        }
+        let failed = |source| DbError::Migration {
+            schema: schema.to_owned(),
+            name: migration.name.to_owned(),
+            source,
+        };
+        let mut tx = conn.begin().await.map_err(failed)?;
+        sqlx::raw_sql(&sql).execute(&mut *tx).await.map_err(failed)?;
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.schema_migrations (name, checksum) VALUES ($1, $2)"
+        ))
+        .bind(migration.name)
+        .bind(&sum)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        tracing::info!(schema, migration = migration.name, "migration applied");
+    }
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! Lifecycle events between services: a transactional outbox in the producer's schema, a
+//! gRPC server-streaming `Subscribe`, and a consumer whose cursor lives in its own schema and
+//! moves in the same transaction as the effects of the events it applied.
+//!
+//! Ordering without skips: each outbox row records the id of the transaction that wrote it.
+//! Readers release rows in (transaction id, sequence) order and only below the oldest
+//! transaction still running (`pg_snapshot_xmin`), so a row that commits late can never land
+//! behind a position a consumer has already passed. Per case, order holds because every write
+//! to a case first locks the case row, which gives its transactions ids in lock order.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use complaints_proto::events::v1::event::Payload;
+use complaints_proto::events::v1::event_stream_client::EventStreamClient;
+use complaints_proto::events::v1::event_stream_server::{EventStream, EventStreamServer};
+use complaints_proto::events::v1::{Event, Position, SubscribeRequest, SubscribeResponse};
+use prost::Message;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{self, AuthInterceptor, BearerToken, Role};
+use crate::db::Migration;
+use crate::server::ServiceContext;
+use crate::shutdown::Shutdown;
+
+/// Outbox table of a producing service.
+pub const OUTBOX_MIGRATION: Migration = Migration {
+    name: "kit_0001_event_outbox",
+    sql: "CREATE TABLE {schema}.event_outbox (
+              txid bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+              seq bigint GENERATED ALWAYS AS IDENTITY,
+              event_id uuid NOT NULL UNIQUE,
+              aggregate_id text NOT NULL,
+              event_type text NOT NULL,
+              occurred_at timestamptz NOT NULL DEFAULT now(),
+              payload bytea NOT NULL,
+              PRIMARY KEY (txid, seq)
+          );",
+};
+
+/// Cursor table of a consuming service: one row per stream it follows.
+pub const CURSOR_MIGRATION: Migration = Migration {
+    name: "kit_0002_event_cursors",
+    sql: "CREATE TABLE {schema}.event_cursors (
+              source text PRIMARY KEY,
+              txid bigint NOT NULL DEFAULT 0,
+              seq bigint NOT NULL DEFAULT 0,
+              updated_at timestamptz NOT NULL DEFAULT now()
+          );",
+};
+
+pub const DEFAULT_BATCH: u32 = 500;
+const MAX_BATCH: u32 = 2000;
+const POLL_FALLBACK: Duration = Duration::from_millis(200);
+
+/// Name of an event's payload, stored beside it for operators.
+pub fn payload_name(payload: &Payload) -> &'static str {
+    match payload {
+        Payload::ComplaintAccepted(_) => "ComplaintAccepted",
+        Payload::ComplaintReclassified(_) => "ComplaintReclassified",
+        Payload::ComplaintRejected(_) => "ComplaintRejected",
+        Payload::CaseOpened(_) => "CaseOpened",
+        Payload::CaseAcknowledged(_) => "CaseAcknowledged",
+        Payload::CaseStatusChanged(_) => "CaseStatusChanged",
+        Payload::CaseAssigned(_) => "CaseAssigned",
+        Payload::CaseEscalated(_) => "CaseEscalated",
+        Payload::ClockStarted(_) => "ClockStarted",
+        Payload::ClockMet(_) => "ClockMet",
+        Payload::ClockWarning(_) => "ClockWarning",
+        Payload::ClockBreached(_) => "ClockBreached",
+        Payload::SurveyInvitationIssued(_) => "SurveyInvitationIssued",
+        Payload::SurveyAnswered(_) => "SurveyAnswered",
+    }
+}
+
+/// The producer side: appends events inside the caller's transaction and serves them.
+#[derive(Clone)]
+pub struct EventLog {
+    inner: Arc<EventLogInner>,
+}
+
+struct EventLogInner {
+    producer: &'static str,
+    insert_sql: String,
+    fetch_sql: String,
+    committed: watch::Sender<u64>,
+}
+
+impl EventLog {
+    pub fn new(schema: &str, producer: &'static str) -> Self {
+        let (committed, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(EventLogInner {
+                producer,
+                insert_sql: format!(
+                    "INSERT INTO {schema}.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
+                     VALUES ($1, $2, $3, $4, $5)"
+                ),
+                fetch_sql: format!(
+                    "SELECT txid, seq, payload FROM {schema}.event_outbox
+                     WHERE (txid, seq) > ($1, $2)
+                       AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+                     ORDER BY txid, seq
+                     LIMIT $3"
+                ),
+                committed,
+            }),
+        }
+    }
+
+    /// Writes an event in the caller's transaction; it becomes visible when that commits.
+    /// Call [`EventLog::committed`] after the commit to wake subscribers at once.
+    pub async fn append(
+        &self,
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        traceparent: &str,
+        payload: Payload,
+    ) -> Result<uuid::Uuid, sqlx::Error> {
+        let event_id = uuid::Uuid::now_v7();
+        let occurred_at = Utc::now();
+        let event_type = payload_name(&payload);
+        let event = Event {
+            event_id: event_id.to_string(),
+            position: None,
+            aggregate_id: aggregate_id.to_owned(),
+            occurred_at: Some(crate::time::to_timestamp(occurred_at)),
+            traceparent: traceparent.to_owned(),
+            producer: self.inner.producer.to_owned(),
+            payload: Some(payload),
+        };
+        sqlx::query(&self.inner.insert_sql)
+            .bind(event_id)
+            .bind(aggregate_id)
+            .bind(event_type)
+            .bind(occurred_at)
+            .bind(event.encode_to_vec())
+            .execute(conn)
+            .await?;
+        Ok(event_id)
+    }
+
+    /// Wakes the subscription streams after a commit that wrote events.
+    pub fn committed(&self) {
+        self.inner.committed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Reads up to `limit` events released after `after`.
+    pub async fn read_after(
+        &self,
+        pool: &PgPool,
+        after: (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<Event>, sqlx::Error> {
+        let rows = sqlx::query(&self.inner.fetch_sql)
+            .bind(after.0)
+            .bind(after.1)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let txid: i64 = row.try_get(0)?;
+            let seq: i64 = row.try_get(1)?;
+            let bytes: Vec<u8> = row.try_get(2)?;
+            let mut event = Event::decode(bytes.as_slice())
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            event.position = Some(Position {
+                transaction_id: txid as u64,
+                sequence: seq as u64,
+            });
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// The `EventStream` gRPC service over this log, behind the auth interceptor.
+    pub fn service(
+        &self,
+        context: &ServiceContext,
+    ) -> InterceptedService<EventStreamServer<EventStreamService>, AuthInterceptor> {
+        context.authenticated(EventStreamServer::new(EventStreamService {
+            log: self.clone(),
+            pool: context.pool.clone(),
+            shutdown: context.shutdown.clone(),
+        }))
+    }
+}
+
+/// Serves `Subscribe` for one producer.
+pub struct EventStreamService {
+    log: EventLog,
+    pool: PgPool,
+    shutdown: Shutdown,
+}
+
+#[tonic::async_trait]
+impl EventStream for EventStreamService {
+    type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        auth::principal(&request)?.require_any(&[Role::Service, Role::Admin])?;
+        let request = request.into_inner();
+        let mut position = request
+            .after
+            .map(|p| (p.transaction_id as i64, p.sequence as i64))
+            .unwrap_or((0, 0));
+        let limit = match request.max_batch_size {
+            0 => DEFAULT_BATCH,
+            n => n.min(MAX_BATCH),
+        } as i64;
+        let (tx, rx) = mpsc::channel(2);
+        let log = self.log.clone();
+        let pool = self.pool.clone();
+        let shutdown = self.shutdown.clone();
+        let mut wake = log.inner.committed.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let events = match log.read_after(&pool, position, limit).await {
+                    Ok(events) => events,
+                    Err(error) => {
+                        let _ = tx.send(Err(crate::grpc::storage(&error))).await;
+                        return;
+                    }
+                };
+                let full = events.len() as i64 == limit;
+                if let Some(last) = events.last().and_then(|e| e.position) {
+                    position = (last.transaction_id as i64, last.sequence as i64);
+                    if tx.send(Ok(SubscribeResponse { events })).await.is_err() {
+                        return;
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                tokio::select! {
+                    _ = wake.changed() => {
+                        // Let transactions that committed together settle into one batch.
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    _ = tokio::time::sleep(POLL_FALLBACK) => {}
+                    _ = tx.closed() => return,
+                    _ = shutdown.wait() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// What a consuming service does with each event, inside the transaction that also moves the
+/// cursor: effects and cursor commit together, so each event takes effect exactly once.
+pub trait EventHandler: Send + Sync + 'static {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Event,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
+
+    /// Runs after a batch committed (e.g. to wake this service's own subscribers).
+    fn after_commit(&self) {}
+}
+
+/// Follows one producer's stream into one handler.
+pub struct Consumer<H> {
+    schema: String,
+    source: String,
+    channel: Channel,
+    bearer: BearerToken,
+    pool: PgPool,
+    handler: Arc<H>,
+    shutdown: Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("another replica moved the cursor")]
+    CursorMoved,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("handler failed on event {event_id}: {source}")]
+    Handler {
+        event_id: String,
+        source: anyhow::Error,
+    },
+}
+
+impl<H: EventHandler> Consumer<H> {
+    /// `source` names the producer (e.g. "intake"); `url` is its gRPC address.
+    pub fn new(
+        context: &ServiceContext,
+        schema: &str,
+        source: &str,
+        url: &str,
+        handler: Arc<H>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            schema: schema.to_owned(),
+            source: source.to_owned(),
+            channel: context.channel(url)?,
+            bearer: context.service_bearer()?,
+            pool: context.pool.clone(),
+            handler,
+            shutdown: context.shutdown.clone(),
+        })
+    }
+
+    /// Runs until shutdown, reconnecting with back-off on any failure.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.shutdown.is_triggered() {
+            match self.follow().await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(source = %self.source, error = %error, "event consumer interrupted; resuming from the stored cursor");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.shutdown.wait() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn follow(&self) -> anyhow::Result<()> {
+        let mut cursor = self.load_cursor().await?;
+        let mut client =
+            EventStreamClient::with_interceptor(self.channel.clone(), self.bearer.clone());
+        let mut stream = client
+            .subscribe(SubscribeRequest {
+                after: Some(Position {
+                    transaction_id: cursor.0 as u64,
+                    sequence: cursor.1 as u64,
+                }),
+                max_batch_size: DEFAULT_BATCH,
+            })
+            .await?
+            .into_inner();
+        loop {
+            let message = tokio::select! {
+                message = stream.message() => message?,
+                _ = self.shutdown.wait() => return Ok(()),
+            };
+            let Some(batch) = message else {
+                anyhow::bail!("the producer closed the stream");
+            };
+            cursor = self.apply_batch(cursor, &batch.events).await?;
+            self.handler.after_commit();
+        }
+    }
+
+    async fn load_cursor(&self) -> Result<(i64, i64), sqlx::Error> {
+        sqlx::query(&format!(
+            "INSERT INTO {}.event_cursors (source) VALUES ($1) ON CONFLICT (source) DO NOTHING",
+            self.schema
+        ))
+        .bind(&self.source)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query_as(&format!(
+            "SELECT txid, seq FROM {}.event_cursors WHERE source = $1",
+            self.schema
+        ))
+        .bind(&self.source)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    async fn apply_batch(&self, cursor: (i64, i64), events: &[Event]) -> Result<(i64, i64), BatchError> {
+        let mut tx = self.pool.begin().await?;
+        let stored: (i64, i64) = sqlx::query_as(&format!(
+            "SELECT txid, seq FROM {}.event_cursors WHERE source = $1 FOR UPDATE",
+            self.schema
+        ))
+        .bind(&self.source)
+        .fetch_one(&mut *tx)
+        .await?;
+        if stored != cursor {
+            return Err(BatchError::CursorMoved);
+        }
+        let mut last = cursor;
+        for event in events {
+            let Some(position) = event.position else {
+                continue;
+            };
+            let position = (position.transaction_id as i64, position.sequence as i64);
+            if position <= last {
+                continue;
+            }
+            self.handler
+                .apply(&mut tx, event)
+                .await
+                .map_err(|source| BatchError::Handler {
+                    event_id: event.event_id.clone(),
+                    source,
+                })?;
+            last = position;
+        }
+        sqlx::query(&format!(
+            "UPDATE {}.event_cursors SET txid = $2, seq = $3, updated_at = now() WHERE source = $1",
+            self.schema
+        ))
+        .bind(&self.source)
+        .bind(last.0)
+        .bind(last.1)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(last)
+    }
+}
