@@ -1,0 +1,73 @@
+//! Intake (受理): records, verifies, classifies and grades every complaint from any channel,
+//! and announces each accepted complaint as a `ComplaintAccepted` event.
+
+pub mod api;
+pub mod domain;
+pub mod store;
+
+use complaints_kit::config::{self, CommonConfig, ConfigError};
+use complaints_kit::db::Migration;
+use complaints_kit::events::{EventLog, OUTBOX_MIGRATION};
+use complaints_kit::server::ServiceContext;
+use complaints_kit::Shutdown;
+use complaints_proto::intake::v1::intake_service_server::IntakeServiceServer;
+use tokio::net::TcpListener;
+
+pub const SERVICE_NAME: &str = "intake";
+pub const SCHEMA: &str = "intake";
+pub const DEFAULT_PORT: u16 = 50051;
+
+pub const MIGRATIONS: &[Migration] = &[
+    OUTBOX_MIGRATION,
+    Migration {
+        name: "0001_complaints",
+        sql: include_str!("../migrations/0001_complaints.sql"),
+    },
+];
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `DEFAULT_PHONE_COUNTRY_CODE`, default `86`: numbers without a country code are read there.
+    pub default_country_code: String,
+    /// `ORG_TIMEZONE`, default `Asia/Shanghai`: the day in reference numbers.
+    pub org_timezone: chrono_tz::Tz,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env(DEFAULT_PORT)?,
+            default_country_code: config::parse_or("DEFAULT_PHONE_COUNTRY_CODE", "86".to_owned())?,
+            org_timezone: config::parse_or("ORG_TIMEZONE", chrono_tz::Asia::Shanghai)?,
+        })
+    }
+
+    pub fn new(common: CommonConfig) -> Self {
+        Self {
+            common,
+            default_country_code: "86".into(),
+            org_timezone: chrono_tz::Asia::Shanghai,
+        }
+    }
+}
+
+/// Runs the intake service on `listener` until `shutdown` fires.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let context =
+        ServiceContext::start(SERVICE_NAME, &config.common, SCHEMA, MIGRATIONS, shutdown).await?;
+    let events = EventLog::new(SCHEMA, SERVICE_NAME);
+    let api = api::IntakeApi::new(context.pool.clone(), events.clone(), &config);
+    let routes = tonic::service::Routes::new(context.authenticated(IntakeServiceServer::new(api)))
+        .add_service(events.service(&context));
+    context
+        .serve(
+            listener,
+            routes,
+            &[
+                "complaints.intake.v1.IntakeService",
+                "complaints.events.v1.EventStream",
+            ],
+        )
+        .await
+}
