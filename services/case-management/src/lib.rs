@@ -1,0 +1,75 @@
+//! Case management: opens a case for every accepted complaint, routes it to a department and an
+//! owner, runs its lifecycle, escalations and timeline, and announces every change as an event.
+
+pub mod api;
+pub mod consumer;
+pub mod domain;
+pub mod store;
+pub mod workflow;
+
+use std::sync::Arc;
+
+use complaints_kit::Shutdown;
+use complaints_kit::config::{self, CommonConfig, ConfigError};
+use complaints_kit::db::Migration;
+use complaints_kit::events::{CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_MIGRATION};
+use complaints_kit::server::ServiceContext;
+use complaints_proto::cases::v1::case_service_server::CaseServiceServer;
+use tokio::net::TcpListener;
+
+pub const SERVICE_NAME: &str = "case-management";
+pub const SCHEMA: &str = "cases";
+pub const DEFAULT_PORT: u16 = 50052;
+
+pub const MIGRATIONS: &[Migration] = &[
+    OUTBOX_MIGRATION,
+    CURSOR_MIGRATION,
+    Migration {
+        name: "0001_cases",
+        sql: include_str!("../migrations/0001_cases.sql"),
+    },
+];
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `INTAKE_URL`, default `http://127.0.0.1:50051`.
+    pub intake_url: String,
+    /// `SURVEY_URL`, default `http://127.0.0.1:50054`.
+    pub survey_url: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env(DEFAULT_PORT)?,
+            intake_url: config::upstream_url("INTAKE_URL", "http://127.0.0.1:50051")?,
+            survey_url: config::upstream_url("SURVEY_URL", "http://127.0.0.1:50054")?,
+        })
+    }
+}
+
+/// Runs case-management on `listener` until `shutdown` fires.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let context =
+        ServiceContext::start(SERVICE_NAME, &config.common, SCHEMA, MIGRATIONS, shutdown).await?;
+    let events = EventLog::new(SCHEMA, SERVICE_NAME);
+    let handler = Arc::new(consumer::CaseEvents { events: events.clone() });
+    let consumers = [
+        Consumer::new(&context, SCHEMA, "intake", &config.intake_url, handler.clone())?,
+        Consumer::new(&context, SCHEMA, "feedback-survey", &config.survey_url, handler)?,
+    ];
+    for consumer in consumers {
+        tokio::spawn(consumer.run());
+    }
+    let api = api::CaseApi::new(context.pool.clone(), events.clone());
+    let routes = tonic::service::Routes::new(context.authenticated(CaseServiceServer::new(api)))
+        .add_service(events.service(&context));
+    context
+        .serve(
+            listener,
+            routes,
+            &["complaints.cases.v1.CaseService", "complaints.events.v1.EventStream"],
+        )
+        .await
+}
