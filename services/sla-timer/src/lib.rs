@@ -1,0 +1,108 @@
+//! SLA timer: business-time clocks on every case, driven by case events; warnings, breaches
+//! and automatic escalation to case-management; durable in Postgres and safe with replicas.
+
+pub mod api;
+pub mod consumer;
+pub mod domain;
+pub mod engine;
+pub mod scheduler;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use complaints_kit::Shutdown;
+use complaints_kit::config::{self, CommonConfig, ConfigError};
+use complaints_kit::db::Migration;
+use complaints_kit::events::{CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_MIGRATION};
+use complaints_kit::server::ServiceContext;
+use complaints_proto::cases::v1::case_service_client::CaseServiceClient;
+use complaints_proto::sla::v1::sla_service_server::SlaServiceServer;
+use tokio::net::TcpListener;
+
+use crate::domain::calendar::{BusinessCalendar, WorkRange};
+
+pub const SERVICE_NAME: &str = "sla-timer";
+pub const SCHEMA: &str = "sla";
+pub const DEFAULT_PORT: u16 = 50053;
+
+pub const MIGRATIONS: &[Migration] = &[
+    OUTBOX_MIGRATION,
+    CURSOR_MIGRATION,
+    Migration {
+        name: "0001_clocks",
+        sql: include_str!("../migrations/0001_clocks.sql"),
+    },
+];
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub common: CommonConfig,
+    /// `CASES_URL`, default `http://127.0.0.1:50052`.
+    pub cases_url: String,
+    /// `SURVEY_URL`, default `http://127.0.0.1:50054`.
+    pub survey_url: String,
+    /// `ORG_TIMEZONE`, default `Asia/Shanghai`: the time zone of the business calendar.
+    pub org_timezone: chrono_tz::Tz,
+    /// `SCHEDULER_POLL`, default `200ms`: how often due clocks are looked for.
+    pub scheduler_poll: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env(DEFAULT_PORT)?,
+            cases_url: config::upstream_url("CASES_URL", "http://127.0.0.1:50052")?,
+            survey_url: config::upstream_url("SURVEY_URL", "http://127.0.0.1:50054")?,
+            org_timezone: config::parse_or("ORG_TIMEZONE", chrono_tz::Asia::Shanghai)?,
+            scheduler_poll: config::duration_or("SCHEDULER_POLL", Duration::from_millis(200))?,
+        })
+    }
+}
+
+/// The shipped calendar: Monday to Friday, 09:00–12:00 and 13:00–18:00.
+pub fn standard_calendar(time_zone: chrono_tz::Tz) -> BusinessCalendar {
+    BusinessCalendar::weekdays(
+        "standard",
+        time_zone,
+        vec![WorkRange::new((9, 0), (12, 0)), WorkRange::new((13, 0), (18, 0))],
+    )
+}
+
+/// Runs the SLA timer on `listener` until `shutdown` fires.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let context =
+        ServiceContext::start(SERVICE_NAME, &config.common, SCHEMA, MIGRATIONS, shutdown).await?;
+    let events = EventLog::new(SCHEMA, SERVICE_NAME);
+    let engine = engine::Engine {
+        calendar: Arc::new(standard_calendar(config.org_timezone)),
+        events: events.clone(),
+    };
+    let handler = Arc::new(consumer::ClockEvents { engine: engine.clone() });
+    let consumers = [
+        Consumer::new(&context, SCHEMA, "case-management", &config.cases_url, handler.clone())?,
+        Consumer::new(&context, SCHEMA, "feedback-survey", &config.survey_url, handler)?,
+    ];
+    for consumer in consumers {
+        tokio::spawn(consumer.run());
+    }
+    tokio::spawn(scheduler::run_clock_scheduler(
+        engine.clone(),
+        context.pool.clone(),
+        config.scheduler_poll,
+        context.shutdown.clone(),
+    ));
+    let cases = CaseServiceClient::with_interceptor(context.channel(&config.cases_url)?, context.service_bearer()?);
+    tokio::spawn(scheduler::run_escalation_dispatcher(
+        context.pool.clone(),
+        cases,
+        config.scheduler_poll,
+        context.shutdown.clone(),
+    ));
+    let api = api::SlaApi::new(context.pool.clone(), engine);
+    let routes = tonic::service::Routes::new(context.authenticated(SlaServiceServer::new(api)))
+        .add_service(events.service(&context));
+    context
+        .serve(listener, routes, &["complaints.sla.v1.SlaService", "complaints.events.v1.EventStream"])
+        .await
+}

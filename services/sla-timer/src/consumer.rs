@@ -1,0 +1,142 @@
+//! Clocks driven by case and survey events: started when a case opens, met on the first
+//! response and on resolution, paused while waiting on the customer, restarted on reopen, and
+//! the follow-up clock met by the survey answer.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use complaints_kit::events::EventHandler;
+use complaints_kit::time::from_timestamp;
+use complaints_proto::common::v1::{CaseStatus, ClockKind};
+use complaints_proto::events::v1::{Event, event::Payload};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::engine::{Engine, active_of_kind};
+use crate::store::{self, CaseRow};
+
+pub struct ClockEvents {
+    pub engine: Engine,
+}
+
+fn when(ts: &Option<prost_types::Timestamp>, fallback: DateTime<Utc>) -> DateTime<Utc> {
+    ts.as_ref().and_then(from_timestamp).unwrap_or(fallback)
+}
+
+impl ClockEvents {
+    async fn on_event(&self, conn: &mut PgConnection, event: &Event) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let trace = event.traceparent.as_str();
+        let engine = &self.engine;
+        match &event.payload {
+            Some(Payload::CaseOpened(opened)) => {
+                let case_id = Uuid::parse_str(&opened.case_id)?;
+                let received_at = when(&opened.received_at, now);
+                let case = CaseRow {
+                    case_id,
+                    department_id: opened.department_id.clone(),
+                    owner_id: opened.owner_id.clone(),
+                    category: opened.category.clone(),
+                    severity: opened.severity as i16,
+                    priority: opened.priority as i16,
+                    complexity: opened.complexity as i16,
+                    customer_tier: opened.customer_tier as i16,
+                    channel: opened.channel as i16,
+                    received_at,
+                };
+                store::upsert_case(conn, &case).await?;
+                // The first response counts from receipt, resolution too: the customer's wait
+                // started when they complained, not when we opened the case.
+                engine.start_clock(conn, &case, ClockKind::FirstResponse, 1, received_at, trace).await?;
+                engine.start_clock(conn, &case, ClockKind::Resolution, 1, received_at, trace).await?;
+            }
+            Some(Payload::CaseAcknowledged(ack)) => {
+                let case_id = Uuid::parse_str(&ack.case_id)?;
+                let at = when(&ack.acknowledged_at, now);
+                let clocks = store::lock_active_clocks(conn, case_id).await?;
+                for clock in active_of_kind(&clocks, ClockKind::FirstResponse) {
+                    engine.meet(conn, clock, at, trace).await?;
+                }
+            }
+            Some(Payload::CaseAssigned(assigned)) => {
+                let case_id = Uuid::parse_str(&assigned.case_id)?;
+                if let Some(mut case) = store::case(conn, case_id).await? {
+                    case.department_id = assigned.department_id.clone();
+                    case.owner_id = assigned.owner_id.clone();
+                    store::upsert_case(conn, &case).await?;
+                }
+            }
+            Some(Payload::CaseStatusChanged(change)) => {
+                let case_id = Uuid::parse_str(&change.case_id)?;
+                let at = when(&change.changed_at, now);
+                let from = CaseStatus::try_from(change.from).unwrap_or(CaseStatus::Unspecified);
+                let to = CaseStatus::try_from(change.to).unwrap_or(CaseStatus::Unspecified);
+                let clocks = store::lock_active_clocks(conn, case_id).await?;
+                match to {
+                    CaseStatus::WaitingOnCustomer => {
+                        for clock in active_of_kind(&clocks, ClockKind::Resolution) {
+                            engine.pause(conn, clock, at).await?;
+                        }
+                    }
+                    CaseStatus::Resolved => {
+                        // Resolving answers the customer too.
+                        for kind in [ClockKind::FirstResponse, ClockKind::Resolution] {
+                            for clock in active_of_kind(&clocks, kind) {
+                                engine.meet(conn, clock, at, trace).await?;
+                            }
+                        }
+                        if let Some(case) = store::case(conn, case_id).await? {
+                            let cycle = store::max_cycle(conn, case_id, ClockKind::FollowUp as i16).await? + 1;
+                            engine.start_clock(conn, &case, ClockKind::FollowUp, cycle, at, trace).await?;
+                        }
+                    }
+                    CaseStatus::Cancelled => {
+                        for clock in clocks {
+                            engine.cancel(conn, clock, at).await?;
+                        }
+                    }
+                    CaseStatus::Reopened => {
+                        for clock in active_of_kind(&clocks, ClockKind::FollowUp) {
+                            engine.cancel(conn, clock, at).await?;
+                        }
+                        if let Some(case) = store::case(conn, case_id).await? {
+                            let cycle = store::max_cycle(conn, case_id, ClockKind::Resolution as i16).await? + 1;
+                            engine.start_clock(conn, &case, ClockKind::Resolution, cycle, at, trace).await?;
+                        }
+                    }
+                    _ if from == CaseStatus::WaitingOnCustomer => {
+                        for clock in active_of_kind(&clocks, ClockKind::Resolution) {
+                            engine.resume(conn, clock, at).await?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some(Payload::SurveyAnswered(answer)) => {
+                let case_id = Uuid::parse_str(&answer.case_id)?;
+                let at = when(&answer.answered_at, now);
+                let clocks = store::lock_active_clocks(conn, case_id).await?;
+                for clock in active_of_kind(&clocks, ClockKind::FollowUp) {
+                    engine.meet(conn, clock, at, trace).await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl EventHandler for ClockEvents {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Event,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        Box::pin(self.on_event(tx, event))
+    }
+
+    fn after_commit(&self) {
+        self.engine.events.committed();
+    }
+}

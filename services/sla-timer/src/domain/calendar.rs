@@ -1,0 +1,304 @@
+//! Business calendars and exact business-time arithmetic.
+//!
+//! A calendar has an explicit time zone, weekly working hours (several ranges a day), public
+//! holidays and make-up working days (调休: a weekend day worked with the hours of a normal
+//! weekday). All arithmetic walks the calendar's working intervals in local time and converts
+//! each boundary to UTC, so midnight, weekends, holidays and daylight-saving changes are exact,
+//! and the intervals used are returned as the explanation of a deadline.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
+use chrono_tz::Tz;
+
+/// A working range within a day, local time, `start < end` (end may be 24:00 as `None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkRange {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+impl WorkRange {
+    pub fn new(start: (u32, u32), end: (u32, u32)) -> Self {
+        Self {
+            start: NaiveTime::from_hms_opt(start.0, start.1, 0).expect("valid start"),
+            end: NaiveTime::from_hms_opt(end.0, end.1, 0).expect("valid end"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BusinessCalendar {
+    pub id: String,
+    pub time_zone: Tz,
+    /// Monday first.
+    pub weekly: [Vec<WorkRange>; 7],
+    pub holidays: BTreeSet<NaiveDate>,
+    /// Weekend days worked as a normal weekday (调休).
+    pub makeup_workdays: BTreeSet<NaiveDate>,
+    /// Hours of a make-up working day.
+    pub makeup_hours: Vec<WorkRange>,
+}
+
+/// A stretch of business time that counted towards a deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+impl Segment {
+    pub fn duration(&self) -> Duration {
+        self.end - self.start
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CalendarError {
+    #[error("calendar {0} has no working time within ten years")]
+    NoWorkingTime(String),
+}
+
+/// How far ahead a computation may look before concluding the calendar never works.
+const HORIZON_DAYS: i64 = 3660;
+
+impl BusinessCalendar {
+    /// Monday to Friday with the given ranges, no holidays.
+    pub fn weekdays(id: &str, time_zone: Tz, ranges: Vec<WorkRange>) -> Self {
+        let mut weekly: [Vec<WorkRange>; 7] = Default::default();
+        for day in weekly.iter_mut().take(5) {
+            *day = ranges.clone();
+        }
+        Self {
+            id: id.to_owned(),
+            time_zone,
+            weekly,
+            holidays: BTreeSet::new(),
+            makeup_workdays: BTreeSet::new(),
+            makeup_hours: ranges,
+        }
+    }
+
+    /// Working ranges of a local date.
+    pub fn ranges_on(&self, date: NaiveDate) -> &[WorkRange] {
+        if self.holidays.contains(&date) {
+            &[]
+        } else if self.makeup_workdays.contains(&date) {
+            &self.makeup_hours
+        } else {
+            &self.weekly[date.weekday().num_days_from_monday() as usize]
+        }
+    }
+
+    pub fn is_working_day(&self, date: NaiveDate) -> bool {
+        !self.ranges_on(date).is_empty()
+    }
+
+    /// Length of an ordinary working day (Monday's hours, else the longest weekday's).
+    pub fn standard_day(&self) -> Duration {
+        let length = |ranges: &[WorkRange]| {
+            ranges
+                .iter()
+                .map(|r| r.end.signed_duration_since(r.start))
+                .fold(Duration::zero(), |a, b| a + b)
+        };
+        let monday = length(&self.weekly[Weekday::Mon.num_days_from_monday() as usize]);
+        if monday > Duration::zero() {
+            monday
+        } else {
+            self.weekly.iter().map(|r| length(r)).max().unwrap_or_else(Duration::zero)
+        }
+    }
+
+    /// Converts a local wall time to UTC. In a DST gap the wall time does not exist, so the
+    /// instant the clocks jump to is used; in an overlap the earlier instant is used.
+    fn to_utc(&self, date: NaiveDate, time: NaiveTime) -> DateTime<Utc> {
+        let local = date.and_time(time);
+        match self.time_zone.from_local_datetime(&local) {
+            chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
+            chrono::LocalResult::Ambiguous(a, _) => a.with_timezone(&Utc),
+            chrono::LocalResult::None => {
+                // Walk forward minute by minute to the first existing local time (gaps ≤ 2h).
+                let mut probe = local;
+                for _ in 0..180 {
+                    probe += Duration::minutes(1);
+                    if let Some(t) = self.time_zone.from_local_datetime(&probe).earliest() {
+                        return t.with_timezone(&Utc);
+                    }
+                }
+                Utc.from_utc_datetime(&local)
+            }
+        }
+    }
+
+    /// The working intervals of a local date, in UTC.
+    fn intervals_on(&self, date: NaiveDate) -> Vec<Segment> {
+        self.ranges_on(date)
+            .iter()
+            .map(|r| {
+                let start = self.to_utc(date, r.start);
+                let end = if r.end == NaiveTime::MIN {
+                    self.to_utc(date.succ_opt().unwrap_or(date), NaiveTime::MIN)
+                } else {
+                    self.to_utc(date, r.end)
+                };
+                Segment { start, end }
+            })
+            .filter(|s| s.end > s.start)
+            .collect()
+    }
+
+    /// Working intervals from `from` onwards, clipped at `from`, in order.
+    fn intervals_from(&self, from: DateTime<Utc>) -> impl Iterator<Item = Segment> + '_ {
+        // Start a day early: a range of the previous local date may still be running.
+        let first = from.with_timezone(&self.time_zone).date_naive() - Duration::days(1);
+        (0..HORIZON_DAYS)
+            .filter_map(move |offset| first.checked_add_signed(Duration::days(offset)))
+            .flat_map(move |date| self.intervals_on(date))
+            .filter(move |s| s.end > from)
+            .map(move |s| Segment { start: s.start.max(from), end: s.end })
+    }
+
+    /// The first working instant at or after `at` (a complaint received at night starts its
+    /// business clock here).
+    pub fn next_working_instant(&self, at: DateTime<Utc>) -> Result<DateTime<Utc>, CalendarError> {
+        self.intervals_from(at)
+            .next()
+            .map(|s| s.start)
+            .ok_or_else(|| CalendarError::NoWorkingTime(self.id.clone()))
+    }
+
+    /// The instant when `amount` of business time has passed after `start`, with the
+    /// segments that make it up. A zero amount yields the next working instant.
+    pub fn add_business_time(
+        &self,
+        start: DateTime<Utc>,
+        amount: Duration,
+    ) -> Result<(DateTime<Utc>, Vec<Segment>), CalendarError> {
+        let mut left = amount.max(Duration::zero());
+        let mut segments = Vec::new();
+        for segment in self.intervals_from(start) {
+            let length = segment.duration();
+            if length >= left {
+                let end = segment.start + left;
+                if left > Duration::zero() {
+                    segments.push(Segment { start: segment.start, end });
+                }
+                return Ok((if left.is_zero() { segment.start } else { end }, segments));
+            }
+            left -= length;
+            segments.push(segment);
+        }
+        Err(CalendarError::NoWorkingTime(self.id.clone()))
+    }
+
+    /// Business time between two instants (zero when `to <= from`).
+    pub fn business_time_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
+        if to <= from {
+            return Duration::zero();
+        }
+        let mut total = Duration::zero();
+        for segment in self.intervals_from(from) {
+            if segment.start >= to {
+                break;
+            }
+            total += segment.end.min(to) - segment.start;
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono_tz::{Asia::Shanghai, Europe::Berlin};
+
+    fn cal(tz: Tz) -> BusinessCalendar {
+        BusinessCalendar::weekdays(
+            "test",
+            tz,
+            vec![WorkRange::new((9, 0), (12, 0)), WorkRange::new((13, 0), (18, 0))],
+        )
+    }
+
+    fn local(tz: Tz, y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
+        tz.with_ymd_and_hms(y, m, d, h, min, 0).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn complaint_at_night_starts_at_the_next_working_minute() {
+        let c = cal(Shanghai);
+        // Friday 22:00 → Monday 09:00.
+        let friday_night = local(Shanghai, 2026, 11, 20, 22, 0);
+        assert_eq!(c.next_working_instant(friday_night).unwrap(), local(Shanghai, 2026, 11, 23, 9, 0));
+        let (due, segments) = c.add_business_time(friday_night, Duration::hours(1)).unwrap();
+        assert_eq!(due, local(Shanghai, 2026, 11, 23, 10, 0));
+        assert_eq!(segments.len(), 1);
+    }
+
+    #[test]
+    fn lunch_break_and_evening_are_skipped() {
+        let c = cal(Shanghai);
+        let start = local(Shanghai, 2026, 11, 23, 11, 30);
+        let (due, segments) = c.add_business_time(start, Duration::hours(1)).unwrap();
+        assert_eq!(due, local(Shanghai, 2026, 11, 23, 13, 30));
+        assert_eq!(segments.len(), 2);
+        let (due, _) = c.add_business_time(local(Shanghai, 2026, 11, 23, 17, 0), Duration::hours(2)).unwrap();
+        assert_eq!(due, local(Shanghai, 2026, 11, 24, 10, 0));
+    }
+
+    #[test]
+    fn holidays_and_makeup_days_are_honoured() {
+        let mut c = cal(Shanghai);
+        c.holidays.insert(NaiveDate::from_ymd_opt(2026, 11, 23).unwrap());
+        c.makeup_workdays.insert(NaiveDate::from_ymd_opt(2026, 11, 22).unwrap()); // a Sunday
+        let saturday = local(Shanghai, 2026, 11, 21, 12, 0);
+        assert_eq!(c.next_working_instant(saturday).unwrap(), local(Shanghai, 2026, 11, 22, 9, 0));
+        let sunday_evening = local(Shanghai, 2026, 11, 22, 18, 0);
+        assert_eq!(c.next_working_instant(sunday_evening).unwrap(), local(Shanghai, 2026, 11, 24, 9, 0));
+    }
+
+    #[test]
+    fn three_working_days_land_on_the_same_time_three_working_days_later() {
+        let c = cal(Shanghai);
+        let monday = local(Shanghai, 2026, 11, 23, 10, 0);
+        let (due, _) = c.add_business_time(monday, c.standard_day() * 3).unwrap();
+        assert_eq!(due, local(Shanghai, 2026, 11, 26, 10, 0));
+        let thursday = local(Shanghai, 2026, 11, 26, 10, 0);
+        let (due, _) = c.add_business_time(thursday, c.standard_day() * 3).unwrap();
+        assert_eq!(due, local(Shanghai, 2026, 12, 1, 10, 0));
+    }
+
+    #[test]
+    fn daylight_saving_change_is_exact() {
+        // Berlin springs forward on Sunday 29 March 2026; a 24h calendar shows the short day.
+        let mut c = cal(Berlin);
+        let all_day = vec![WorkRange { start: NaiveTime::MIN, end: NaiveTime::MIN }];
+        c.weekly = std::array::from_fn(|_| all_day.clone());
+        let saturday_noon = local(Berlin, 2026, 3, 28, 12, 0);
+        let sunday_noon = local(Berlin, 2026, 3, 29, 12, 0);
+        assert_eq!(c.business_time_between(saturday_noon, sunday_noon), Duration::hours(23));
+        // Weekday hours in UTC move by an hour across the change.
+        let c = cal(Berlin);
+        let friday = local(Berlin, 2026, 3, 27, 17, 0);
+        let (due, _) = c.add_business_time(friday, Duration::hours(2)).unwrap();
+        assert_eq!(due, local(Berlin, 2026, 3, 30, 10, 0));
+        assert_eq!(due.format("%H:%M").to_string(), "08:00");
+    }
+
+    #[test]
+    fn business_time_between_matches_addition() {
+        let c = cal(Shanghai);
+        let start = local(Shanghai, 2026, 11, 20, 16, 45);
+        let (due, _) = c.add_business_time(start, Duration::minutes(500)).unwrap();
+        assert_eq!(c.business_time_between(start, due), Duration::minutes(500));
+    }
+
+    #[test]
+    fn calendar_without_hours_is_an_error() {
+        let mut c = cal(Shanghai);
+        c.weekly = Default::default();
+        c.makeup_hours.clear();
+        assert!(c.add_business_time(Utc::now(), Duration::hours(1)).is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! Planning one clock: when it is due, when its next warning or escalation fires, how much of
+//! its target is used. A clock counts business (or calendar) time while running; pauses stop it
+//! and keep what was consumed, so a pause over a weekend subtracts only business time paused.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::calendar::{BusinessCalendar, CalendarError, Segment};
+
+/// The counting state of a clock.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClockTiming {
+    pub target: Duration,
+    /// True for business time of the calendar, false for wall-clock time.
+    pub business: bool,
+    /// Time already counted before the current run.
+    pub consumed: Duration,
+    /// Start of the current run; `None` while paused.
+    pub running_since: Option<DateTime<Utc>>,
+}
+
+/// What a clock should do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextFire {
+    Warning { percent: u32, at: DateTime<Utc> },
+    Breach { at: DateTime<Utc> },
+    Escalation { level: u32, at: DateTime<Utc> },
+}
+
+impl NextFire {
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            NextFire::Warning { at, .. } | NextFire::Breach { at } | NextFire::Escalation { at, .. } => *at,
+        }
+    }
+}
+
+impl ClockTiming {
+    /// Time counted up to `now`.
+    pub fn used(&self, calendar: &BusinessCalendar, now: DateTime<Utc>) -> Duration {
+        self.consumed
+            + match self.running_since {
+                Some(since) if self.business => calendar.business_time_between(since, now),
+                Some(since) => (now - since).max(Duration::zero()),
+                None => Duration::zero(),
+            }
+    }
+
+    /// The instant at which `amount` of the target will have been used, if running.
+    pub fn instant_when_used(
+        &self,
+        calendar: &BusinessCalendar,
+        amount: Duration,
+    ) -> Result<Option<(DateTime<Utc>, Vec<Segment>)>, CalendarError> {
+        let Some(since) = self.running_since else { return Ok(None) };
+        let left = (amount - self.consumed).max(Duration::zero());
+        if self.business {
+            calendar.add_business_time(since, left).map(Some)
+        } else {
+            let end = since + left;
+            Ok(Some((end, vec![Segment { start: since, end }])))
+        }
+    }
+
+    /// The deadline (while running) and the segments of time that make it up.
+    pub fn due(
+        &self,
+        calendar: &BusinessCalendar,
+    ) -> Result<Option<(DateTime<Utc>, Vec<Segment>)>, CalendarError> {
+        self.instant_when_used(calendar, self.target)
+    }
+
+    /// Share of the target used, in percent (can exceed 100).
+    pub fn percent_used(&self, calendar: &BusinessCalendar, now: DateTime<Utc>) -> f64 {
+        let target = self.target.num_milliseconds().max(1) as f64;
+        self.used(calendar, now).num_milliseconds() as f64 * 100.0 / target
+    }
+
+    /// The next thing to fire: the first warning threshold above `warned_percent`, else the
+    /// breach, else (once breached) the next escalation level of the ladder.
+    pub fn next_fire(
+        &self,
+        calendar: &BusinessCalendar,
+        warnings: &[u32],
+        warned_percent: u32,
+        breached_at: Option<DateTime<Utc>>,
+        escalation_level: u32,
+        escalation_interval: Duration,
+        max_escalation_level: u32,
+    ) -> Result<Option<NextFire>, CalendarError> {
+        if let Some(breached) = breached_at {
+            if escalation_level >= max_escalation_level || self.running_since.is_none() {
+                return Ok(None);
+            }
+            // Level n+1 fires n intervals after the breach (level 1 fired at the breach).
+            let at = breached + escalation_interval * escalation_level.max(1) as i32;
+            return Ok(Some(NextFire::Escalation { level: escalation_level + 1, at }));
+        }
+        if self.running_since.is_none() {
+            return Ok(None);
+        }
+        if let Some(percent) = warnings.iter().copied().filter(|p| *p > warned_percent && *p < 100).min() {
+            let amount = self.target * percent as i32 / 100;
+            if let Some((at, _)) = self.instant_when_used(calendar, amount)? {
+                return Ok(Some(NextFire::Warning { percent, at }));
+            }
+        }
+        Ok(self.due(calendar)?.map(|(at, _)| NextFire::Breach { at }))
+    }
+
+    /// Stops counting at `now`, keeping what was used.
+    pub fn pause(&mut self, calendar: &BusinessCalendar, now: DateTime<Utc>) {
+        if self.running_since.is_some() {
+            self.consumed = self.used(calendar, now);
+            self.running_since = None;
+        }
+    }
+
+    /// Counts again from `now`.
+    pub fn resume(&mut self, now: DateTime<Utc>) {
+        if self.running_since.is_none() {
+            self.running_since = Some(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::calendar::WorkRange;
+    use chrono::TimeZone;
+    use chrono_tz::Asia::Shanghai;
+
+    fn cal() -> BusinessCalendar {
+        BusinessCalendar::weekdays("t", Shanghai, vec![WorkRange::new((9, 0), (18, 0))])
+    }
+
+    fn at(d: u32, h: u32, m: u32) -> DateTime<Utc> {
+        Shanghai.with_ymd_and_hms(2026, 11, d, h, m, 0).unwrap().with_timezone(&Utc)
+    }
+
+    fn running(target: Duration, since: DateTime<Utc>) -> ClockTiming {
+        ClockTiming { target, business: true, consumed: Duration::zero(), running_since: Some(since) }
+    }
+
+    #[test]
+    fn warning_one_hour_before_fires_one_business_hour_before() {
+        // Tuesday 11:00 deadline for an 8h target started Monday 12:00; 7/8 of it is Tue 10:00.
+        let c = cal();
+        let clock = running(Duration::hours(8), at(23, 12, 0));
+        let (due, _) = clock.due(&c).unwrap().unwrap();
+        assert_eq!(due, at(24, 11, 0));
+        let warn = clock.instant_when_used(&c, Duration::hours(7)).unwrap().unwrap().0;
+        assert_eq!(warn, at(24, 10, 0));
+    }
+
+    #[test]
+    fn pause_over_a_weekend_subtracts_only_business_time() {
+        let c = cal();
+        // Started Friday 09:00 with a 16h target; paused Friday 17:00 (8h used), resumed Monday 09:00.
+        let mut clock = running(Duration::hours(16), at(20, 9, 0));
+        clock.pause(&c, at(20, 17, 0));
+        assert_eq!(clock.consumed, Duration::hours(8));
+        clock.resume(at(23, 9, 0));
+        let (due, segments) = clock.due(&c).unwrap().unwrap();
+        assert_eq!(due, at(23, 17, 0));
+        assert_eq!(segments.len(), 1);
+        // A pause from Friday 17:00 to Saturday would have subtracted only the hour of Friday.
+        let mut other = running(Duration::hours(16), at(20, 9, 0));
+        other.pause(&c, at(20, 17, 0));
+        other.resume(at(21, 12, 0)); // Saturday noon: no business time passes until Monday
+        assert_eq!(other.due(&c).unwrap().unwrap().0, at(23, 17, 0));
+    }
+
+    #[test]
+    fn next_fire_walks_warnings_then_breach_then_ladder() {
+        let c = cal();
+        let clock = running(Duration::hours(4), at(23, 9, 0));
+        let next = |warned, breached, level| {
+            clock.next_fire(&c, &[50, 75], warned, breached, level, Duration::hours(1), 3).unwrap()
+        };
+        assert_eq!(next(0, None, 0), Some(NextFire::Warning { percent: 50, at: at(23, 11, 0) }));
+        assert_eq!(next(50, None, 0), Some(NextFire::Warning { percent: 75, at: at(23, 12, 0) }));
+        assert_eq!(next(75, None, 0), Some(NextFire::Breach { at: at(23, 13, 0) }));
+        let breached = Some(at(23, 13, 0));
+        assert_eq!(next(75, breached, 1), Some(NextFire::Escalation { level: 2, at: at(23, 14, 0) }));
+        assert_eq!(next(75, breached, 2), Some(NextFire::Escalation { level: 3, at: at(23, 15, 0) }));
+        assert_eq!(next(75, breached, 3), None);
+    }
+
+    #[test]
+    fn percent_used_counts_business_time() {
+        let c = cal();
+        let clock = running(Duration::hours(2), at(23, 9, 0));
+        assert!((clock.percent_used(&c, at(23, 10, 0)) - 50.0).abs() < 1e-9);
+        // Evening adds nothing.
+        assert!((clock.percent_used(&c, at(23, 20, 0)) - 450.0).abs() < 1e-9);
+    }
+}
