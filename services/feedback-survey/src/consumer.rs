@@ -1,0 +1,110 @@
+//! Invitations follow resolutions: when a case is resolved, an invitation is scheduled inside
+//! the 48-hour follow-up limit, as a link or, for phone complaints, as a return-visit call.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{Duration, Utc};
+use complaints_kit::events::{EventHandler, EventLog};
+use complaints_kit::time::from_timestamp;
+use complaints_proto::common::v1::{CaseStatus, Channel};
+use complaints_proto::events::v1::{Event, SurveyInvitationIssued, event::Payload};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::questionnaire::standard_template;
+use crate::domain::token::{self, TokenKey};
+use crate::store::{self, CaseRow, InvitationRow, SCHEDULED};
+
+pub struct SurveyEvents {
+    pub events: EventLog,
+    pub token_key: TokenKey,
+    pub delay: Duration,
+}
+
+impl SurveyEvents {
+    async fn on_event(&self, conn: &mut PgConnection, event: &Event) -> anyhow::Result<()> {
+        match &event.payload {
+            Some(Payload::CaseOpened(opened)) => {
+                store::upsert_case(
+                    conn,
+                    &CaseRow {
+                        case_id: Uuid::parse_str(&opened.case_id)?,
+                        department_id: opened.department_id.clone(),
+                        owner_id: opened.owner_id.clone(),
+                        category: opened.category.clone(),
+                        channel: opened.channel as i16,
+                    },
+                )
+                .await?;
+            }
+            Some(Payload::CaseAssigned(assigned)) => {
+                let case_id = Uuid::parse_str(&assigned.case_id)?;
+                if let Some(mut case) = store::case(conn, case_id).await? {
+                    case.department_id = assigned.department_id.clone();
+                    case.owner_id = assigned.owner_id.clone();
+                    store::upsert_case(conn, &case).await?;
+                }
+            }
+            Some(Payload::CaseStatusChanged(change)) if change.to == CaseStatus::Resolved as i32 => {
+                let case_id = Uuid::parse_str(&change.case_id)?;
+                let Some(case) = store::case(conn, case_id).await? else {
+                    tracing::warn!(%case_id, "resolved case unknown to the survey service; no invitation");
+                    return Ok(());
+                };
+                let resolved_at = change.changed_at.as_ref().and_then(from_timestamp).unwrap_or_else(Utc::now);
+                let template = standard_template();
+                let id = Uuid::now_v7();
+                let delivery = if case.channel == Channel::Phone as i16 { "return_visit" } else { "link" };
+                let invitation = InvitationRow {
+                    id,
+                    case_id,
+                    cycle: store::next_cycle(conn, case_id).await?,
+                    status: SCHEDULED,
+                    delivery: delivery.into(),
+                    template_id: template.id.into(),
+                    template_version: template.version as i32,
+                    scheduled_for: resolved_at + self.delay,
+                    sent_at: None,
+                    expires_at: None,
+                    answered_at: None,
+                    answers: None,
+                    dissatisfied: false,
+                    department_id: change.department_id.clone(),
+                    owner_id: change.owner_id.clone(),
+                    category: case.category.clone(),
+                };
+                let hash = token::hash(&self.token_key.token(id));
+                if store::insert_invitation(conn, &invitation, &hash).await? {
+                    self.events
+                        .append(
+                            conn,
+                            &change.case_id,
+                            &event.traceparent,
+                            Payload::SurveyInvitationIssued(SurveyInvitationIssued {
+                                invitation_id: id.to_string(),
+                                case_id: change.case_id.clone(),
+                            }),
+                        )
+                        .await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl EventHandler for SurveyEvents {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Event,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        Box::pin(self.on_event(tx, event))
+    }
+
+    fn after_commit(&self) {
+        self.events.committed();
+    }
+}
