@@ -1,0 +1,77 @@
+//! Support for end-to-end tests: the whole suite on ephemeral ports against a fresh database,
+//! and gRPC clients carrying tokens of a chosen role.
+
+use std::time::Duration;
+
+use complaints_cli::suite::{Suite, SuiteOptions};
+use complaints_kit::Role;
+use complaints_kit::auth::BearerToken;
+use complaints_kit::testing;
+use complaints_proto::cases::v1::case_service_client::CaseServiceClient;
+use complaints_proto::intake::v1::intake_service_client::IntakeServiceClient;
+use complaints_proto::scoring::v1::scoring_service_client::ScoringServiceClient;
+use complaints_proto::sla::v1::sla_service_client::SlaServiceClient;
+use complaints_proto::survey::v1::survey_service_client::SurveyServiceClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub type Authed = InterceptedService<Channel, BearerToken>;
+
+/// A running suite with its own database.
+pub struct TestSuite {
+    pub suite: Suite,
+    pub database: testing::TestDatabase,
+}
+
+impl TestSuite {
+    /// Starts all five services; survey invitations are due at resolution.
+    pub async fn start() -> Self {
+        let database = testing::fresh_database().await;
+        let suite = Suite::start(SuiteOptions {
+            database_url: database.url.clone(),
+            auth: testing::auth(),
+            base_port: None,
+            bind_host: "127.0.0.1".into(),
+            survey_delay: Duration::ZERO,
+            survey_token_secret: "survey-token-secret-for-tests-only-0001".into(),
+            pool_size: 4,
+            scheduler_poll: Duration::from_millis(50),
+        })
+        .await
+        .expect("suite starts");
+        Self { suite, database }
+    }
+
+    fn bearer(subject: &str, role: Role, department: Option<&str>) -> BearerToken {
+        BearerToken::new(&testing::token(subject, role, department)).expect("token")
+    }
+
+    pub fn intake(&self, subject: &str, role: Role, department: Option<&str>) -> IntakeServiceClient<Authed> {
+        IntakeServiceClient::with_interceptor(testing::channel(&self.suite.urls.intake), Self::bearer(subject, role, department))
+    }
+
+    pub fn cases(&self, subject: &str, role: Role, department: Option<&str>) -> CaseServiceClient<Authed> {
+        CaseServiceClient::with_interceptor(testing::channel(&self.suite.urls.cases), Self::bearer(subject, role, department))
+    }
+
+    pub fn sla(&self, subject: &str, role: Role) -> SlaServiceClient<Authed> {
+        SlaServiceClient::with_interceptor(testing::channel(&self.suite.urls.sla), Self::bearer(subject, role, None))
+    }
+
+    pub fn survey(&self, subject: &str, role: Role) -> SurveyServiceClient<Authed> {
+        SurveyServiceClient::with_interceptor(testing::channel(&self.suite.urls.survey), Self::bearer(subject, role, None))
+    }
+
+    pub fn scoring(&self, subject: &str, role: Role) -> ScoringServiceClient<Authed> {
+        ScoringServiceClient::with_interceptor(testing::channel(&self.suite.urls.scoring), Self::bearer(subject, role, None))
+    }
+
+    pub fn all_urls(&self) -> [&str; 5] {
+        let u = &self.suite.urls;
+        [&u.intake, &u.cases, &u.sla, &u.survey, &u.scoring]
+    }
+
+    pub async fn stop(self) {
+        self.suite.stop().await.expect("suite stops cleanly");
+    }
+}

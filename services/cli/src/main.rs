@@ -1,1 +1,179 @@
-fn main() {}
+//! `complaints`: run the whole suite locally, mint development tokens, feed demo complaints.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use complaints_cli::suite::{Suite, SuiteOptions};
+use complaints_kit::auth::{AuthConfig, Role};
+use complaints_kit::pg_private::PrivatePostgres;
+use complaints_kit::{config, telemetry};
+
+const USAGE: &str = "\
+complaints — the complaint-handling suite, locally
+
+USAGE:
+  complaints up [--demo [N]] [--base-port PORT] [--host HOST] [--survey-delay 2h]
+      Starts the five services on PORT..PORT+4 (default 50051..50055). Without DATABASE_URL it
+      starts a private PostgreSQL under .data/postgres (port 54329) from the installed server
+      binaries. Prints the addresses and an admin development token. --demo feeds N (default 4)
+      sample complaints through the whole lifecycle (and sets the survey delay to 0).
+  complaints token --role ROLE [--department DEPT] [--subject NAME] [--ttl 12h]
+      Prints a development JWT (HS256) the running suite accepts.
+      ROLE: agent, supervisor, quality, admin or service.
+  complaints pg-stop
+      Stops the private PostgreSQL started by `up`.
+
+ENVIRONMENT:
+  DATABASE_URL       use this database instead of a private one
+  JWT_HS256_SECRET   development signing secret (default: generated once into .data/dev-jwt-secret)
+";
+
+fn project_dir() -> PathBuf {
+    // The workspace root when run through cargo; the current directory otherwise.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    if manifest.join("Cargo.toml").is_file() { manifest } else { PathBuf::from(".") }
+}
+
+fn data_dir() -> PathBuf {
+    project_dir().join(".data")
+}
+
+fn private_pg() -> PrivatePostgres {
+    PrivatePostgres { data_dir: data_dir().join("postgres"), port: 54329, unsafe_fast: false }
+}
+
+/// The development secret shared by `up` and `token`.
+fn dev_secret() -> anyhow::Result<String> {
+    if let Some(secret) = config::optional("JWT_HS256_SECRET") {
+        return Ok(secret);
+    }
+    let path = data_dir().join("dev-jwt-secret");
+    if let Ok(secret) = std::fs::read_to_string(&path) {
+        return Ok(secret.trim().to_owned());
+    }
+    std::fs::create_dir_all(data_dir())?;
+    let secret: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..48).map(|_| rng.sample(rand::distr::Alphanumeric) as char).collect()
+    };
+    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret)
+}
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("up") => up(&args[1..]).await,
+        Some("token") => token(&args[1..]),
+        Some("pg-stop") => {
+            private_pg().stop()?;
+            println!("private PostgreSQL stopped");
+            Ok(())
+        }
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => {
+            eprint!("unknown command {other:?}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn token(args: &[String]) -> anyhow::Result<()> {
+    let role: Role = flag(args, "--role")
+        .ok_or_else(|| anyhow::anyhow!("--role is required (agent, supervisor, quality, admin, service)"))?
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let department = flag(args, "--department");
+    let subject = flag(args, "--subject").unwrap_or_else(|| format!("dev-{}", role.as_str()));
+    let ttl = match flag(args, "--ttl") {
+        Some(ttl) => config::parse_duration(&ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?,
+        None => Duration::from_secs(12 * 3600),
+    };
+    let auth = AuthConfig::development(&dev_secret()?);
+    println!("{}", auth.mint(&subject, &[role], department.as_deref(), ttl)?);
+    Ok(())
+}
+
+async fn up(args: &[String]) -> anyhow::Result<()> {
+    telemetry::init("complaints");
+    let demo = args.iter().position(|a| a == "--demo").map(|i| {
+        args.get(i + 1).and_then(|n| n.parse::<usize>().ok()).unwrap_or(4)
+    });
+    let base_port: u16 = match flag(args, "--base-port") {
+        Some(p) => p.parse().context("--base-port must be a port number")?,
+        None => 50051,
+    };
+    let host = flag(args, "--host").unwrap_or_else(|| "127.0.0.1".into());
+    let survey_delay = match (flag(args, "--survey-delay"), demo) {
+        (Some(d), _) => config::parse_duration(&d).map_err(|e| anyhow::anyhow!("--survey-delay: {e}"))?,
+        (None, Some(_)) => Duration::ZERO,
+        (None, None) => Duration::from_secs(2 * 3600),
+    };
+    let database_url = match config::optional("DATABASE_URL") {
+        Some(url) => url,
+        None => {
+            let pg = private_pg();
+            println!("starting a private PostgreSQL in {} (port {})", pg.data_dir.display(), pg.port);
+            tokio::task::spawn_blocking(move || pg.ensure_running()).await??
+        }
+    };
+    let secret = dev_secret()?;
+    let auth = AuthConfig::development(&secret);
+    let mut suite = Suite::start(SuiteOptions {
+        database_url,
+        auth: auth.clone(),
+        base_port: Some(base_port),
+        bind_host: host,
+        survey_delay,
+        survey_token_secret: format!("survey-{secret}"),
+        pool_size: 8,
+        scheduler_poll: Duration::from_millis(200),
+    })
+    .await?;
+    let admin = auth.mint("dev-admin", &[Role::Admin], None, Duration::from_secs(12 * 3600))?;
+    println!("\nThe complaint suite is running:");
+    for (name, url) in [
+        ("intake", &suite.urls.intake),
+        ("case-management", &suite.urls.cases),
+        ("sla-timer", &suite.urls.sla),
+        ("feedback-survey", &suite.urls.survey),
+        ("performance-scoring", &suite.urls.scoring),
+    ] {
+        println!("  {name:<20} {url}");
+    }
+    println!("\nAdmin development token (12h; more with `complaints token --role ...`):\n{admin}\n");
+    println!("Press Ctrl-C to stop.");
+
+    if let Some(count) = demo {
+        let urls = suite.urls.clone();
+        let auth = auth.clone();
+        tokio::spawn(async move {
+            // Give the services a moment to migrate before the first call.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match complaints_cli::demo::run(&urls, &auth, count).await {
+                Ok(()) => println!("demo: {count} complaints went through the whole lifecycle"),
+                Err(e) => eprintln!("demo failed: {e:#}"),
+            }
+        });
+    }
+
+    let shutdown = complaints_kit::Shutdown::on_signals();
+    tokio::select! {
+        _ = shutdown.wait() => {
+            suite.stop().await?;
+            println!("stopped");
+            Ok(())
+        }
+        result = suite.any_stopped() => result,
+    }
+}

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool};
+use sqlx::{Connection, Executor, PgPool};
 
 /// One embedded migration. `{schema}` in the SQL is replaced by the service's schema name.
 #[derive(Clone, Copy, Debug)]
@@ -62,7 +62,18 @@ fn checksum(sql: &str) -> String {
 }
 
 /// Applies the migrations not yet applied to `schema`, in order.
-pub async fn migrate(pool: &PgPool, schema: &str, migrations: &[Migration]) -> Result<(), DbError> {
+///
+/// Boxed so callers' futures stay provably `Send` (sqlx's executors trip the compiler's
+/// higher-ranked lifetime inference otherwise).
+pub fn migrate<'a>(
+    pool: &'a PgPool,
+    schema: &'a str,
+    migrations: &'a [Migration],
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DbError>> + Send + 'a>> {
+    Box::pin(migrate_inner(pool, schema, migrations))
+}
+
+async fn migrate_inner(pool: &PgPool, schema: &str, migrations: &[Migration]) -> Result<(), DbError> {
     let err = |source| DbError::Migrator {
         schema: schema.to_owned(),
         source,
@@ -93,17 +104,17 @@ async fn apply_pending(
         schema: schema.to_owned(),
         source,
     };
-    sqlx::raw_sql(&format!(
+    let bootstrap = format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
          CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
              name text PRIMARY KEY,
              checksum text NOT NULL,
              applied_at timestamptz NOT NULL DEFAULT now()
          );"
-    ))
-    .execute(&mut *conn)
-    .await
-    .map_err(err)?;
+    );
+    Executor::execute(&mut *conn, sqlx::raw_sql(&bootstrap))
+        .await
+        .map_err(err)?;
     let applied: Vec<(String, String)> = sqlx::query_as(&format!(
         "SELECT name, checksum FROM {schema}.schema_migrations"
     ))
@@ -128,7 +139,9 @@ async fn apply_pending(
             source,
         };
         let mut tx = conn.begin().await.map_err(failed)?;
-        sqlx::raw_sql(&sql).execute(&mut *tx).await.map_err(failed)?;
+        Executor::execute(&mut *tx, sqlx::raw_sql(&sql))
+            .await
+            .map_err(failed)?;
         sqlx::query(&format!(
             "INSERT INTO {schema}.schema_migrations (name, checksum) VALUES ($1, $2)"
         ))

@@ -170,3 +170,31 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A token that expired an hour ago (signed with the test secret).
+pub fn expired_token(subject: &str, role: Role) -> String {
+    let now = chrono::Utc::now().timestamp() as u64;
+    let claims = crate::auth::Claims {
+        sub: subject.to_owned(),
+        roles: vec![role],
+        department: None,
+        iss: crate::auth::DEV_ISSUER.into(),
+        aud: crate::auth::AUDIENCE.into(),
+        iat: now - 7200,
+        nbf: now - 7200,
+        exp: now - 3600,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes()),
+    )
+    .expect("encode")
+}
+
+/// A well-formed token signed with a secret no service trusts.
+pub fn forged_token(subject: &str, role: Role) -> String {
+    AuthConfig::development("an-attacker-secret-that-nobody-trusts-0")
+        .mint(subject, &[role], None, Duration::from_secs(3600))
+        .expect("mint")
+}

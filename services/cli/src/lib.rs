@@ -1,0 +1,6 @@
+//! The whole suite in one process, for local runs and end-to-end tests: the five services on
+//! their own listeners, wired to each other's addresses, sharing one database (each in its own
+//! schema). In Kubernetes each service runs as its own binary instead.
+
+pub mod demo;
+pub mod suite;

@@ -1,0 +1,3 @@
+//! Scoring formulas, free of I/O.
+
+pub mod kpi;
