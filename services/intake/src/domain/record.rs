@@ -410,3 +410,33 @@ mod tests {
         assert_ne!(fingerprint(&a), fingerprint(&b));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn normalised_text_is_stable_and_trimmed(s in "\\PC{0,64}") {
+            let once = normalise_text(&s);
+            prop_assert_eq!(normalise_text(&once), once.clone());
+            prop_assert_eq!(once.trim(), once.as_str());
+        }
+
+        #[test]
+        fn normalised_phones_are_e164_and_stable(digits in "1[3-9][0-9]{9}") {
+            let phone = normalise_phone(&digits, "86").unwrap();
+            prop_assert!(phone.starts_with("+86"));
+            prop_assert!(phone[1..].chars().all(|c| c.is_ascii_digit()));
+            prop_assert_eq!(normalise_phone(&phone, "86").unwrap(), phone);
+        }
+
+        #[test]
+        fn normalised_emails_are_stable(local in "[a-z0-9._]{1,20}", domain in "[a-z]{1,10}\\.[a-z]{2,5}") {
+            let email = normalise_email(&format!("{local}@{}", domain.to_uppercase())).unwrap();
+            prop_assert_eq!(normalise_email(&email).unwrap(), email.clone());
+            prop_assert!(email.ends_with(&domain));
+        }
+    }
+}
