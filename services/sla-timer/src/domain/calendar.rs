@@ -302,3 +302,56 @@ mod tests {
         assert!(c.add_business_time(Utc::now(), Duration::hours(1)).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use chrono_tz::{America::New_York, Asia::Shanghai};
+    use proptest::prelude::*;
+
+    fn calendar(tz: Tz) -> BusinessCalendar {
+        let mut c = BusinessCalendar::weekdays(
+            "p",
+            tz,
+            vec![WorkRange::new((8, 30), (12, 0)), WorkRange::new((13, 0), (17, 45))],
+        );
+        c.holidays.insert(NaiveDate::from_ymd_opt(2026, 10, 1).unwrap());
+        c.holidays.insert(NaiveDate::from_ymd_opt(2026, 11, 26).unwrap());
+        c.makeup_workdays.insert(NaiveDate::from_ymd_opt(2026, 10, 10).unwrap());
+        c
+    }
+
+    fn instant() -> impl Strategy<Value = DateTime<Utc>> {
+        // 2026 to 2027, any minute: crosses weekends, holidays and both DST changes in New York.
+        (1_767_225_600i64..1_830_297_600i64).prop_map(|s| Utc.timestamp_opt(s - s % 60, 0).unwrap())
+    }
+
+    proptest! {
+        #[test]
+        fn business_time_after_adding_equals_the_amount(start in instant(), minutes in 0i64..20_000, ny in any::<bool>()) {
+            let c = calendar(if ny { New_York } else { Shanghai });
+            let amount = Duration::minutes(minutes);
+            let (due, segments) = c.add_business_time(start, amount).unwrap();
+            prop_assert_eq!(c.business_time_between(start, due), amount);
+            let total = segments.iter().map(|s| s.duration()).fold(Duration::zero(), |a, b| a + b);
+            prop_assert_eq!(total, amount);
+        }
+
+        #[test]
+        fn deadlines_never_fall_in_non_working_time(start in instant(), minutes in 1i64..20_000, ny in any::<bool>()) {
+            let c = calendar(if ny { New_York } else { Shanghai });
+            let (due, _) = c.add_business_time(start, Duration::minutes(minutes)).unwrap();
+            // The minute before a deadline is working time.
+            let before = due - Duration::minutes(1);
+            prop_assert_eq!(c.business_time_between(before, due), Duration::minutes(1));
+        }
+
+        #[test]
+        fn deadlines_are_monotone_in_the_amount(start in instant(), a in 0i64..10_000, b in 0i64..10_000) {
+            let c = calendar(Shanghai);
+            let (da, _) = c.add_business_time(start, Duration::minutes(a.min(b))).unwrap();
+            let (db, _) = c.add_business_time(start, Duration::minutes(a.max(b))).unwrap();
+            prop_assert!(da <= db);
+        }
+    }
+}
