@@ -18,10 +18,10 @@ use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
 use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
 
 /// Calls one RPC of each service with the given token (or none) and returns the codes.
 async fn codes(t: &TestSuite, token: Option<&str>) -> Vec<Code> {
@@ -34,16 +34,51 @@ async fn codes(t: &TestSuite, token: Option<&str>) -> Vec<Code> {
     let u = &t.suite.urls;
     let code = |r: Result<tonic::Status, ()>| r.map(|s| s.code()).unwrap_or(Code::Ok);
     vec![
-        code(IntakeServiceClient::new(testing::channel(&u.intake))
-            .list_complaints(req(ListComplaintsRequest::default(), token)).await.err().ok_or(())),
-        code(CaseServiceClient::new(testing::channel(&u.cases))
-            .list_departments(req(ListDepartmentsRequest {}, token)).await.err().ok_or(())),
-        code(SlaServiceClient::new(testing::channel(&u.sla))
-            .list_case_clocks(req(ListCaseClocksRequest { case_id: uuid::Uuid::nil().to_string() }, token)).await.err().ok_or(())),
-        code(SurveyServiceClient::new(testing::channel(&u.survey))
-            .list_invitations(req(ListInvitationsRequest { case_id: uuid::Uuid::nil().to_string() }, token)).await.err().ok_or(())),
-        code(ScoringServiceClient::new(testing::channel(&u.scoring))
-            .get_scorecard(req(GetScorecardRequest::default(), token)).await.err().ok_or(())),
+        code(
+            IntakeServiceClient::new(testing::channel(&u.intake))
+                .list_complaints(req(ListComplaintsRequest::default(), token))
+                .await
+                .err()
+                .ok_or(()),
+        ),
+        code(
+            CaseServiceClient::new(testing::channel(&u.cases))
+                .list_departments(req(ListDepartmentsRequest {}, token))
+                .await
+                .err()
+                .ok_or(()),
+        ),
+        code(
+            SlaServiceClient::new(testing::channel(&u.sla))
+                .list_case_clocks(req(
+                    ListCaseClocksRequest {
+                        case_id: uuid::Uuid::nil().to_string(),
+                    },
+                    token,
+                ))
+                .await
+                .err()
+                .ok_or(()),
+        ),
+        code(
+            SurveyServiceClient::new(testing::channel(&u.survey))
+                .list_invitations(req(
+                    ListInvitationsRequest {
+                        case_id: uuid::Uuid::nil().to_string(),
+                    },
+                    token,
+                ))
+                .await
+                .err()
+                .ok_or(()),
+        ),
+        code(
+            ScoringServiceClient::new(testing::channel(&u.scoring))
+                .get_scorecard(req(GetScorecardRequest::default(), token))
+                .await
+                .err()
+                .ok_or(()),
+        ),
     ]
 }
 
@@ -53,14 +88,29 @@ async fn calls_without_a_valid_token_are_unauthenticated() {
     let all_unauthenticated = vec![Code::Unauthenticated; 5];
     assert_eq!(codes(&t, None).await, all_unauthenticated, "no token");
     let forged = testing::forged_token("mallory", Role::Admin);
-    assert_eq!(codes(&t, Some(&forged)).await, all_unauthenticated, "bad signature");
+    assert_eq!(
+        codes(&t, Some(&forged)).await,
+        all_unauthenticated,
+        "bad signature"
+    );
     let expired = testing::expired_token("alice", Role::Admin);
-    assert_eq!(codes(&t, Some(&expired)).await, all_unauthenticated, "expired");
-    assert_eq!(codes(&t, Some("not-a-jwt")).await, all_unauthenticated, "garbage");
+    assert_eq!(
+        codes(&t, Some(&expired)).await,
+        all_unauthenticated,
+        "expired"
+    );
+    assert_eq!(
+        codes(&t, Some("not-a-jwt")).await,
+        all_unauthenticated,
+        "garbage"
+    );
     // With a valid token the same calls get past authentication.
     let valid = testing::token("alice", Role::Admin, None);
     let with_valid = codes(&t, Some(&valid)).await;
-    assert!(with_valid.iter().all(|c| *c != Code::Unauthenticated), "{with_valid:?}");
+    assert!(
+        with_valid.iter().all(|c| *c != Code::Unauthenticated),
+        "{with_valid:?}"
+    );
     t.stop().await;
 }
 
@@ -77,7 +127,9 @@ async fn health_and_reflection_work_without_a_token() {
     for (url, service) in t.all_urls().into_iter().zip(expected) {
         let mut health = HealthClient::new(testing::channel(url));
         let status = health
-            .check(HealthCheckRequest { service: service.into() })
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
             .await
             .unwrap_or_else(|e| panic!("health of {service}: {e}"))
             .into_inner()
@@ -94,13 +146,20 @@ async fn health_and_reflection_work_without_a_token() {
             .await
             .expect("reflection")
             .into_inner();
-        let response = stream.message().await.expect("reflection answer").expect("one message");
+        let response = stream
+            .message()
+            .await
+            .expect("reflection answer")
+            .expect("one message");
         let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
             panic!("unexpected reflection answer");
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
         assert!(names.iter().any(|n| n == service), "{names:?}");
-        assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{names:?}");
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{names:?}"
+        );
     }
     t.stop().await;
 }

@@ -7,23 +7,28 @@ use std::time::Duration;
 use complaints_kit::Role;
 use complaints_kit::testing::eventually;
 use complaints_proto::cases::v1::{
-    Agent, AcknowledgeCaseRequest, CreateAgentRequest, GetCaseByComplaintRequest, ListTimelineRequest,
-    TransitionCaseRequest,
+    AcknowledgeCaseRequest, Agent, CreateAgentRequest, GetCaseByComplaintRequest,
+    ListTimelineRequest, TransitionCaseRequest,
 };
 use complaints_proto::common::v1::{CaseStatus, Channel, ClockKind, CustomerTier};
-use complaints_proto::intake::v1::{Complainant, ComplaintContent, GetComplaintRequest, SubmitComplaintRequest};
+use complaints_proto::intake::v1::{
+    Complainant, ComplaintContent, GetComplaintRequest, SubmitComplaintRequest,
+};
 use complaints_proto::scoring::v1::{GetScorecardRequest, SubjectKind};
 use complaints_proto::sla::v1::{ClockState, ListCaseClocksRequest};
 use complaints_proto::survey::v1::{
-    Answer, ClaimDueInvitationsRequest, InvitationStatus, ListInvitationsRequest, SubmitSurveyResponseRequest,
-    answer::Value,
+    Answer, ClaimDueInvitationsRequest, InvitationStatus, ListInvitationsRequest,
+    SubmitSurveyResponseRequest, answer::Value,
 };
 use e2e_tests::TestSuite;
 
 const WAIT: Duration = Duration::from_secs(20);
 
 fn rating(id: &str, r: i32) -> Answer {
-    Answer { question_id: id.into(), value: Some(Value::Rating(r)) }
+    Answer {
+        question_id: id.into(),
+        value: Some(Value::Rating(r)),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,18 +79,27 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
         .into_inner();
     assert!(submitted.created);
     let complaint = submitted.complaint.expect("complaint");
-    assert!(complaint.reference.starts_with("CMP-"), "{}", complaint.reference);
+    assert!(
+        complaint.reference.starts_with("CMP-"),
+        "{}",
+        complaint.reference
+    );
     assert_eq!(complaint.reference.len(), "CMP-20261123-0000001".len());
     let classification = complaint.classification.clone().expect("classification");
     assert_eq!(classification.category, "product_quality");
     let fetched = intake
-        .get_complaint(GetComplaintRequest { complaint_id: complaint.id.clone() })
+        .get_complaint(GetComplaintRequest {
+            complaint_id: complaint.id.clone(),
+        })
         .await
         .expect("get")
         .into_inner()
         .complaint
         .expect("complaint");
-    assert_eq!(fetched.complainant.expect("complainant").phone, "+8613800138000");
+    assert_eq!(
+        fetched.complainant.expect("complainant").phone,
+        "+8613800138000"
+    );
 
     // 2. Case-management opens a case, routed by category, with an owner.
     let mut cases_service = t.cases("sla-probe", Role::Service, None);
@@ -112,16 +126,27 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
         let mut sla = sla.clone();
         let case_id = case.id.clone();
         async move {
-            let clocks = sla.list_case_clocks(ListCaseClocksRequest { case_id }).await.ok()?.into_inner().clocks;
+            let clocks = sla
+                .list_case_clocks(ListCaseClocksRequest { case_id })
+                .await
+                .ok()?
+                .into_inner()
+                .clocks;
             (clocks.len() == 2).then_some(clocks)
         }
     })
     .await;
-    let first_response = clocks.iter().find(|c| c.kind == ClockKind::FirstResponse as i32).expect("first response");
+    let first_response = clocks
+        .iter()
+        .find(|c| c.kind == ClockKind::FirstResponse as i32)
+        .expect("first response");
     assert_eq!(first_response.state, ClockState::Running as i32);
     assert_eq!(first_response.target.expect("target").seconds, 3600);
     assert!(first_response.business_time);
-    let resolution = clocks.iter().find(|c| c.kind == ClockKind::Resolution as i32).expect("resolution");
+    let resolution = clocks
+        .iter()
+        .find(|c| c.kind == ClockKind::Resolution as i32)
+        .expect("resolution");
     assert_eq!(resolution.state, ClockState::Running as i32);
     // Three working days of eight hours for a simple complaint.
     assert_eq!(resolution.target.expect("target").seconds, 3 * 8 * 3600);
@@ -144,15 +169,29 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
         let mut sla = sla.clone();
         let case_id = case.id.clone();
         async move {
-            let clocks = sla.list_case_clocks(ListCaseClocksRequest { case_id }).await.ok()?.into_inner().clocks;
+            let clocks = sla
+                .list_case_clocks(ListCaseClocksRequest { case_id })
+                .await
+                .ok()?
+                .into_inner()
+                .clocks;
             clocks
                 .iter()
-                .any(|c| c.kind == ClockKind::FirstResponse as i32 && c.state == ClockState::Met as i32 && c.met_on_time)
+                .any(|c| {
+                    c.kind == ClockKind::FirstResponse as i32
+                        && c.state == ClockState::Met as i32
+                        && c.met_on_time
+                })
                 .then_some(())
         }
     })
     .await;
-    for status in [CaseStatus::Investigating, CaseStatus::SolutionProposed, CaseStatus::Implementing, CaseStatus::Resolved] {
+    for status in [
+        CaseStatus::Investigating,
+        CaseStatus::SolutionProposed,
+        CaseStatus::Implementing,
+        CaseStatus::Resolved,
+    ] {
         current = agent
             .transition_case(TransitionCaseRequest {
                 case_id: case.id.clone(),
@@ -170,13 +209,26 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
     }
     assert!(current.resolved_at.is_some());
     let timeline = agent
-        .list_timeline(ListTimelineRequest { case_id: case.id.clone(), ..Default::default() })
+        .list_timeline(ListTimelineRequest {
+            case_id: case.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect("timeline")
         .into_inner()
         .entries;
     let kinds: Vec<&str> = timeline.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, ["opened", "acknowledged", "status_changed", "status_changed", "status_changed", "status_changed"]);
+    assert_eq!(
+        kinds,
+        [
+            "opened",
+            "acknowledged",
+            "status_changed",
+            "status_changed",
+            "status_changed",
+            "status_changed"
+        ]
+    );
     assert!(timeline.iter().all(|e| !e.actor.is_empty()));
 
     // Resolution meets the resolution clock and starts the 48-hour follow-up clock.
@@ -184,10 +236,20 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
         let mut sla = sla.clone();
         let case_id = case.id.clone();
         async move {
-            let clocks = sla.list_case_clocks(ListCaseClocksRequest { case_id }).await.ok()?.into_inner().clocks;
-            let met = clocks.iter().any(|c| c.kind == ClockKind::Resolution as i32 && c.state == ClockState::Met as i32);
-            let follow_up = clocks.iter().find(|c| c.kind == ClockKind::FollowUp as i32)?;
-            (met && follow_up.state == ClockState::Running as i32 && !follow_up.business_time
+            let clocks = sla
+                .list_case_clocks(ListCaseClocksRequest { case_id })
+                .await
+                .ok()?
+                .into_inner()
+                .clocks;
+            let met = clocks.iter().any(|c| {
+                c.kind == ClockKind::Resolution as i32 && c.state == ClockState::Met as i32
+            });
+            let follow_up = clocks
+                .iter()
+                .find(|c| c.kind == ClockKind::FollowUp as i32)?;
+            (met && follow_up.state == ClockState::Running as i32
+                && !follow_up.business_time
                 && follow_up.target.expect("target").seconds == 48 * 3600)
                 .then_some(())
         }
@@ -209,14 +271,23 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
         }
     })
     .await;
-    assert_eq!(delivery.invitation.as_ref().expect("invitation").case_id, case.id);
+    assert_eq!(
+        delivery.invitation.as_ref().expect("invitation").case_id,
+        case.id
+    );
     let answers = vec![
         rating("csat", 5),
         rating("nps", 10),
-        Answer { question_id: "solved".into(), value: Some(Value::YesNo(true)) },
+        Answer {
+            question_id: "solved".into(),
+            value: Some(Value::YesNo(true)),
+        },
     ];
     let answered = survey
-        .submit_survey_response(SubmitSurveyResponseRequest { token: delivery.token.clone(), answers: answers.clone() })
+        .submit_survey_response(SubmitSurveyResponseRequest {
+            token: delivery.token.clone(),
+            answers: answers.clone(),
+        })
         .await
         .expect("answered")
         .into_inner()
@@ -225,12 +296,17 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
     assert_eq!(answered.status, InvitationStatus::Answered as i32);
     assert!(!answered.dissatisfied);
     let replay = survey
-        .submit_survey_response(SubmitSurveyResponseRequest { token: delivery.token.clone(), answers })
+        .submit_survey_response(SubmitSurveyResponseRequest {
+            token: delivery.token.clone(),
+            answers,
+        })
         .await
         .expect_err("a token works once");
     assert_eq!(replay.code(), tonic::Code::FailedPrecondition);
     let invitations = survey
-        .list_invitations(ListInvitationsRequest { case_id: case.id.clone() })
+        .list_invitations(ListInvitationsRequest {
+            case_id: case.id.clone(),
+        })
         .await
         .expect("invitations")
         .into_inner()
@@ -241,7 +317,12 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
         let mut sla = sla.clone();
         let case_id = case.id.clone();
         async move {
-            let clocks = sla.list_case_clocks(ListCaseClocksRequest { case_id }).await.ok()?.into_inner().clocks;
+            let clocks = sla
+                .list_case_clocks(ListCaseClocksRequest { case_id })
+                .await
+                .ok()?
+                .into_inner()
+                .clocks;
             clocks
                 .iter()
                 .any(|c| c.kind == ClockKind::FollowUp as i32 && c.state == ClockState::Met as i32)
@@ -253,7 +334,10 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
     // 6. Performance scoring shows the numbers for the agent and the department.
     let scoring = t.scoring("quality-lead", Role::Quality);
     let now = chrono::Utc::now();
-    for (kind, subject) in [(SubjectKind::Agent, "agent-li"), (SubjectKind::Department, "quality")] {
+    for (kind, subject) in [
+        (SubjectKind::Agent, "agent-li"),
+        (SubjectKind::Department, "quality"),
+    ] {
         let card = eventually("the scorecard to show the answered survey", WAIT, || {
             let mut scoring = scoring.clone();
             async move {
@@ -261,8 +345,12 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
                     .get_scorecard(GetScorecardRequest {
                         subject_kind: kind as i32,
                         subject_id: subject.into(),
-                        period_start: Some(complaints_kit::time::to_timestamp(now - chrono::Duration::days(1))),
-                        period_end: Some(complaints_kit::time::to_timestamp(now + chrono::Duration::days(1))),
+                        period_start: Some(complaints_kit::time::to_timestamp(
+                            now - chrono::Duration::days(1),
+                        )),
+                        period_end: Some(complaints_kit::time::to_timestamp(
+                            now + chrono::Duration::days(1),
+                        )),
                     })
                     .await
                     .ok()?
@@ -283,7 +371,9 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
 
     // The case as the service sees it at the end.
     let final_case = cases_service
-        .get_case_by_complaint(GetCaseByComplaintRequest { complaint_id: complaint.id.clone() })
+        .get_case_by_complaint(GetCaseByComplaintRequest {
+            complaint_id: complaint.id.clone(),
+        })
         .await
         .expect("case")
         .into_inner()

@@ -46,24 +46,49 @@ impl TestSuite {
         BearerToken::new(&testing::token(subject, role, department)).expect("token")
     }
 
-    pub fn intake(&self, subject: &str, role: Role, department: Option<&str>) -> IntakeServiceClient<Authed> {
-        IntakeServiceClient::with_interceptor(testing::channel(&self.suite.urls.intake), Self::bearer(subject, role, department))
+    pub fn intake(
+        &self,
+        subject: &str,
+        role: Role,
+        department: Option<&str>,
+    ) -> IntakeServiceClient<Authed> {
+        IntakeServiceClient::with_interceptor(
+            testing::channel(&self.suite.urls.intake),
+            Self::bearer(subject, role, department),
+        )
     }
 
-    pub fn cases(&self, subject: &str, role: Role, department: Option<&str>) -> CaseServiceClient<Authed> {
-        CaseServiceClient::with_interceptor(testing::channel(&self.suite.urls.cases), Self::bearer(subject, role, department))
+    pub fn cases(
+        &self,
+        subject: &str,
+        role: Role,
+        department: Option<&str>,
+    ) -> CaseServiceClient<Authed> {
+        CaseServiceClient::with_interceptor(
+            testing::channel(&self.suite.urls.cases),
+            Self::bearer(subject, role, department),
+        )
     }
 
     pub fn sla(&self, subject: &str, role: Role) -> SlaServiceClient<Authed> {
-        SlaServiceClient::with_interceptor(testing::channel(&self.suite.urls.sla), Self::bearer(subject, role, None))
+        SlaServiceClient::with_interceptor(
+            testing::channel(&self.suite.urls.sla),
+            Self::bearer(subject, role, None),
+        )
     }
 
     pub fn survey(&self, subject: &str, role: Role) -> SurveyServiceClient<Authed> {
-        SurveyServiceClient::with_interceptor(testing::channel(&self.suite.urls.survey), Self::bearer(subject, role, None))
+        SurveyServiceClient::with_interceptor(
+            testing::channel(&self.suite.urls.survey),
+            Self::bearer(subject, role, None),
+        )
     }
 
     pub fn scoring(&self, subject: &str, role: Role) -> ScoringServiceClient<Authed> {
-        ScoringServiceClient::with_interceptor(testing::channel(&self.suite.urls.scoring), Self::bearer(subject, role, None))
+        ScoringServiceClient::with_interceptor(
+            testing::channel(&self.suite.urls.scoring),
+            Self::bearer(subject, role, None),
+        )
     }
 
     pub fn all_urls(&self) -> [&str; 5] {
@@ -73,5 +98,72 @@ impl TestSuite {
 
     pub async fn stop(self) {
         self.suite.stop().await.expect("suite stops cleanly");
+    }
+}
+
+use complaints_proto::cases::v1::{Case, GetCaseByComplaintRequest, TransitionCaseRequest};
+use complaints_proto::common::v1::{CaseStatus, Channel as ComplaintChannel};
+use complaints_proto::intake::v1::{Complainant, ComplaintContent, SubmitComplaintRequest};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+impl TestSuite {
+    /// Submits a product-quality complaint and waits for its case.
+    pub async fn open_case(&self, request_id: &str) -> Case {
+        let complaint = self
+            .intake("adapter", Role::Service, None)
+            .submit_complaint(SubmitComplaintRequest {
+                request_id: request_id.into(),
+                channel: ComplaintChannel::Email as i32,
+                complainant: Some(Complainant {
+                    name: "Chen Jing".into(),
+                    email: "chen.jing@example.com".into(),
+                    ..Default::default()
+                }),
+                content: Some(ComplaintContent {
+                    description: "The blender is broken after a week, a quality defect".into(),
+                    ..Default::default()
+                }),
+                recorded_by: String::new(),
+            })
+            .await
+            .expect("submitted")
+            .into_inner()
+            .complaint
+            .expect("complaint");
+        let cases = self.cases("probe", Role::Service, None);
+        testing::eventually("the case to open", WAIT, || {
+            let mut cases = cases.clone();
+            let complaint_id = complaint.id.clone();
+            async move {
+                cases
+                    .get_case_by_complaint(GetCaseByComplaintRequest { complaint_id })
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().case)
+            }
+        })
+        .await
+    }
+
+    /// Moves a case through investigation to resolution as its department's supervisor.
+    pub async fn resolve(&self, mut case: Case) -> Case {
+        let mut supervisor = self.cases("supervisor", Role::Supervisor, Some(&case.department_id));
+        for status in [CaseStatus::Investigating, CaseStatus::Resolved] {
+            case = supervisor
+                .transition_case(TransitionCaseRequest {
+                    case_id: case.id.clone(),
+                    version: case.version,
+                    to_status: status as i32,
+                    note: String::new(),
+                    customer_visible: false,
+                })
+                .await
+                .expect("transition")
+                .into_inner()
+                .case
+                .expect("case");
+        }
+        case
     }
 }

@@ -53,13 +53,27 @@ impl CaseApi {
             .filter(|c| access::can_read(principal, &scope(c)))
             .ok_or_else(|| grpc::not_found("case", &id.to_string()))?;
         if !access::can_change(principal, &scope(&case)) {
-            return Err(Status::permission_denied("you may read this case but not change it"));
+            return Err(Status::permission_denied(
+                "you may read this case but not change it",
+            ));
         }
         if case.version as u64 != version {
-            return Err(WorkflowError::Stale { expected: version, actual: case.version as u64 }.into());
+            return Err(WorkflowError::Stale {
+                expected: version,
+                actual: case.version as u64,
+            }
+            .into());
         }
-        let saved = workflow::apply_change(&mut tx, &self.events, case, change, &principal.subject, "", Utc::now())
-            .await?;
+        let saved = workflow::apply_change(
+            &mut tx,
+            &self.events,
+            case,
+            change,
+            &principal.subject,
+            "",
+            Utc::now(),
+        )
+        .await?;
         tx.commit().await.map_err(|e| grpc::storage(&e))?;
         self.events.committed();
         Ok(saved)
@@ -67,11 +81,20 @@ impl CaseApi {
 }
 
 fn scope(case: &CaseRow) -> CaseScope<'_> {
-    CaseScope { department_id: &case.department_id, owner_id: &case.owner_id }
+    CaseScope {
+        department_id: &case.department_id,
+        owner_id: &case.owner_id,
+    }
 }
 
 const WORKERS: &[Role] = &[Role::Agent, Role::Supervisor, Role::Admin];
-const ANYONE: &[Role] = &[Role::Agent, Role::Supervisor, Role::Quality, Role::Admin, Role::Service];
+const ANYONE: &[Role] = &[
+    Role::Agent,
+    Role::Supervisor,
+    Role::Quality,
+    Role::Admin,
+    Role::Service,
+];
 
 pub fn case_to_proto(case: CaseRow) -> pb::Case {
     pb::Case {
@@ -123,7 +146,8 @@ fn agent_to_proto(a: AgentRow) -> pb::Agent {
 fn is_slug(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 #[tonic::async_trait]
@@ -136,7 +160,9 @@ impl CaseService for CaseApi {
         principal.require_any(ANYONE)?;
         let id = grpc::parse_uuid("case_id", &request.get_ref().case_id)?;
         let case = self.visible_case(&principal, id).await?;
-        Ok(Response::new(pb::GetCaseResponse { case: Some(case_to_proto(case)) }))
+        Ok(Response::new(pb::GetCaseResponse {
+            case: Some(case_to_proto(case)),
+        }))
     }
 
     async fn get_case_by_complaint(
@@ -151,7 +177,9 @@ impl CaseService for CaseApi {
             .map_err(|e| grpc::storage(&e))?
             .filter(|c| access::can_read(&principal, &scope(c)))
             .ok_or_else(|| grpc::not_found("case for complaint", &id.to_string()))?;
-        Ok(Response::new(pb::GetCaseByComplaintResponse { case: Some(case_to_proto(case)) }))
+        Ok(Response::new(pb::GetCaseByComplaintResponse {
+            case: Some(case_to_proto(case)),
+        }))
     }
 
     async fn list_cases(
@@ -176,10 +204,14 @@ impl CaseService for CaseApi {
             after,
             limit: limit + 1,
         };
-        let mut rows = store::list(&self.pool, &filter).await.map_err(|e| grpc::storage(&e))?;
+        let mut rows = store::list(&self.pool, &filter)
+            .await
+            .map_err(|e| grpc::storage(&e))?;
         let next_page_token = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
-            rows.last().map(|r| pagination::encode(&(r.opened_at, r.id))).unwrap_or_default()
+            rows.last()
+                .map(|r| pagination::encode(&(r.opened_at, r.id)))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -198,9 +230,16 @@ impl CaseService for CaseApi {
         let request = request.into_inner();
         let note = request.note.trim().to_owned();
         let case = self
-            .change(&principal, &request.case_id, request.version, Change::Acknowledge { note })
+            .change(
+                &principal,
+                &request.case_id,
+                request.version,
+                Change::Acknowledge { note },
+            )
             .await?;
-        Ok(Response::new(pb::AcknowledgeCaseResponse { case: Some(case_to_proto(case)) }))
+        Ok(Response::new(pb::AcknowledgeCaseResponse {
+            case: Some(case_to_proto(case)),
+        }))
     }
 
     async fn transition_case(
@@ -216,14 +255,20 @@ impl CaseService for CaseApi {
             errors.add("note", "at most 5000 characters");
         }
         errors.into_result()?;
-        let Some(to) = to else { return Err(grpc::invalid_field("to_status", "required")) };
+        let Some(to) = to else {
+            return Err(grpc::invalid_field("to_status", "required"));
+        };
         let change = Change::Transition {
             to,
             note: request.note.trim().to_owned(),
             customer_visible: request.customer_visible,
         };
-        let case = self.change(&principal, &request.case_id, request.version, change).await?;
-        Ok(Response::new(pb::TransitionCaseResponse { case: Some(case_to_proto(case)) }))
+        let case = self
+            .change(&principal, &request.case_id, request.version, change)
+            .await?;
+        Ok(Response::new(pb::TransitionCaseResponse {
+            case: Some(case_to_proto(case)),
+        }))
     }
 
     async fn escalate(
@@ -249,20 +294,20 @@ impl CaseService for CaseApi {
             .map_err(|e| grpc::storage(&e))?
             .filter(|c| access::can_change(&principal, &scope(c)))
             .ok_or_else(|| grpc::not_found("case", &id.to_string()))?;
-        let (case, escalated) = workflow::escalate(
-            &mut tx,
-            &self.events,
-            case,
+        let escalation = workflow::EscalationRequest {
             escalation_id,
-            request.reason.trim(),
-            &principal.subject,
-            "",
-            Utc::now(),
-        )
-        .await?;
+            reason: request.reason.trim(),
+            actor: &principal.subject,
+            traceparent: "",
+        };
+        let (case, escalated) =
+            workflow::escalate(&mut tx, &self.events, case, &escalation, Utc::now()).await?;
         tx.commit().await.map_err(|e| grpc::storage(&e))?;
         self.events.committed();
-        Ok(Response::new(pb::EscalateResponse { case: Some(case_to_proto(case)), escalated }))
+        Ok(Response::new(pb::EscalateResponse {
+            case: Some(case_to_proto(case)),
+            escalated,
+        }))
     }
 
     async fn list_timeline(
@@ -281,7 +326,9 @@ impl CaseService for CaseApi {
             .map_err(|e| grpc::storage(&e))?;
         let next_page_token = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
-            rows.last().map(|r| pagination::encode(&(r.at, r.id))).unwrap_or_default()
+            rows.last()
+                .map(|r| pagination::encode(&(r.at, r.id)))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -321,8 +368,16 @@ impl CaseService for CaseApi {
         if department.name.trim().is_empty() {
             errors.add("department.name", "required");
         }
-        if department.escalation_chain.is_empty() || department.escalation_chain.iter().any(|p| p.trim().is_empty()) {
-            errors.add("department.escalation_chain", "at least a supervisor, no empty entries");
+        if department.escalation_chain.is_empty()
+            || department
+                .escalation_chain
+                .iter()
+                .any(|p| p.trim().is_empty())
+        {
+            errors.add(
+                "department.escalation_chain",
+                "at least a supervisor, no empty entries",
+            );
         }
         errors.into_result()?;
         let row = DepartmentRow {
@@ -341,7 +396,9 @@ impl CaseService for CaseApi {
                 .await
                 .map_err(|e| grpc::storage(&e))?
                 .filter(|d| d.id == row.id)
-                .ok_or_else(|| Status::already_exists(format!("department {} already exists", row.id)))?,
+                .ok_or_else(|| {
+                    Status::already_exists(format!("department {} already exists", row.id))
+                })?,
         };
         Ok(Response::new(pb::CreateDepartmentResponse {
             department: Some(department_to_proto(department)),
@@ -354,7 +411,9 @@ impl CaseService for CaseApi {
     ) -> Result<Response<pb::ListDepartmentsResponse>, Status> {
         auth::principal(&request)?.require_any(ANYONE)?;
         let mut conn = self.pool.acquire().await.map_err(|e| grpc::storage(&e))?;
-        let departments = store::departments(&mut conn).await.map_err(|e| grpc::storage(&e))?;
+        let departments = store::departments(&mut conn)
+            .await
+            .map_err(|e| grpc::storage(&e))?;
         Ok(Response::new(pb::ListDepartmentsResponse {
             departments: departments.into_iter().map(department_to_proto).collect(),
         }))
@@ -388,7 +447,10 @@ impl CaseService for CaseApi {
             .map_err(|e| grpc::storage(&e))?
             .is_none()
         {
-            return Err(grpc::invalid_field("agent.department_id", "no such department"));
+            return Err(grpc::invalid_field(
+                "agent.department_id",
+                "no such department",
+            ));
         }
         let row = AgentRow {
             id: agent.id.trim().to_owned(),
@@ -403,17 +465,20 @@ impl CaseService for CaseApi {
         store::insert_agent(&mut conn, &request_id, &row)
             .await
             .map_err(|e| grpc::storage(&e))?;
-        let (stored, stored_request) = store::agent_by_id_or_request(&mut conn, &row.id, &request_id)
-            .await
-            .map_err(|e| grpc::storage(&e))?
-            .ok_or_else(|| Status::internal("agent vanished"))?;
+        let (stored, stored_request) =
+            store::agent_by_id_or_request(&mut conn, &row.id, &request_id)
+                .await
+                .map_err(|e| grpc::storage(&e))?
+                .ok_or_else(|| Status::internal("agent vanished"))?;
         if stored.id != row.id || stored_request.as_deref() != Some(request_id.as_str()) {
             return Err(Status::already_exists(format!(
                 "agent {} exists, or request_id {} was used for another agent",
                 row.id, request_id
             )));
         }
-        Ok(Response::new(pb::CreateAgentResponse { agent: Some(agent_to_proto(stored)) }))
+        Ok(Response::new(pb::CreateAgentResponse {
+            agent: Some(agent_to_proto(stored)),
+        }))
     }
 
     async fn list_agents(

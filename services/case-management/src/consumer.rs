@@ -24,23 +24,50 @@ impl CaseEvents {
         let now = Utc::now();
         match &event.payload {
             Some(Payload::ComplaintAccepted(accepted)) => {
-                if let Some(case) = workflow::open_case(conn, &self.events, accepted, &event.traceparent, now).await? {
+                if let Some(case) =
+                    workflow::open_case(conn, &self.events, accepted, &event.traceparent, now)
+                        .await?
+                {
                     tracing::info!(case_id = %case.id, complaint_id = %accepted.complaint_id, department = %case.department_id, "case opened");
                 }
             }
             Some(Payload::ComplaintRejected(rejected)) => {
-                let Ok(complaint_id) = Uuid::parse_str(&rejected.complaint_id) else { return Ok(()) };
-                let Some(case) = store::lock_by_complaint(conn, complaint_id).await? else { return Ok(()) };
+                let Ok(complaint_id) = Uuid::parse_str(&rejected.complaint_id) else {
+                    return Ok(());
+                };
+                let Some(case) = store::lock_by_complaint(conn, complaint_id).await? else {
+                    return Ok(());
+                };
                 let status = workflow::status_of(&case);
                 if lifecycle::check_transition(status, CaseStatus::Cancelled).is_ok() {
-                    let note = format!("complaint rejected at verification: {} {}", rejected.reason, rejected.note);
-                    let change = Change::Transition { to: CaseStatus::Cancelled, note, customer_visible: true };
-                    workflow::apply_change(conn, &self.events, case, change, &rejected.by, &event.traceparent, now).await?;
+                    let note = format!(
+                        "complaint rejected at verification: {} {}",
+                        rejected.reason, rejected.note
+                    );
+                    let change = Change::Transition {
+                        to: CaseStatus::Cancelled,
+                        note,
+                        customer_visible: true,
+                    };
+                    workflow::apply_change(
+                        conn,
+                        &self.events,
+                        case,
+                        change,
+                        &rejected.by,
+                        &event.traceparent,
+                        now,
+                    )
+                    .await?;
                 }
             }
             Some(Payload::SurveyAnswered(answer)) if answer.dissatisfied => {
-                let Ok(case_id) = Uuid::parse_str(&answer.case_id) else { return Ok(()) };
-                let Some(case) = store::lock(conn, case_id).await? else { return Ok(()) };
+                let Ok(case_id) = Uuid::parse_str(&answer.case_id) else {
+                    return Ok(());
+                };
+                let Some(case) = store::lock(conn, case_id).await? else {
+                    return Ok(());
+                };
                 let status = workflow::status_of(&case);
                 if lifecycle::check_transition(status, CaseStatus::Reopened).is_ok() {
                     let change = Change::Transition {
@@ -48,7 +75,17 @@ impl CaseEvents {
                         note: "customer dissatisfied in the follow-up survey; reopened for investigation".into(),
                         customer_visible: true,
                     };
-                    match workflow::apply_change(conn, &self.events, case, change, "feedback-survey", &event.traceparent, now).await {
+                    match workflow::apply_change(
+                        conn,
+                        &self.events,
+                        case,
+                        change,
+                        "feedback-survey",
+                        &event.traceparent,
+                        now,
+                    )
+                    .await
+                    {
                         Ok(_) | Err(WorkflowError::Illegal(_)) => {}
                         Err(e) => return Err(e.into()),
                     }

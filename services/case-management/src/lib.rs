@@ -54,10 +54,24 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     let context =
         ServiceContext::start(SERVICE_NAME, &config.common, SCHEMA, MIGRATIONS, shutdown).await?;
     let events = EventLog::new(SCHEMA, SERVICE_NAME);
-    let handler = Arc::new(consumer::CaseEvents { events: events.clone() });
+    let handler = Arc::new(consumer::CaseEvents {
+        events: events.clone(),
+    });
     let consumers = [
-        Consumer::new(&context, SCHEMA, "intake", &config.intake_url, handler.clone())?,
-        Consumer::new(&context, SCHEMA, "feedback-survey", &config.survey_url, handler)?,
+        Consumer::new(
+            &context,
+            SCHEMA,
+            "intake",
+            &config.intake_url,
+            handler.clone(),
+        )?,
+        Consumer::new(
+            &context,
+            SCHEMA,
+            "feedback-survey",
+            &config.survey_url,
+            handler,
+        )?,
     ];
     for consumer in consumers {
         tokio::spawn(consumer.run());
@@ -69,7 +83,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         .serve(
             listener,
             routes,
-            &["complaints.cases.v1.CaseService", "complaints.events.v1.EventStream"],
+            &[
+                "complaints.cases.v1.CaseService",
+                "complaints.events.v1.EventStream",
+            ],
         )
         .await
 }

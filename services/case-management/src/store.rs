@@ -219,7 +219,10 @@ pub async fn agent_by_id_or_request(
 }
 
 /// Inserts the case unless one exists for the complaint; `None` when it did.
-pub async fn insert_case(conn: &mut PgConnection, case: &CaseRow) -> Result<Option<CaseRow>, sqlx::Error> {
+pub async fn insert_case(
+    conn: &mut PgConnection,
+    case: &CaseRow,
+) -> Result<Option<CaseRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "INSERT INTO cases.cases ({CASE_COLUMNS})
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
@@ -251,13 +254,18 @@ pub async fn insert_case(conn: &mut PgConnection, case: &CaseRow) -> Result<Opti
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<CaseRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {CASE_COLUMNS} FROM cases.cases WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {CASE_COLUMNS} FROM cases.cases WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }
 
-pub async fn get_by_complaint(pool: &PgPool, complaint_id: Uuid) -> Result<Option<CaseRow>, sqlx::Error> {
+pub async fn get_by_complaint(
+    pool: &PgPool,
+    complaint_id: Uuid,
+) -> Result<Option<CaseRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {CASE_COLUMNS} FROM cases.cases WHERE complaint_id = $1"
     ))
@@ -314,7 +322,10 @@ pub async fn save(conn: &mut PgConnection, case: &CaseRow) -> Result<CaseRow, sq
     .await
 }
 
-pub async fn append_timeline(conn: &mut PgConnection, entry: &TimelineEntry) -> Result<(), sqlx::Error> {
+pub async fn append_timeline(
+    conn: &mut PgConnection,
+    entry: &TimelineEntry,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO cases.timeline (id, case_id, at, actor, kind, from_value, to_value, note, customer_visible)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

@@ -8,8 +8,8 @@ use complaints_kit::grpc;
 use complaints_kit::time::to_timestamp;
 use complaints_proto::common::v1::{CaseStatus, CustomerTier, Severity};
 use complaints_proto::events::v1::{
-    CaseAcknowledged, CaseAssigned, CaseEscalated, CaseOpened, CaseStatusChanged, ComplaintAccepted,
-    event::Payload,
+    CaseAcknowledged, CaseAssigned, CaseEscalated, CaseOpened, CaseStatusChanged,
+    ComplaintAccepted, event::Payload,
 };
 use sqlx::PgConnection;
 use tonic::Status;
@@ -37,7 +37,9 @@ impl From<WorkflowError> for Status {
     fn from(error: WorkflowError) -> Self {
         match error {
             WorkflowError::NotFound(id) => grpc::not_found("case", &id),
-            WorkflowError::Stale { expected, actual } => grpc::stale_version("case", expected, actual),
+            WorkflowError::Stale { expected, actual } => {
+                grpc::stale_version("case", expected, actual)
+            }
             WorkflowError::Illegal(illegal) => {
                 grpc::failed_precondition("STATUS", "case", &illegal.to_string())
             }
@@ -153,8 +155,14 @@ pub async fn open_case(
 /// A change someone asks for.
 #[derive(Clone, Debug)]
 pub enum Change {
-    Acknowledge { note: String },
-    Transition { to: CaseStatus, note: String, customer_visible: bool },
+    Acknowledge {
+        note: String,
+    },
+    Transition {
+        to: CaseStatus,
+        note: String,
+        customer_visible: bool,
+    },
 }
 
 /// Applies `change` to a locked case whose access and version the caller has checked.
@@ -205,7 +213,11 @@ pub async fn apply_change(
                 .await?;
             Ok(saved)
         }
-        Change::Transition { to, note, customer_visible } => {
+        Change::Transition {
+            to,
+            note,
+            customer_visible,
+        } => {
             let from = status_of(&case);
             lifecycle::check_transition(from, to).map_err(WorkflowError::Illegal)?;
             case.status = to as i16;
@@ -255,25 +267,48 @@ pub async fn apply_change(
     }
 }
 
+/// Why and by whom a case is escalated; `escalation_id` makes it happen at most once.
+pub struct EscalationRequest<'a> {
+    pub escalation_id: &'a str,
+    pub reason: &'a str,
+    pub actor: &'a str,
+    pub traceparent: &'a str,
+}
+
 /// Raises the escalation level of a locked case and hands it up the chain, once per
 /// `escalation_id`. Returns the case and whether this call escalated it.
 pub async fn escalate(
     conn: &mut PgConnection,
     events: &EventLog,
     mut case: CaseRow,
-    escalation_id: &str,
-    reason: &str,
-    actor: &str,
-    traceparent: &str,
+    request: &EscalationRequest<'_>,
     now: DateTime<Utc>,
 ) -> Result<(CaseRow, bool), WorkflowError> {
+    let EscalationRequest {
+        escalation_id,
+        reason,
+        actor,
+        traceparent,
+    } = *request;
     let department = store::department(&mut *conn, &case.department_id)
         .await?
         .map(|d| d.routing())
-        .ok_or_else(|| WorkflowError::Precondition("the case's department no longer exists".into()))?;
+        .ok_or_else(|| {
+            WorkflowError::Precondition("the case's department no longer exists".into())
+        })?;
     let level = case.escalation_level + 1;
     let owner = routing::escalation_owner(&department, level as u32);
-    if !store::record_escalation(&mut *conn, escalation_id, case.id, level, &owner, reason, actor).await? {
+    if !store::record_escalation(
+        &mut *conn,
+        escalation_id,
+        case.id,
+        level,
+        &owner,
+        reason,
+        actor,
+    )
+    .await?
+    {
         return Ok((case, false));
     }
     if !lifecycle::is_open(status_of(&case)) {

@@ -8,8 +8,8 @@ use complaints_kit::auth::BearerToken;
 use complaints_kit::testing::{self, RunningService, eventually};
 use complaints_proto::cases::v1::case_service_client::CaseServiceClient;
 use complaints_proto::cases::v1::{
-    Case, EscalateRequest, GetCaseByComplaintRequest, GetCaseRequest, ListCasesRequest, ListTimelineRequest,
-    TransitionCaseRequest,
+    Case, EscalateRequest, GetCaseByComplaintRequest, GetCaseRequest, ListCasesRequest,
+    ListTimelineRequest, TransitionCaseRequest,
 };
 use complaints_proto::common::v1::{CaseStatus, Channel};
 use complaints_proto::intake::v1::intake_service_client::IntakeServiceClient;
@@ -33,34 +33,54 @@ async fn start() -> Harness {
     let (intake_listener, intake_url) = testing::ephemeral_listener().await;
     let (cases_listener, cases_url) = testing::ephemeral_listener().await;
     let intake_config = intake::Config::new(testing::common_config(&db.url));
-    let intake = RunningService::spawn(intake_listener, intake_url.clone(), |l, s| intake::run(intake_config, l, s));
+    let intake = RunningService::spawn(intake_listener, intake_url.clone(), |l, s| {
+        intake::run(intake_config, l, s)
+    });
     let cases_config = case_management::Config {
         common: testing::common_config(&db.url),
         intake_url,
         // No survey service in these tests: the consumer keeps retrying quietly.
         survey_url: "http://127.0.0.1:9".into(),
     };
-    let cases = RunningService::spawn(cases_listener, cases_url, |l, s| case_management::run(cases_config, l, s));
-    Harness { intake, cases, _db: db }
+    let cases = RunningService::spawn(cases_listener, cases_url, |l, s| {
+        case_management::run(cases_config, l, s)
+    });
+    Harness {
+        intake,
+        cases,
+        _db: db,
+    }
 }
 
 impl Harness {
     fn cases(&self, subject: &str, role: Role, department: Option<&str>) -> Cases {
         let token = testing::token(subject, role, department);
-        CaseServiceClient::with_interceptor(testing::channel(&self.cases.url), BearerToken::new(&token).unwrap())
+        CaseServiceClient::with_interceptor(
+            testing::channel(&self.cases.url),
+            BearerToken::new(&token).unwrap(),
+        )
     }
 
     /// Submits a complaint and waits for its case.
     async fn case_for(&self, request_id: &str, description: &str) -> Case {
         let token = testing::token("adapter", Role::Service, None);
-        let mut intake =
-            IntakeServiceClient::with_interceptor(testing::channel(&self.intake.url), BearerToken::new(&token).unwrap());
+        let mut intake = IntakeServiceClient::with_interceptor(
+            testing::channel(&self.intake.url),
+            BearerToken::new(&token).unwrap(),
+        );
         let complaint = intake
             .submit_complaint(SubmitComplaintRequest {
                 request_id: request_id.into(),
                 channel: Channel::WebForm as i32,
-                complainant: Some(Complainant { name: "Zhang".into(), email: "z@example.com".into(), ..Default::default() }),
-                content: Some(ComplaintContent { description: description.into(), ..Default::default() }),
+                complainant: Some(Complainant {
+                    name: "Zhang".into(),
+                    email: "z@example.com".into(),
+                    ..Default::default()
+                }),
+                content: Some(ComplaintContent {
+                    description: description.into(),
+                    ..Default::default()
+                }),
                 recorded_by: String::new(),
             })
             .await
@@ -106,21 +126,57 @@ async fn agent_of_other_department_cannot_see_or_change_case() {
     assert_eq!(case.department_id, "quality");
 
     let mut outsider = h.cases("agent-b", Role::Agent, Some("billing"));
-    let read = outsider.get_case(GetCaseRequest { case_id: case.id.clone() }).await.expect_err("hidden");
-    assert_eq!(read.code(), Code::NotFound, "must not learn that the case exists");
-    let change = outsider.transition_case(transition(&case, CaseStatus::Investigating)).await.expect_err("hidden");
+    let read = outsider
+        .get_case(GetCaseRequest {
+            case_id: case.id.clone(),
+        })
+        .await
+        .expect_err("hidden");
+    assert_eq!(
+        read.code(),
+        Code::NotFound,
+        "must not learn that the case exists"
+    );
+    let change = outsider
+        .transition_case(transition(&case, CaseStatus::Investigating))
+        .await
+        .expect_err("hidden");
     assert_eq!(change.code(), Code::NotFound);
     let timeline = outsider
-        .list_timeline(ListTimelineRequest { case_id: case.id.clone(), ..Default::default() })
+        .list_timeline(ListTimelineRequest {
+            case_id: case.id.clone(),
+            ..Default::default()
+        })
         .await
         .expect_err("hidden");
     assert_eq!(timeline.code(), Code::NotFound);
-    let listed = outsider.list_cases(ListCasesRequest::default()).await.unwrap().into_inner().cases;
+    let listed = outsider
+        .list_cases(ListCasesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .cases;
     assert!(listed.is_empty());
 
     let mut insider = h.cases("agent-a", Role::Agent, Some("quality"));
-    assert!(insider.get_case(GetCaseRequest { case_id: case.id.clone() }).await.is_ok());
-    assert_eq!(insider.list_cases(ListCasesRequest::default()).await.unwrap().into_inner().cases.len(), 1);
+    assert!(
+        insider
+            .get_case(GetCaseRequest {
+                case_id: case.id.clone()
+            })
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        insider
+            .list_cases(ListCasesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .cases
+            .len(),
+        1
+    );
     h.stop().await;
 }
 
@@ -129,14 +185,18 @@ async fn two_concurrent_updates_never_both_win() {
     let h = start().await;
     let case = h.case_for("race-1", "质量问题").await;
     let agent = h.cases("agent-a", Role::Agent, Some("quality"));
-    let attempts: Vec<_> = [CaseStatus::Investigating, CaseStatus::WaitingOnCustomer, CaseStatus::Cancelled]
-        .into_iter()
-        .map(|to| {
-            let mut agent = agent.clone();
-            let request = transition(&case, to);
-            tokio::spawn(async move { agent.transition_case(request).await })
-        })
-        .collect();
+    let attempts: Vec<_> = [
+        CaseStatus::Investigating,
+        CaseStatus::WaitingOnCustomer,
+        CaseStatus::Cancelled,
+    ]
+    .into_iter()
+    .map(|to| {
+        let mut agent = agent.clone();
+        let request = transition(&case, to);
+        tokio::spawn(async move { agent.transition_case(request).await })
+    })
+    .collect();
     let mut wins = 0;
     for attempt in attempts {
         match attempt.await.unwrap() {
@@ -145,7 +205,16 @@ async fn two_concurrent_updates_never_both_win() {
         }
     }
     assert_eq!(wins, 1);
-    let now = agent.clone().get_case(GetCaseRequest { case_id: case.id.clone() }).await.unwrap().into_inner().case.unwrap();
+    let now = agent
+        .clone()
+        .get_case(GetCaseRequest {
+            case_id: case.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .case
+        .unwrap();
     assert_eq!(now.version, case.version + 1);
     h.stop().await;
 }
@@ -155,10 +224,20 @@ async fn an_illegal_transition_names_the_allowed_ones() {
     let h = start().await;
     let case = h.case_for("sm-1", "质量问题").await;
     let mut agent = h.cases("agent-a", Role::Agent, Some("quality"));
-    let status = agent.transition_case(transition(&case, CaseStatus::Closed)).await.expect_err("illegal");
+    let status = agent
+        .transition_case(transition(&case, CaseStatus::Closed))
+        .await
+        .expect_err("illegal");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains("CASE_STATUS_INVESTIGATING"), "{}", status.message());
-    let missing = agent.transition_case(transition(&case, CaseStatus::Unspecified)).await.expect_err("missing");
+    assert!(
+        status.message().contains("CASE_STATUS_INVESTIGATING"),
+        "{}",
+        status.message()
+    );
+    let missing = agent
+        .transition_case(transition(&case, CaseStatus::Unspecified))
+        .await
+        .expect_err("missing");
     assert_eq!(missing.code(), Code::InvalidArgument);
     h.stop().await;
 }
@@ -193,7 +272,11 @@ async fn the_same_escalation_never_applies_twice() {
     assert_eq!(next.case.unwrap().owner_id, "quality-manager");
     let mut agent = h.cases("agent-a", Role::Agent, Some("quality"));
     let denied = agent
-        .escalate(EscalateRequest { case_id: case.id, escalation_id: "x".into(), reason: "y".into() })
+        .escalate(EscalateRequest {
+            case_id: case.id,
+            escalation_id: "x".into(),
+            reason: "y".into(),
+        })
         .await
         .expect_err("agents do not escalate");
     assert_eq!(denied.code(), Code::PermissionDenied);
@@ -205,7 +288,10 @@ async fn a_complaint_rejected_at_verification_cancels_its_case() {
     let h = start().await;
     let case = h.case_for("spam-1", "buy cheap watches").await;
     let token = testing::token("agent-a", Role::Agent, Some("customer-care"));
-    let mut intake = IntakeServiceClient::with_interceptor(testing::channel(&h.intake.url), BearerToken::new(&token).unwrap());
+    let mut intake = IntakeServiceClient::with_interceptor(
+        testing::channel(&h.intake.url),
+        BearerToken::new(&token).unwrap(),
+    );
     intake
         .verify_complaint(VerifyComplaintRequest {
             complaint_id: case.complaint_id.clone(),
@@ -221,7 +307,12 @@ async fn a_complaint_rejected_at_verification_cancels_its_case() {
         let mut service = service.clone();
         let case_id = case.id.clone();
         async move {
-            let case = service.get_case(GetCaseRequest { case_id }).await.ok()?.into_inner().case?;
+            let case = service
+                .get_case(GetCaseRequest { case_id })
+                .await
+                .ok()?
+                .into_inner()
+                .case?;
             (case.status == CaseStatus::Cancelled as i32).then_some(())
         }
     })

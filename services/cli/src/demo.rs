@@ -5,12 +5,16 @@ use std::time::Duration;
 
 use complaints_kit::auth::{AuthConfig, BearerToken, Role};
 use complaints_proto::cases::v1::case_service_client::CaseServiceClient;
-use complaints_proto::cases::v1::{AcknowledgeCaseRequest, GetCaseByComplaintRequest, TransitionCaseRequest};
+use complaints_proto::cases::v1::{
+    AcknowledgeCaseRequest, GetCaseByComplaintRequest, TransitionCaseRequest,
+};
 use complaints_proto::common::v1::{CaseStatus, Channel, CustomerTier};
 use complaints_proto::intake::v1::intake_service_client::IntakeServiceClient;
 use complaints_proto::intake::v1::{Complainant, ComplaintContent, SubmitComplaintRequest};
 use complaints_proto::survey::v1::survey_service_client::SurveyServiceClient;
-use complaints_proto::survey::v1::{Answer, ClaimDueInvitationsRequest, SubmitSurveyResponseRequest, answer::Value};
+use complaints_proto::survey::v1::{
+    Answer, ClaimDueInvitationsRequest, SubmitSurveyResponseRequest, answer::Value,
+};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
 
@@ -19,17 +23,42 @@ use crate::suite::SuiteUrls;
 type Authed = InterceptedService<GrpcChannel, BearerToken>;
 
 const SAMPLES: &[(&str, &str, Channel, CustomerTier)] = &[
-    ("电水壶质量问题", "我买的电水壶用了两天就坏了，质量太差，要求退货。", Channel::WebForm, CustomerTier::Regular),
-    ("Parcel not arrived", "The courier was late and my parcel has still not arrived after ten days.", Channel::Email, CustomerTier::Vip),
-    ("客服态度差", "客服电话里态度很不耐烦，还挂了我的电话。", Channel::Wechat, CustomerTier::HighValue),
-    ("Overcharged", "I was overcharged on my last invoice and want the difference refunded.", Channel::App, CustomerTier::Regular),
+    (
+        "电水壶质量问题",
+        "我买的电水壶用了两天就坏了，质量太差，要求退货。",
+        Channel::WebForm,
+        CustomerTier::Regular,
+    ),
+    (
+        "Parcel not arrived",
+        "The courier was late and my parcel has still not arrived after ten days.",
+        Channel::Email,
+        CustomerTier::Vip,
+    ),
+    (
+        "客服态度差",
+        "客服电话里态度很不耐烦，还挂了我的电话。",
+        Channel::Wechat,
+        CustomerTier::HighValue,
+    ),
+    (
+        "Overcharged",
+        "I was overcharged on my last invoice and want the difference refunded.",
+        Channel::App,
+        CustomerTier::Regular,
+    ),
 ];
 
 fn channel(url: &str) -> anyhow::Result<GrpcChannel> {
     Ok(Endpoint::from_shared(url.to_owned())?.connect_lazy())
 }
 
-fn bearer(auth: &AuthConfig, subject: &str, role: Role, department: Option<&str>) -> anyhow::Result<BearerToken> {
+fn bearer(
+    auth: &AuthConfig,
+    subject: &str,
+    role: Role,
+    department: Option<&str>,
+) -> anyhow::Result<BearerToken> {
     let token = auth.mint(subject, &[role], department, Duration::from_secs(3600))?;
     Ok(BearerToken::new(&token)?)
 }
@@ -70,13 +99,19 @@ pub async fn run(urls: &SuiteUrls, auth: &AuthConfig, count: usize) -> anyhow::R
             .into_inner()
             .complaint
             .unwrap_or_default();
-        let category = submitted.classification.as_ref().map(|c| c.category.clone()).unwrap_or_default();
+        let category = submitted
+            .classification
+            .as_ref()
+            .map(|c| c.category.clone())
+            .unwrap_or_default();
         println!("complaint {} ({category}) accepted", submitted.reference);
 
         let mut case = None;
         for _ in 0..200 {
             match cases_as_service
-                .get_case_by_complaint(GetCaseByComplaintRequest { complaint_id: submitted.id.clone() })
+                .get_case_by_complaint(GetCaseByComplaintRequest {
+                    complaint_id: submitted.id.clone(),
+                })
                 .await
             {
                 Ok(found) => {
@@ -89,8 +124,12 @@ pub async fn run(urls: &SuiteUrls, auth: &AuthConfig, count: usize) -> anyhow::R
                 Err(status) => return Err(status.into()),
             }
         }
-        let mut case = case.ok_or_else(|| anyhow::anyhow!("no case opened for {}", submitted.reference))?;
-        println!("  case opened in {} for {}", case.department_id, case.owner_id);
+        let mut case =
+            case.ok_or_else(|| anyhow::anyhow!("no case opened for {}", submitted.reference))?;
+        println!(
+            "  case opened in {} for {}",
+            case.department_id, case.owner_id
+        );
 
         let owner = bearer(auth, &case.owner_id, Role::Agent, Some(&case.department_id))?;
         let mut cases = CaseServiceClient::with_interceptor(channel(&urls.cases)?, owner);
@@ -138,9 +177,18 @@ pub async fn run(urls: &SuiteUrls, auth: &AuthConfig, count: usize) -> anyhow::R
                     .submit_survey_response(SubmitSurveyResponseRequest {
                         token: delivery.token,
                         answers: vec![
-                            Answer { question_id: "csat".into(), value: Some(Value::Rating(csat)) },
-                            Answer { question_id: "nps".into(), value: Some(Value::Rating(if csat > 2 { 9 } else { 3 })) },
-                            Answer { question_id: "solved".into(), value: Some(Value::YesNo(csat > 2)) },
+                            Answer {
+                                question_id: "csat".into(),
+                                value: Some(Value::Rating(csat)),
+                            },
+                            Answer {
+                                question_id: "nps".into(),
+                                value: Some(Value::Rating(if csat > 2 { 9 } else { 3 })),
+                            },
+                            Answer {
+                                question_id: "solved".into(),
+                                value: Some(Value::YesNo(csat > 2)),
+                            },
                         ],
                     })
                     .await?;
@@ -151,7 +199,10 @@ pub async fn run(urls: &SuiteUrls, auth: &AuthConfig, count: usize) -> anyhow::R
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        println!("  survey {}", if answered { "answered" } else { "not yet due" });
+        println!(
+            "  survey {}",
+            if answered { "answered" } else { "not yet due" }
+        );
     }
     Ok(())
 }

@@ -32,7 +32,11 @@ ENVIRONMENT:
 fn project_dir() -> PathBuf {
     // The workspace root when run through cargo; the current directory otherwise.
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    if manifest.join("Cargo.toml").is_file() { manifest } else { PathBuf::from(".") }
+    if manifest.join("Cargo.toml").is_file() {
+        manifest
+    } else {
+        PathBuf::from(".")
+    }
 }
 
 fn data_dir() -> PathBuf {
@@ -40,7 +44,11 @@ fn data_dir() -> PathBuf {
 }
 
 fn private_pg() -> PrivatePostgres {
-    PrivatePostgres { data_dir: data_dir().join("postgres"), port: 54329, unsafe_fast: false }
+    PrivatePostgres {
+        data_dir: data_dir().join("postgres"),
+        port: 54329,
+        unsafe_fast: false,
+    }
 }
 
 /// The development secret shared by `up` and `token`.
@@ -56,14 +64,19 @@ fn dev_secret() -> anyhow::Result<String> {
     let secret: String = {
         use rand::Rng;
         let mut rng = rand::rng();
-        (0..48).map(|_| rng.sample(rand::distr::Alphanumeric) as char).collect()
+        (0..48)
+            .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+            .collect()
     };
     std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
     Ok(secret)
 }
 
 fn flag(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 #[tokio::main]
@@ -90,7 +103,9 @@ async fn main() -> anyhow::Result<()> {
 
 fn token(args: &[String]) -> anyhow::Result<()> {
     let role: Role = flag(args, "--role")
-        .ok_or_else(|| anyhow::anyhow!("--role is required (agent, supervisor, quality, admin, service)"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!("--role is required (agent, supervisor, quality, admin, service)")
+        })?
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
     let department = flag(args, "--department");
@@ -100,14 +115,19 @@ fn token(args: &[String]) -> anyhow::Result<()> {
         None => Duration::from_secs(12 * 3600),
     };
     let auth = AuthConfig::development(&dev_secret()?);
-    println!("{}", auth.mint(&subject, &[role], department.as_deref(), ttl)?);
+    println!(
+        "{}",
+        auth.mint(&subject, &[role], department.as_deref(), ttl)?
+    );
     Ok(())
 }
 
 async fn up(args: &[String]) -> anyhow::Result<()> {
     telemetry::init("complaints");
     let demo = args.iter().position(|a| a == "--demo").map(|i| {
-        args.get(i + 1).and_then(|n| n.parse::<usize>().ok()).unwrap_or(4)
+        args.get(i + 1)
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(4)
     });
     let base_port: u16 = match flag(args, "--base-port") {
         Some(p) => p.parse().context("--base-port must be a port number")?,
@@ -115,7 +135,9 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
     };
     let host = flag(args, "--host").unwrap_or_else(|| "127.0.0.1".into());
     let survey_delay = match (flag(args, "--survey-delay"), demo) {
-        (Some(d), _) => config::parse_duration(&d).map_err(|e| anyhow::anyhow!("--survey-delay: {e}"))?,
+        (Some(d), _) => {
+            config::parse_duration(&d).map_err(|e| anyhow::anyhow!("--survey-delay: {e}"))?
+        }
         (None, Some(_)) => Duration::ZERO,
         (None, None) => Duration::from_secs(2 * 3600),
     };
@@ -123,7 +145,11 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         Some(url) => url,
         None => {
             let pg = private_pg();
-            println!("starting a private PostgreSQL in {} (port {})", pg.data_dir.display(), pg.port);
+            println!(
+                "starting a private PostgreSQL in {} (port {})",
+                pg.data_dir.display(),
+                pg.port
+            );
             tokio::task::spawn_blocking(move || pg.ensure_running()).await??
         }
     };
@@ -140,7 +166,12 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
         scheduler_poll: Duration::from_millis(200),
     })
     .await?;
-    let admin = auth.mint("dev-admin", &[Role::Admin], None, Duration::from_secs(12 * 3600))?;
+    let admin = auth.mint(
+        "dev-admin",
+        &[Role::Admin],
+        None,
+        Duration::from_secs(12 * 3600),
+    )?;
     println!("\nThe complaint suite is running:");
     for (name, url) in [
         ("intake", &suite.urls.intake),
@@ -151,7 +182,9 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
     ] {
         println!("  {name:<20} {url}");
     }
-    println!("\nAdmin development token (12h; more with `complaints token --role ...`):\n{admin}\n");
+    println!(
+        "\nAdmin development token (12h; more with `complaints token --role ...`):\n{admin}\n"
+    );
     println!("Press Ctrl-C to stop.");
 
     if let Some(count) = demo {

@@ -54,7 +54,13 @@ impl Suite {
         let (sla_l, sla) = bind(host, port(2)).await?;
         let (survey_l, survey) = bind(host, port(3)).await?;
         let (scoring_l, scoring) = bind(host, port(4)).await?;
-        let urls = SuiteUrls { intake, cases, sla, survey, scoring };
+        let urls = SuiteUrls {
+            intake,
+            cases,
+            sla,
+            survey,
+            scoring,
+        };
 
         let common = CommonConfig {
             database_url: options.database_url.clone(),
@@ -67,14 +73,20 @@ impl Suite {
         let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
 
         let config = intake::Config::new(common.clone());
-        tasks.push(("intake", tokio::spawn(intake::run(config, intake_l, shutdown.clone()))));
+        tasks.push((
+            "intake",
+            tokio::spawn(intake::run(config, intake_l, shutdown.clone())),
+        ));
 
         let config = case_management::Config {
             common: common.clone(),
             intake_url: urls.intake.clone(),
             survey_url: urls.survey.clone(),
         };
-        tasks.push(("case-management", tokio::spawn(case_management::run(config, cases_l, shutdown.clone()))));
+        tasks.push((
+            "case-management",
+            tokio::spawn(case_management::run(config, cases_l, shutdown.clone())),
+        ));
 
         let config = sla_timer::Config {
             common: common.clone(),
@@ -83,7 +95,10 @@ impl Suite {
             org_timezone: chrono_tz::Asia::Shanghai,
             scheduler_poll: options.scheduler_poll,
         };
-        tasks.push(("sla-timer", tokio::spawn(sla_timer::run(config, sla_l, shutdown.clone()))));
+        tasks.push((
+            "sla-timer",
+            tokio::spawn(sla_timer::run(config, sla_l, shutdown.clone())),
+        ));
 
         let config = feedback_survey::Config {
             common: common.clone(),
@@ -92,7 +107,10 @@ impl Suite {
             delay: options.survey_delay,
             token_ttl: Duration::from_secs(7 * 86_400),
         };
-        tasks.push(("feedback-survey", tokio::spawn(feedback_survey::run(config, survey_l, shutdown.clone()))));
+        tasks.push((
+            "feedback-survey",
+            tokio::spawn(feedback_survey::run(config, survey_l, shutdown.clone())),
+        ));
 
         let config = performance_scoring::Config {
             common,
@@ -100,9 +118,16 @@ impl Suite {
             sla_url: urls.sla.clone(),
             survey_url: urls.survey.clone(),
         };
-        tasks.push(("performance-scoring", tokio::spawn(performance_scoring::run(config, scoring_l, shutdown))));
+        tasks.push((
+            "performance-scoring",
+            tokio::spawn(performance_scoring::run(config, scoring_l, shutdown)),
+        ));
 
-        Ok(Self { urls, trigger, tasks })
+        Ok(Self {
+            urls,
+            trigger,
+            tasks,
+        })
     }
 
     /// Resolves when any service stops on its own (an error), naming it.

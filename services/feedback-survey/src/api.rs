@@ -24,7 +24,12 @@ pub struct SurveyApi {
 
 impl SurveyApi {
     pub fn new(pool: PgPool, events: EventLog, token_key: TokenKey, token_ttl: Duration) -> Self {
-        Self { pool, events, token_key, token_ttl }
+        Self {
+            pool,
+            events,
+            token_key,
+            token_ttl,
+        }
     }
 }
 
@@ -37,7 +42,11 @@ fn invitation_to_proto(row: InvitationRow) -> pb::Invitation {
     pb::Invitation {
         id: row.id.to_string(),
         case_id: row.case_id.to_string(),
-        status: if expired { pb::InvitationStatus::Expired as i32 } else { row.status as i32 },
+        status: if expired {
+            pb::InvitationStatus::Expired as i32
+        } else {
+            row.status as i32
+        },
         scheduled_for: Some(to_timestamp(row.scheduled_for)),
         sent_at: opt_timestamp(row.sent_at),
         expires_at: opt_timestamp(row.expires_at),
@@ -115,16 +124,29 @@ impl SurveyService for SurveyApi {
             .ok_or_else(|| Status::not_found("unknown survey token"))?;
         let now = Utc::now();
         if invitation.status == ANSWERED {
-            return Err(grpc::failed_precondition("TOKEN", "survey", "this survey was already answered; a token works once"));
+            return Err(grpc::failed_precondition(
+                "TOKEN",
+                "survey",
+                "this survey was already answered; a token works once",
+            ));
         }
         if invitation.expires_at.is_some_and(|e| e < now) {
-            return Err(grpc::failed_precondition("TOKEN", "survey", "this survey link has expired"));
+            return Err(grpc::failed_precondition(
+                "TOKEN",
+                "survey",
+                "this survey link has expired",
+            ));
         }
-        let template = questionnaire::template(&invitation.template_id, invitation.template_version.max(0) as u32)
-            .ok_or_else(|| Status::internal("the invitation's questionnaire template is missing"))?;
-        let answers = questionnaire::validate(&template, &request.answers).map_err(FieldErrors::into_status)?;
+        let template = questionnaire::template(
+            &invitation.template_id,
+            invitation.template_version.max(0) as u32,
+        )
+        .ok_or_else(|| Status::internal("the invitation's questionnaire template is missing"))?;
+        let answers = questionnaire::validate(&template, &request.answers)
+            .map_err(FieldErrors::into_status)?;
         let dissatisfied = answers.dissatisfied();
-        let json = serde_json::to_value(&answers).map_err(|_| Status::internal("internal error"))?;
+        let json =
+            serde_json::to_value(&answers).map_err(|_| Status::internal("internal error"))?;
         let row = store::record_answers(&mut tx, invitation.id, now, &json, dissatisfied)
             .await
             .map_err(|e| grpc::storage(&e))?;
@@ -147,6 +169,8 @@ impl SurveyService for SurveyApi {
             .map_err(|e| grpc::storage(&e))?;
         tx.commit().await.map_err(|e| grpc::storage(&e))?;
         self.events.committed();
-        Ok(Response::new(pb::SubmitSurveyResponseResponse { invitation: Some(invitation_to_proto(row)) }))
+        Ok(Response::new(pb::SubmitSurveyResponseResponse {
+            invitation: Some(invitation_to_proto(row)),
+        }))
     }
 }

@@ -46,16 +46,26 @@ impl SurveyEvents {
                     store::upsert_case(conn, &case).await?;
                 }
             }
-            Some(Payload::CaseStatusChanged(change)) if change.to == CaseStatus::Resolved as i32 => {
+            Some(Payload::CaseStatusChanged(change))
+                if change.to == CaseStatus::Resolved as i32 =>
+            {
                 let case_id = Uuid::parse_str(&change.case_id)?;
                 let Some(case) = store::case(conn, case_id).await? else {
                     tracing::warn!(%case_id, "resolved case unknown to the survey service; no invitation");
                     return Ok(());
                 };
-                let resolved_at = change.changed_at.as_ref().and_then(from_timestamp).unwrap_or_else(Utc::now);
+                let resolved_at = change
+                    .changed_at
+                    .as_ref()
+                    .and_then(from_timestamp)
+                    .unwrap_or_else(Utc::now);
                 let template = standard_template();
                 let id = Uuid::now_v7();
-                let delivery = if case.channel == Channel::Phone as i16 { "return_visit" } else { "link" };
+                let delivery = if case.channel == Channel::Phone as i16 {
+                    "return_visit"
+                } else {
+                    "link"
+                };
                 let invitation = InvitationRow {
                     id,
                     case_id,

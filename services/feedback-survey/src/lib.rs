@@ -46,7 +46,10 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let token_secret = config::required("SURVEY_TOKEN_SECRET", "at least 32 random characters that sign survey tokens")?;
+        let token_secret = config::required(
+            "SURVEY_TOKEN_SECRET",
+            "at least 32 random characters that sign survey tokens",
+        )?;
         if token_secret.len() < 32 {
             return Err(ConfigError::Invalid {
                 name: "SURVEY_TOKEN_SECRET".into(),
@@ -67,7 +70,10 @@ impl Config {
             cases_url: config::upstream_url("CASES_URL", "http://127.0.0.1:50052")?,
             token_secret,
             delay,
-            token_ttl: config::duration_or("SURVEY_TOKEN_TTL", std::time::Duration::from_secs(7 * 86_400))?,
+            token_ttl: config::duration_or(
+                "SURVEY_TOKEN_TTL",
+                std::time::Duration::from_secs(7 * 86_400),
+            )?,
         })
     }
 }
@@ -83,7 +89,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         token_key: token_key.clone(),
         delay: chrono::Duration::from_std(config.delay)?,
     });
-    tokio::spawn(Consumer::new(&context, SCHEMA, "case-management", &config.cases_url, handler)?.run());
+    tokio::spawn(
+        Consumer::new(
+            &context,
+            SCHEMA,
+            "case-management",
+            &config.cases_url,
+            handler,
+        )?
+        .run(),
+    );
     let api = api::SurveyApi::new(
         context.pool.clone(),
         events.clone(),
@@ -93,6 +108,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     let routes = tonic::service::Routes::new(context.authenticated(SurveyServiceServer::new(api)))
         .add_service(events.service(&context));
     context
-        .serve(listener, routes, &["complaints.survey.v1.SurveyService", "complaints.events.v1.EventStream"])
+        .serve(
+            listener,
+            routes,
+            &[
+                "complaints.survey.v1.SurveyService",
+                "complaints.events.v1.EventStream",
+            ],
+        )
         .await
 }

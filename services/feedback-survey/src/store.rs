@@ -67,10 +67,11 @@ pub async fn case(conn: &mut PgConnection, case_id: Uuid) -> Result<Option<CaseR
 }
 
 pub async fn next_cycle(conn: &mut PgConnection, case_id: Uuid) -> Result<i32, sqlx::Error> {
-    let (max,): (Option<i32>,) = sqlx::query_as("SELECT max(cycle) FROM survey.invitations WHERE case_id = $1")
-        .bind(case_id)
-        .fetch_one(conn)
-        .await?;
+    let (max,): (Option<i32>,) =
+        sqlx::query_as("SELECT max(cycle) FROM survey.invitations WHERE case_id = $1")
+            .bind(case_id)
+            .fetch_one(conn)
+            .await?;
     Ok(max.unwrap_or(0) + 1)
 }
 
@@ -102,7 +103,10 @@ pub async fn insert_invitation(
     Ok(result.rows_affected() == 1)
 }
 
-pub async fn invitations_of_case(pool: &PgPool, case_id: Uuid) -> Result<Vec<InvitationRow>, sqlx::Error> {
+pub async fn invitations_of_case(
+    pool: &PgPool,
+    case_id: Uuid,
+) -> Result<Vec<InvitationRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM survey.invitations WHERE case_id = $1 ORDER BY cycle"
     ))

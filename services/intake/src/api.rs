@@ -38,7 +38,13 @@ impl IntakeApi {
 }
 
 const SUBMITTERS: &[Role] = &[Role::Service, Role::Agent, Role::Supervisor, Role::Admin];
-const READERS: &[Role] = &[Role::Service, Role::Agent, Role::Supervisor, Role::Quality, Role::Admin];
+const READERS: &[Role] = &[
+    Role::Service,
+    Role::Agent,
+    Role::Supervisor,
+    Role::Quality,
+    Role::Admin,
+];
 const VERIFIERS: &[Role] = &[Role::Agent, Role::Supervisor, Role::Admin];
 
 fn submission(request: pb::SubmitComplaintRequest) -> Submission {
@@ -149,22 +155,25 @@ impl IntakeService for IntakeApi {
             complaint.tier,
             complaint.channel,
         );
-        let day = now.with_timezone(&self.org_timezone).format("%Y%m%d").to_string();
+        let day = now
+            .with_timezone(&self.org_timezone)
+            .format("%Y%m%d")
+            .to_string();
         let id = Uuid::now_v7();
 
         let mut tx = self.pool.begin().await.map_err(|e| grpc::storage(&e))?;
-        let inserted = store::insert_complaint(
-            &mut tx,
+        let row = store::NewComplaintRow {
             id,
-            &complaint,
-            &fingerprint,
-            &classification,
-            &day,
-            now,
-            pb::ComplaintStatus::Received as i16,
-        )
-        .await
-        .map_err(|e| grpc::storage(&e))?;
+            complaint: &complaint,
+            fingerprint: &fingerprint,
+            classification: &classification,
+            reference_day: &day,
+            received_at: now,
+            status: pb::ComplaintStatus::Received as i16,
+        };
+        let inserted = store::insert_complaint(&mut tx, &row)
+            .await
+            .map_err(|e| grpc::storage(&e))?;
         let (row, created) = match inserted {
             Some(row) => {
                 self.events
@@ -288,7 +297,11 @@ impl IntakeService for IntakeApi {
             .map_err(|e| grpc::storage(&e))?
             .ok_or_else(|| grpc::not_found("complaint", &id.to_string()))?;
         if current.version as u64 != request.version {
-            return Err(grpc::stale_version("complaint", request.version, current.version as u64));
+            return Err(grpc::stale_version(
+                "complaint",
+                request.version,
+                current.version as u64,
+            ));
         }
         if current.status != pb::ComplaintStatus::Received as i16 {
             return Err(grpc::failed_precondition(

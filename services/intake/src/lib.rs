@@ -5,11 +5,11 @@ pub mod api;
 pub mod domain;
 pub mod store;
 
+use complaints_kit::Shutdown;
 use complaints_kit::config::{self, CommonConfig, ConfigError};
 use complaints_kit::db::Migration;
 use complaints_kit::events::{EventLog, OUTBOX_MIGRATION};
 use complaints_kit::server::ServiceContext;
-use complaints_kit::Shutdown;
 use complaints_proto::intake::v1::intake_service_server::IntakeServiceServer;
 use tokio::net::TcpListener;
 

@@ -44,17 +44,32 @@ pub struct ComplaintRow {
     pub version: i64,
 }
 
+/// A complaint about to be stored, with what intake decided about it.
+pub struct NewComplaintRow<'a> {
+    pub id: Uuid,
+    pub complaint: &'a NewComplaint,
+    pub fingerprint: &'a str,
+    pub classification: &'a Classification,
+    /// `YYYYMMDD` in the organisation's time zone, for the reference number.
+    pub reference_day: &'a str,
+    pub received_at: DateTime<Utc>,
+    pub status: i16,
+}
+
 /// Inserts the complaint unless its `request_id` exists; `None` when it did.
 pub async fn insert_complaint(
     conn: &mut PgConnection,
-    id: Uuid,
-    complaint: &NewComplaint,
-    fingerprint: &str,
-    classification: &Classification,
-    reference_day: &str,
-    received_at: DateTime<Utc>,
-    status: i16,
+    row: &NewComplaintRow<'_>,
 ) -> Result<Option<ComplaintRow>, sqlx::Error> {
+    let NewComplaintRow {
+        id,
+        complaint,
+        fingerprint,
+        classification,
+        reference_day,
+        received_at,
+        status,
+    } = *row;
     sqlx::query_as(&format!(
         "INSERT INTO intake.complaints (id, reference, request_id, request_fingerprint, channel, complainant_name,
              phone, email, customer_id, customer_tier, subject, description, demand, occurred_at, order_ref,
@@ -108,10 +123,12 @@ pub async fn find_by_request_id(
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<ComplaintRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM intake.complaints WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM intake.complaints WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }
 
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<ComplaintRow>, sqlx::Error> {

@@ -5,21 +5,25 @@ use complaints_kit::testing::{self, RunningService};
 use complaints_proto::common::v1::{Channel, CustomerTier};
 use complaints_proto::intake::v1::intake_service_client::IntakeServiceClient;
 use complaints_proto::intake::v1::{
-    Complainant, ComplaintContent, ComplaintStatus, GetComplaintRequest, ListComplaintsRequest, RejectionReason,
-    SubmitComplaintRequest, VerifyComplaintRequest,
+    Complainant, ComplaintContent, ComplaintStatus, GetComplaintRequest, ListComplaintsRequest,
+    RejectionReason, SubmitComplaintRequest, VerifyComplaintRequest,
 };
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel as GrpcChannel;
 use tonic_types::StatusExt;
 
-type Client = IntakeServiceClient<InterceptedService<GrpcChannel, complaints_kit::auth::BearerToken>>;
+type Client =
+    IntakeServiceClient<InterceptedService<GrpcChannel, complaints_kit::auth::BearerToken>>;
 
 async fn start() -> (RunningService, testing::TestDatabase) {
     let db = testing::fresh_database().await;
     let (listener, url) = testing::ephemeral_listener().await;
     let config = intake::Config::new(testing::common_config(&db.url));
-    (RunningService::spawn(listener, url, |l, s| intake::run(config, l, s)), db)
+    (
+        RunningService::spawn(listener, url, |l, s| intake::run(config, l, s)),
+        db,
+    )
 }
 
 fn client(service: &RunningService, role: Role) -> Client {
@@ -70,11 +74,23 @@ async fn bad_input_is_refused_naming_every_wrong_field() {
         .iter()
         .map(|v| v.field.clone())
         .collect();
-    for field in ["channel", "complainant.email", "complainant.phone", "content.description"] {
-        assert!(fields.iter().any(|f| f == field), "{field} not in {fields:?}");
+    for field in [
+        "channel",
+        "complainant.email",
+        "complainant.phone",
+        "content.description",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == field),
+            "{field} not in {fields:?}"
+        );
     }
     // Nothing was stored.
-    let list = intake.list_complaints(ListComplaintsRequest::default()).await.unwrap().into_inner();
+    let list = intake
+        .list_complaints(ListComplaintsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(list.complaints.is_empty());
     service.stop().await.unwrap();
 }
@@ -83,15 +99,26 @@ async fn bad_input_is_refused_naming_every_wrong_field() {
 async fn same_request_id_returns_the_same_complaint_and_other_content_is_refused() {
     let (service, _db) = start().await;
     let mut intake = client(&service, Role::Service);
-    let first = intake.submit_complaint(complaint("idem-1")).await.unwrap().into_inner();
-    let again = intake.submit_complaint(complaint("idem-1")).await.unwrap().into_inner();
+    let first = intake
+        .submit_complaint(complaint("idem-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = intake
+        .submit_complaint(complaint("idem-1"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(first.created);
     assert!(!again.created);
     assert_eq!(first.complaint.unwrap().id, again.complaint.unwrap().id);
 
     let mut other = complaint("idem-1");
     other.content.as_mut().unwrap().description = "Something else entirely".into();
-    let status = intake.submit_complaint(other).await.expect_err("reuse refused");
+    let status = intake
+        .submit_complaint(other)
+        .await
+        .expect_err("reuse refused");
     assert_eq!(status.code(), Code::AlreadyExists);
     service.stop().await.unwrap();
 }
@@ -109,17 +136,23 @@ async fn concurrent_identical_submissions_create_exactly_one_complaint_and_one_e
     let mut ids = std::collections::HashSet::new();
     let mut created = 0;
     for task in tasks {
-        let response = task.await.unwrap().expect("every submission succeeds").into_inner();
+        let response = task
+            .await
+            .unwrap()
+            .expect("every submission succeeds")
+            .into_inner();
         created += response.created as usize;
         ids.insert(response.complaint.unwrap().id);
     }
     assert_eq!(ids.len(), 1);
     assert_eq!(created, 1);
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let (events,): (i64,) = sqlx::query_as("SELECT count(*) FROM intake.event_outbox WHERE event_type = 'ComplaintAccepted'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (events,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM intake.event_outbox WHERE event_type = 'ComplaintAccepted'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(events, 1);
     service.stop().await.unwrap();
 }
@@ -135,7 +168,9 @@ async fn personal_data_is_masked_for_quality_and_shown_to_agents() {
         .complaint
         .unwrap();
     let as_agent = client(&service, Role::Agent)
-        .get_complaint(GetComplaintRequest { complaint_id: created.id.clone() })
+        .get_complaint(GetComplaintRequest {
+            complaint_id: created.id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -146,7 +181,9 @@ async fn personal_data_is_masked_for_quality_and_shown_to_agents() {
     assert_eq!(as_agent.phone, "+8613912345678");
     assert_eq!(as_agent.email, "li.lei@example.com");
     let as_quality = client(&service, Role::Quality)
-        .get_complaint(GetComplaintRequest { complaint_id: created.id })
+        .get_complaint(GetComplaintRequest {
+            complaint_id: created.id,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -154,7 +191,11 @@ async fn personal_data_is_masked_for_quality_and_shown_to_agents() {
         .unwrap()
         .complainant
         .unwrap();
-    assert!(!as_quality.phone.contains("12345678"), "{}", as_quality.phone);
+    assert!(
+        !as_quality.phone.contains("12345678"),
+        "{}",
+        as_quality.phone
+    );
     assert!(!as_quality.email.contains("li.lei"), "{}", as_quality.email);
     assert!(!as_quality.name.contains("Lei"), "{}", as_quality.name);
     service.stop().await.unwrap();
@@ -166,21 +207,36 @@ async fn lists_paginate_newest_first_and_filter_by_customer() {
     let mut intake = client(&service, Role::Service);
     for i in 0..5 {
         let mut request = complaint(&format!("page-{i}"));
-        request.complainant.as_mut().unwrap().customer_id = if i % 2 == 0 { "EVEN".into() } else { "ODD".into() };
+        request.complainant.as_mut().unwrap().customer_id = if i % 2 == 0 {
+            "EVEN".into()
+        } else {
+            "ODD".into()
+        };
         intake.submit_complaint(request).await.unwrap();
     }
     let first = intake
-        .list_complaints(ListComplaintsRequest { page_size: 2, ..Default::default() })
+        .list_complaints(ListComplaintsRequest {
+            page_size: 2,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(first.complaints.len(), 2);
     assert!(!first.next_page_token.is_empty());
-    let mut seen: Vec<String> = first.complaints.iter().map(|c| c.reference.clone()).collect();
+    let mut seen: Vec<String> = first
+        .complaints
+        .iter()
+        .map(|c| c.reference.clone())
+        .collect();
     let mut token = first.next_page_token;
     while !token.is_empty() {
         let page = intake
-            .list_complaints(ListComplaintsRequest { page_size: 2, page_token: token, ..Default::default() })
+            .list_complaints(ListComplaintsRequest {
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -192,13 +248,19 @@ async fn lists_paginate_newest_first_and_filter_by_customer() {
     sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!(seen, sorted, "newest first");
     let even = intake
-        .list_complaints(ListComplaintsRequest { customer_id: "EVEN".into(), ..Default::default() })
+        .list_complaints(ListComplaintsRequest {
+            customer_id: "EVEN".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(even.complaints.len(), 3);
     let bad = intake
-        .list_complaints(ListComplaintsRequest { page_token: "garbage".into(), ..Default::default() })
+        .list_complaints(ListComplaintsRequest {
+            page_token: "garbage".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("bad token");
     assert_eq!(bad.code(), Code::InvalidArgument);
@@ -243,7 +305,9 @@ async fn rejection_keeps_the_complaint_and_needs_the_current_version() {
     assert_eq!(rejected.status, ComplaintStatus::Rejected as i32);
     assert_eq!(rejected.status_note, "advertising");
     let kept = agent
-        .get_complaint(GetComplaintRequest { complaint_id: created.id })
+        .get_complaint(GetComplaintRequest {
+            complaint_id: created.id,
+        })
         .await
         .unwrap()
         .into_inner()

@@ -50,7 +50,11 @@ impl std::str::FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?}; expected one of agent, supervisor, quality, admin, service"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown role {s:?}; expected one of agent, supervisor, quality, admin, service"
+                )
+            })
     }
 }
 
@@ -373,7 +377,10 @@ impl tonic::service::Interceptor for AuthInterceptor {
         let token = header
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .ok_or_else(|| Status::unauthenticated("authorization must be: Bearer <token>"))?;
         let principal = self.verifier.verify(token.trim())?;
         request.extensions_mut().insert(principal);
@@ -416,7 +423,12 @@ mod tests {
     fn minted_token_verifies_with_roles_and_department() {
         let config = AuthConfig::development(SECRET);
         let token = config
-            .mint("alice", &[Role::Agent], Some("quality"), Duration::from_secs(60))
+            .mint(
+                "alice",
+                &[Role::Agent],
+                Some("quality"),
+                Duration::from_secs(60),
+            )
             .unwrap();
         let principal = config.verifier().unwrap().verify(&token).unwrap();
         assert_eq!(principal.subject, "alice");

@@ -37,7 +37,11 @@ pub enum DbError {
 }
 
 /// Connects a pool; fails fast when the database cannot be reached.
-pub async fn connect(url: &str, application: &str, max_connections: u32) -> Result<PgPool, DbError> {
+pub async fn connect(
+    url: &str,
+    application: &str,
+    max_connections: u32,
+) -> Result<PgPool, DbError> {
     let options = PgConnectOptions::from_str(url)
         .map_err(DbError::Url)?
         .application_name(application);
@@ -73,7 +77,11 @@ pub fn migrate<'a>(
     Box::pin(migrate_inner(pool, schema, migrations))
 }
 
-async fn migrate_inner(pool: &PgPool, schema: &str, migrations: &[Migration]) -> Result<(), DbError> {
+async fn migrate_inner(
+    pool: &PgPool,
+    schema: &str,
+    migrations: &[Migration],
+) -> Result<(), DbError> {
     let err = |source| DbError::Migrator {
         schema: schema.to_owned(),
         source,

@@ -171,8 +171,8 @@ impl EventLog {
             let txid: i64 = row.try_get(0)?;
             let seq: i64 = row.try_get(1)?;
             let bytes: Vec<u8> = row.try_get(2)?;
-            let mut event = Event::decode(bytes.as_slice())
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let mut event =
+                Event::decode(bytes.as_slice()).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
             event.position = Some(Position {
                 transaction_id: txid as u64,
                 sequence: seq as u64,
@@ -378,7 +378,11 @@ impl<H: EventHandler> Consumer<H> {
         .await
     }
 
-    async fn apply_batch(&self, cursor: (i64, i64), events: &[Event]) -> Result<(i64, i64), BatchError> {
+    async fn apply_batch(
+        &self,
+        cursor: (i64, i64),
+        events: &[Event],
+    ) -> Result<(i64, i64), BatchError> {
         let mut tx = self.pool.begin().await?;
         let stored: (i64, i64) = sqlx::query_as(&format!(
             "SELECT txid, seq FROM {}.event_cursors WHERE source = $1 FOR UPDATE",

@@ -69,10 +69,10 @@ pub fn failed_precondition(kind: &str, subject: &str, description: &str) -> Stat
 
 /// `ABORTED`: the caller's `version` is stale; re-read and retry.
 pub fn stale_version(subject: &str, expected: u64, actual: u64) -> Status {
-    let description = format!(
-        "{subject} is at version {actual}, not {expected}; read it again and retry"
-    );
-    let details = ErrorDetails::with_precondition_failure_violation("VERSION", subject, &description);
+    let description =
+        format!("{subject} is at version {actual}, not {expected}; read it again and retry");
+    let details =
+        ErrorDetails::with_precondition_failure_violation("VERSION", subject, &description);
     Status::with_error_details(Code::Aborted, description, details)
 }
 

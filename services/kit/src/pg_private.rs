@@ -41,10 +41,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PrivatePgError + '_ {
 /// Finds the directory holding `initdb` and `pg_ctl`.
 pub fn find_bin_dir() -> Result<PathBuf, PrivatePgError> {
     let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-    if let Some(dir) = crate::config::optional("PG_BIN_DIR").map(PathBuf::from) {
-        if has_tools(&dir) {
-            return Ok(dir);
-        }
+    if let Some(dir) = crate::config::optional("PG_BIN_DIR").map(PathBuf::from)
+        && has_tools(&dir)
+    {
+        return Ok(dir);
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
@@ -144,7 +144,16 @@ impl PrivatePostgres {
                 "initdb",
                 pg_command(
                     &bin.join("initdb"),
-                    &["-D", &data_str, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"],
+                    &[
+                        "-D",
+                        &data_str,
+                        "-U",
+                        "postgres",
+                        "--auth=trust",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                    ],
                 ),
             )?;
         }
@@ -166,7 +175,9 @@ impl PrivatePostgres {
                 "pg_ctl start",
                 pg_command(
                     &bin.join("pg_ctl"),
-                    &["start", "-w", "-t", "60", "-D", &data_str, "-l", &log, "-o", &options],
+                    &[
+                        "start", "-w", "-t", "60", "-D", &data_str, "-l", &log, "-o", &options,
+                    ],
                 ),
             )?;
         }
@@ -180,7 +191,10 @@ impl PrivatePostgres {
         let data_str = self.data_dir.display().to_string();
         run(
             "pg_ctl stop",
-            pg_command(&bin.join("pg_ctl"), &["stop", "-m", "fast", "-D", &data_str]),
+            pg_command(
+                &bin.join("pg_ctl"),
+                &["stop", "-m", "fast", "-D", &data_str],
+            ),
         )
     }
 }

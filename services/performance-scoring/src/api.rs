@@ -22,7 +22,11 @@ impl ScoringApi {
 }
 
 fn ratio(rate: Rate) -> Option<pb::Ratio> {
-    Some(pb::Ratio { numerator: rate.numerator, denominator: rate.denominator, value: rate.value })
+    Some(pb::Ratio {
+        numerator: rate.numerator,
+        denominator: rate.denominator,
+        value: rate.value,
+    })
 }
 
 #[tonic::async_trait]
@@ -32,10 +36,20 @@ impl ScoringService for ScoringApi {
         request: Request<pb::GetScorecardRequest>,
     ) -> Result<Response<pb::GetScorecardResponse>, Status> {
         let principal = auth::principal(&request)?;
-        principal.require_any(&[Role::Supervisor, Role::Quality, Role::Admin, Role::Agent, Role::Service])?;
+        principal.require_any(&[
+            Role::Supervisor,
+            Role::Quality,
+            Role::Admin,
+            Role::Agent,
+            Role::Service,
+        ])?;
         let request = request.into_inner();
         let mut errors = FieldErrors::new();
-        let kind = grpc::require_enum::<pb::SubjectKind>(&mut errors, "subject_kind", request.subject_kind);
+        let kind = grpc::require_enum::<pb::SubjectKind>(
+            &mut errors,
+            "subject_kind",
+            request.subject_kind,
+        );
         if request.subject_id.trim().is_empty() {
             errors.add("subject_id", "required");
         }
@@ -47,10 +61,10 @@ impl ScoringService for ScoringApi {
         if end.is_none() {
             errors.add("period_end", "a valid timestamp is required");
         }
-        if let (Some(s), Some(e)) = (start, end) {
-            if e <= s {
-                errors.add("period_end", "must be after period_start");
-            }
+        if let (Some(s), Some(e)) = (start, end)
+            && e <= s
+        {
+            errors.add("period_end", "must be after period_start");
         }
         errors.into_result()?;
         let (Some(kind), Some(start), Some(end)) = (kind, start, end) else {
@@ -58,10 +72,14 @@ impl ScoringService for ScoringApi {
         };
         let subject = request.subject_id.trim().to_owned();
         // Agents see only their own scorecard; supervisors their department's people.
-        if principal.has(Role::Agent) && !principal.has_any(&[Role::Supervisor, Role::Quality, Role::Admin, Role::Service]) {
+        if principal.has(Role::Agent)
+            && !principal.has_any(&[Role::Supervisor, Role::Quality, Role::Admin, Role::Service])
+        {
             let own = kind == pb::SubjectKind::Agent && subject == principal.subject;
             if !own {
-                return Err(Status::permission_denied("agents may read only their own scorecard"));
+                return Err(Status::permission_denied(
+                    "agents may read only their own scorecard",
+                ));
             }
         }
         let by_department = kind == pb::SubjectKind::Department;
@@ -84,7 +102,11 @@ impl ScoringService for ScoringApi {
                 csat_average: kpi::csat_average(counts.csat_sum, counts.csat_responses),
                 csat_responses: counts.csat_responses,
                 satisfaction_rate: ratio(kpi::rate(counts.csat_satisfied, counts.csat_responses)),
-                nps: kpi::nps(counts.nps_promoters, counts.nps_detractors, counts.nps_responses),
+                nps: kpi::nps(
+                    counts.nps_promoters,
+                    counts.nps_detractors,
+                    counts.nps_responses,
+                ),
                 nps_responses: counts.nps_responses,
             }),
         }))

@@ -34,29 +34,65 @@ async fn on_event(conn: &mut PgConnection, event: &Event) -> anyhow::Result<()> 
         }
         Some(Payload::CaseAssigned(a)) => {
             let value = FactValue::Owner(a.department_id.clone(), a.owner_id.clone());
-            store::update_facts(conn, Uuid::parse_str(&a.case_id)?, "department_id = $2, owner_id = $3", value).await?;
+            store::update_facts(
+                conn,
+                Uuid::parse_str(&a.case_id)?,
+                "department_id = $2, owner_id = $3",
+                value,
+            )
+            .await?;
         }
         Some(Payload::CaseStatusChanged(c)) => {
             let case_id = Uuid::parse_str(&c.case_id)?;
-            let at = c.changed_at.as_ref().and_then(from_timestamp).unwrap_or(now);
+            let at = c
+                .changed_at
+                .as_ref()
+                .and_then(from_timestamp)
+                .unwrap_or(now);
             if c.to == CaseStatus::Resolved as i32 {
-                store::update_facts(conn, case_id, "resolved = true, resolved_at = $2", FactValue::Time(at)).await?;
+                store::update_facts(
+                    conn,
+                    case_id,
+                    "resolved = true, resolved_at = $2",
+                    FactValue::Time(at),
+                )
+                .await?;
             } else if c.to == CaseStatus::Reopened as i32 {
-                store::update_facts(conn, case_id, "resolved = false, reopen_count = reopen_count + 1", FactValue::None)
-                    .await?;
+                store::update_facts(
+                    conn,
+                    case_id,
+                    "resolved = false, reopen_count = reopen_count + 1",
+                    FactValue::None,
+                )
+                .await?;
             }
         }
         Some(Payload::CaseEscalated(e)) => {
-            store::update_facts(conn, Uuid::parse_str(&e.case_id)?, "escalations = escalations + 1", FactValue::None)
-                .await?;
+            store::update_facts(
+                conn,
+                Uuid::parse_str(&e.case_id)?,
+                "escalations = escalations + 1",
+                FactValue::None,
+            )
+            .await?;
         }
         Some(Payload::ClockMet(m)) if m.kind == ClockKind::FirstResponse as i32 => {
-            store::update_facts(conn, Uuid::parse_str(&m.case_id)?, "first_response_on_time = $2", FactValue::Bool(m.on_time))
-                .await?;
+            store::update_facts(
+                conn,
+                Uuid::parse_str(&m.case_id)?,
+                "first_response_on_time = $2",
+                FactValue::Bool(m.on_time),
+            )
+            .await?;
         }
         Some(Payload::ClockBreached(b)) if b.kind == ClockKind::FirstResponse as i32 => {
-            store::update_facts(conn, Uuid::parse_str(&b.case_id)?, "first_response_breached = true", FactValue::None)
-                .await?;
+            store::update_facts(
+                conn,
+                Uuid::parse_str(&b.case_id)?,
+                "first_response_breached = true",
+                FactValue::None,
+            )
+            .await?;
         }
         Some(Payload::SurveyAnswered(s)) => {
             let value = FactValue::Survey {
@@ -64,7 +100,13 @@ async fn on_event(conn: &mut PgConnection, event: &Event) -> anyhow::Result<()> 
                 nps: s.nps.map(|v| v as i16),
                 solved: s.solved,
             };
-            store::update_facts(conn, Uuid::parse_str(&s.case_id)?, "csat = $2, nps = $3, solved = $4", value).await?;
+            store::update_facts(
+                conn,
+                Uuid::parse_str(&s.case_id)?,
+                "csat = $2, nps = $3, solved = $4",
+                value,
+            )
+            .await?;
         }
         _ => {}
     }

@@ -64,5 +64,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     }
     let api = api::ScoringApi::new(context.pool.clone());
     let routes = tonic::service::Routes::new(context.authenticated(ScoringServiceServer::new(api)));
-    context.serve(listener, routes, &["complaints.scoring.v1.ScoringService"]).await
+    context
+        .serve(listener, routes, &["complaints.scoring.v1.ScoringService"])
+        .await
 }

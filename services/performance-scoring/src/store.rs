@@ -35,7 +35,12 @@ pub async fn upsert_opened(
 }
 
 /// Runs an update of one case's facts, creating the row first if needed.
-pub async fn update_facts(conn: &mut PgConnection, case_id: Uuid, set: &str, bind: FactValue) -> Result<(), sqlx::Error> {
+pub async fn update_facts(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+    set: &str,
+    bind: FactValue,
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO scoring.case_facts (case_id) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(case_id)
         .execute(&mut *conn)
@@ -58,7 +63,11 @@ pub enum FactValue {
     Time(DateTime<Utc>),
     Bool(bool),
     Owner(String, String),
-    Survey { csat: Option<i16>, nps: Option<i16>, solved: Option<bool> },
+    Survey {
+        csat: Option<i16>,
+        nps: Option<i16>,
+        solved: Option<bool>,
+    },
 }
 
 /// Counts over the cases opened in [start, end) of an agent or a department.
@@ -69,7 +78,11 @@ pub async fn counts(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<Counts, sqlx::Error> {
-    let column = if by_department { "department_id" } else { "owner_id" };
+    let column = if by_department {
+        "department_id"
+    } else {
+        "owner_id"
+    };
     let row: (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(&format!(
         "SELECT count(*),
                 count(*) FILTER (WHERE resolved),

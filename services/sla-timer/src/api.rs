@@ -24,8 +24,16 @@ impl SlaApi {
 
     fn clock_to_proto(&self, clock: ClockRow, now: chrono::DateTime<Utc>) -> pb::Clock {
         let timing = clock.timing();
-        let at = if clock.state == MET { clock.met_at.unwrap_or(now) } else { now };
-        let used = if clock.is_active() { timing.used(&self.engine.calendar, at) } else { timing.consumed };
+        let at = if clock.state == MET {
+            clock.met_at.unwrap_or(now)
+        } else {
+            now
+        };
+        let used = if clock.is_active() {
+            timing.used(&self.engine.calendar, at)
+        } else {
+            timing.consumed
+        };
         let target = Duration::milliseconds(clock.target_ms);
         pb::Clock {
             id: clock.id.to_string(),
@@ -41,7 +49,8 @@ impl SlaApi {
             met_at: opt_timestamp(clock.met_at),
             breached_at: opt_timestamp(clock.breached_at),
             remaining: Some(to_pb_duration(target - used)),
-            percent_used: used.num_milliseconds() as f64 * 100.0 / target.num_milliseconds().max(1) as f64,
+            percent_used: used.num_milliseconds() as f64 * 100.0
+                / target.num_milliseconds().max(1) as f64,
             escalation_level: clock.escalation_level.max(0) as u32,
             met_on_time: clock.met_on_time.unwrap_or(false),
         }
@@ -67,7 +76,10 @@ impl SlaService for SlaApi {
             .map_err(|e| grpc::storage(&e))?;
         let now = Utc::now();
         Ok(Response::new(pb::ListCaseClocksResponse {
-            clocks: clocks.into_iter().map(|c| self.clock_to_proto(c, now)).collect(),
+            clocks: clocks
+                .into_iter()
+                .map(|c| self.clock_to_proto(c, now))
+                .collect(),
         }))
     }
 }

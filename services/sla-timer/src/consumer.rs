@@ -48,8 +48,12 @@ impl ClockEvents {
                 store::upsert_case(conn, &case).await?;
                 // The first response counts from receipt, resolution too: the customer's wait
                 // started when they complained, not when we opened the case.
-                engine.start_clock(conn, &case, ClockKind::FirstResponse, 1, received_at, trace).await?;
-                engine.start_clock(conn, &case, ClockKind::Resolution, 1, received_at, trace).await?;
+                engine
+                    .start_clock(conn, &case, ClockKind::FirstResponse, 1, received_at, trace)
+                    .await?;
+                engine
+                    .start_clock(conn, &case, ClockKind::Resolution, 1, received_at, trace)
+                    .await?;
             }
             Some(Payload::CaseAcknowledged(ack)) => {
                 let case_id = Uuid::parse_str(&ack.case_id)?;
@@ -87,8 +91,12 @@ impl ClockEvents {
                             }
                         }
                         if let Some(case) = store::case(conn, case_id).await? {
-                            let cycle = store::max_cycle(conn, case_id, ClockKind::FollowUp as i16).await? + 1;
-                            engine.start_clock(conn, &case, ClockKind::FollowUp, cycle, at, trace).await?;
+                            let cycle = store::max_cycle(conn, case_id, ClockKind::FollowUp as i16)
+                                .await?
+                                + 1;
+                            engine
+                                .start_clock(conn, &case, ClockKind::FollowUp, cycle, at, trace)
+                                .await?;
                         }
                     }
                     CaseStatus::Cancelled => {
@@ -101,8 +109,13 @@ impl ClockEvents {
                             engine.cancel(conn, clock, at).await?;
                         }
                         if let Some(case) = store::case(conn, case_id).await? {
-                            let cycle = store::max_cycle(conn, case_id, ClockKind::Resolution as i16).await? + 1;
-                            engine.start_clock(conn, &case, ClockKind::Resolution, cycle, at, trace).await?;
+                            let cycle =
+                                store::max_cycle(conn, case_id, ClockKind::Resolution as i16)
+                                    .await?
+                                    + 1;
+                            engine
+                                .start_clock(conn, &case, ClockKind::Resolution, cycle, at, trace)
+                                .await?;
                         }
                     }
                     _ if from == CaseStatus::WaitingOnCustomer => {
@@ -116,8 +129,11 @@ impl ClockEvents {
             Some(Payload::SurveyAnswered(answer)) => {
                 let case_id = Uuid::parse_str(&answer.case_id)?;
                 let at = when(&answer.answered_at, now);
-                let clocks = store::lock_active_clocks(conn, case_id).await?;
-                for clock in active_of_kind(&clocks, ClockKind::FollowUp) {
+                // The answer and a reopen it caused travel on different streams; whichever
+                // arrives first, the follow-up target counts as met by the answer.
+                if let Some(clock) =
+                    store::lock_unmet_follow_up(conn, case_id, ClockKind::FollowUp as i16).await?
+                {
                     engine.meet(conn, clock, at, trace).await?;
                 }
             }

@@ -8,7 +8,9 @@ use chrono::{DateTime, Duration, Utc};
 use complaints_kit::events::EventLog;
 use complaints_kit::time::{to_pb_duration, to_timestamp};
 use complaints_proto::common::v1::{ClockKind, Complexity, Severity};
-use complaints_proto::events::v1::{ClockBreached, ClockMet, ClockStarted, ClockWarning, event::Payload};
+use complaints_proto::events::v1::{
+    ClockBreached, ClockMet, ClockStarted, ClockWarning, event::Payload,
+};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -46,15 +48,7 @@ impl Engine {
             clock.due_at = None;
         }
         let policy = self.policy_of(clock);
-        let next = timing.next_fire(
-            &self.calendar,
-            policy.warnings,
-            clock.warned_percent.max(0) as u32,
-            clock.breached_at,
-            clock.escalation_level.max(0) as u32,
-            policy.escalation_interval,
-            policy.max_escalation_level,
-        )?;
+        let next = timing.next_fire(&self.calendar, &policy.fire_rules(), &clock.progress())?;
         clock.next_fire_at = next.map(|n| n.at());
         Ok(())
     }
@@ -72,13 +66,19 @@ impl Engine {
         let severity = Severity::try_from(case.severity as i32).unwrap_or(Severity::General);
         let complexity = Complexity::try_from(case.complexity as i32).unwrap_or(Complexity::Simple);
         let (policy, reason) = policy::select(severity, complexity);
-        let Some(measure) = policy.measure(kind) else { return Ok(None) };
+        let Some(measure) = policy.measure(kind) else {
+            return Ok(None);
+        };
         let (target, business) = match measure {
             Measure::Business(d) => (d, true),
             Measure::WorkingDays(n) => (self.calendar.standard_day() * n, true),
             Measure::Calendar(d) => (d, false),
         };
-        let started_at = if business { self.calendar.next_working_instant(origin)? } else { origin };
+        let started_at = if business {
+            self.calendar.next_working_instant(origin)?
+        } else {
+            origin
+        };
         let mut clock = ClockRow {
             id: Uuid::now_v7(),
             case_id: case.case_id,
@@ -161,7 +161,12 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn pause(&self, conn: &mut PgConnection, mut clock: ClockRow, at: DateTime<Utc>) -> anyhow::Result<()> {
+    pub async fn pause(
+        &self,
+        conn: &mut PgConnection,
+        mut clock: ClockRow,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         if clock.running_since.is_none() {
             return Ok(());
         }
@@ -178,7 +183,12 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn resume(&self, conn: &mut PgConnection, mut clock: ClockRow, at: DateTime<Utc>) -> anyhow::Result<()> {
+    pub async fn resume(
+        &self,
+        conn: &mut PgConnection,
+        mut clock: ClockRow,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         if clock.running_since.is_some() {
             return Ok(());
         }
@@ -194,14 +204,18 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn cancel(&self, conn: &mut PgConnection, mut clock: ClockRow, at: DateTime<Utc>) -> anyhow::Result<()> {
+    pub async fn cancel(
+        &self,
+        conn: &mut PgConnection,
+        mut clock: ClockRow,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
         let mut timing = clock.timing();
         timing.pause(&self.calendar, at);
         clock.set_timing(&timing);
         clock.state = CANCELLED;
         clock.next_fire_at = None;
-        store::save_clock(conn, &clock).await
-            .map_err(Into::into)
+        store::save_clock(conn, &clock).await.map_err(Into::into)
     }
 
     /// Fires what is due on one clock (possibly several steps after downtime).
@@ -215,16 +229,10 @@ impl Engine {
         let policy = self.policy_of(&clock);
         for _ in 0..16 {
             let timing = clock.timing();
-            let next = timing.next_fire(
-                &self.calendar,
-                policy.warnings,
-                clock.warned_percent.max(0) as u32,
-                clock.breached_at,
-                clock.escalation_level.max(0) as u32,
-                policy.escalation_interval,
-                policy.max_escalation_level,
-            )?;
-            let Some(next) = next.filter(|n| n.at() <= now) else { break };
+            let next = timing.next_fire(&self.calendar, &policy.fire_rules(), &clock.progress())?;
+            let Some(next) = next.filter(|n| n.at() <= now) else {
+                break;
+            };
             lags.push(now - next.at());
             let case = clock.case_id.to_string();
             match next {
@@ -276,7 +284,12 @@ impl Engine {
         Ok(lags)
     }
 
-    async fn queue_escalation(&self, conn: &mut PgConnection, clock: &ClockRow, level: u32) -> anyhow::Result<()> {
+    async fn queue_escalation(
+        &self,
+        conn: &mut PgConnection,
+        clock: &ClockRow,
+        level: u32,
+    ) -> anyhow::Result<()> {
         let kind = ClockKind::try_from(clock.kind as i32).unwrap_or(ClockKind::Unspecified);
         let reason = format!(
             "SLA breach: {} target missed (due {}); escalation level {level}",
@@ -284,12 +297,25 @@ impl Engine {
             clock.due_at.map(|d| d.to_rfc3339()).unwrap_or_default()
         );
         let escalation_id = format!("sla:{}:{level}", clock.id);
-        store::queue_escalation(conn, &escalation_id, clock.case_id, clock.id, level as i32, &reason).await?;
+        store::queue_escalation(
+            conn,
+            &escalation_id,
+            clock.case_id,
+            clock.id,
+            level as i32,
+            &reason,
+        )
+        .await?;
         Ok(())
     }
 
     /// Claims and fires up to `limit` due clocks in one transaction. Returns the firing lags.
-    pub async fn fire_due(&self, pool: &PgPool, now: DateTime<Utc>, limit: i64) -> anyhow::Result<(usize, Vec<Duration>)> {
+    pub async fn fire_due(
+        &self,
+        pool: &PgPool,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> anyhow::Result<(usize, Vec<Duration>)> {
         let mut tx = pool.begin().await?;
         let clocks = store::claim_due_clocks(&mut tx, now, limit).await?;
         let claimed = clocks.len();

@@ -65,7 +65,10 @@ pub fn standard_calendar(time_zone: chrono_tz::Tz) -> BusinessCalendar {
     BusinessCalendar::weekdays(
         "standard",
         time_zone,
-        vec![WorkRange::new((9, 0), (12, 0)), WorkRange::new((13, 0), (18, 0))],
+        vec![
+            WorkRange::new((9, 0), (12, 0)),
+            WorkRange::new((13, 0), (18, 0)),
+        ],
     )
 }
 
@@ -78,10 +81,24 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         calendar: Arc::new(standard_calendar(config.org_timezone)),
         events: events.clone(),
     };
-    let handler = Arc::new(consumer::ClockEvents { engine: engine.clone() });
+    let handler = Arc::new(consumer::ClockEvents {
+        engine: engine.clone(),
+    });
     let consumers = [
-        Consumer::new(&context, SCHEMA, "case-management", &config.cases_url, handler.clone())?,
-        Consumer::new(&context, SCHEMA, "feedback-survey", &config.survey_url, handler)?,
+        Consumer::new(
+            &context,
+            SCHEMA,
+            "case-management",
+            &config.cases_url,
+            handler.clone(),
+        )?,
+        Consumer::new(
+            &context,
+            SCHEMA,
+            "feedback-survey",
+            &config.survey_url,
+            handler,
+        )?,
     ];
     for consumer in consumers {
         tokio::spawn(consumer.run());
@@ -92,7 +109,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         config.scheduler_poll,
         context.shutdown.clone(),
     ));
-    let cases = CaseServiceClient::with_interceptor(context.channel(&config.cases_url)?, context.service_bearer()?);
+    let cases = CaseServiceClient::with_interceptor(
+        context.channel(&config.cases_url)?,
+        context.service_bearer()?,
+    );
     tokio::spawn(scheduler::run_escalation_dispatcher(
         context.pool.clone(),
         cases,
@@ -103,6 +123,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     let routes = tonic::service::Routes::new(context.authenticated(SlaServiceServer::new(api)))
         .add_service(events.service(&context));
     context
-        .serve(listener, routes, &["complaints.sla.v1.SlaService", "complaints.events.v1.EventStream"])
+        .serve(
+            listener,
+            routes,
+            &[
+                "complaints.sla.v1.SlaService",
+                "complaints.events.v1.EventStream",
+            ],
+        )
         .await
 }

@@ -24,7 +24,11 @@ pub async fn run_clock_scheduler(engine: Engine, pool: PgPool, poll: Duration, s
         match engine.fire_due(&pool, Utc::now(), FIRE_BATCH).await {
             Ok((claimed, lags)) => {
                 if let Some(max) = lags.iter().max() {
-                    tracing::debug!(fired = lags.len(), max_lag_ms = max.num_milliseconds(), "clocks fired");
+                    tracing::debug!(
+                        fired = lags.len(),
+                        max_lag_ms = max.num_milliseconds(),
+                        "clocks fired"
+                    );
                 }
                 if claimed as i64 == FIRE_BATCH {
                     continue;
@@ -42,7 +46,12 @@ pub async fn run_clock_scheduler(engine: Engine, pool: PgPool, poll: Duration, s
 type CasesClient = CaseServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// Delivers queued escalations to case-management until shutdown.
-pub async fn run_escalation_dispatcher(pool: PgPool, mut cases: CasesClient, poll: Duration, shutdown: Shutdown) {
+pub async fn run_escalation_dispatcher(
+    pool: PgPool,
+    mut cases: CasesClient,
+    poll: Duration,
+    shutdown: Shutdown,
+) {
     while !shutdown.is_triggered() {
         if let Err(error) = deliver_batch(&pool, &mut cases).await {
             tracing::warn!(error = %error, "delivering escalations failed; retrying");
@@ -76,7 +85,13 @@ async fn deliver_batch(pool: &PgPool, cases: &mut CasesClient) -> anyhow::Result
             Err(status) => {
                 let backoff = 2i64.saturating_pow(escalation.attempts.clamp(0, 8) as u32);
                 let retry_at = Utc::now() + chrono::Duration::seconds(backoff);
-                store::mark_escalation_failed(&mut tx, &escalation.escalation_id, retry_at, status.message()).await?;
+                store::mark_escalation_failed(
+                    &mut tx,
+                    &escalation.escalation_id,
+                    retry_at,
+                    status.message(),
+                )
+                .await?;
                 tracing::warn!(case_id = %escalation.case_id, code = ?status.code(), "escalation not delivered; will retry");
             }
         }

@@ -57,6 +57,14 @@ impl ClockRow {
         self.running_since = timing.running_since;
     }
 
+    pub fn progress(&self) -> crate::domain::clock::Progress {
+        crate::domain::clock::Progress {
+            warned_percent: self.warned_percent.max(0) as u32,
+            breached_at: self.breached_at,
+            escalation_level: self.escalation_level.max(0) as u32,
+        }
+    }
+
     /// Still counting (running, or breached and not yet met).
     pub fn is_active(&self) -> bool {
         matches!(self.state, RUNNING | PAUSED | BREACHED)
@@ -181,7 +189,10 @@ pub async fn clocks_of_case(pool: &PgPool, case_id: Uuid) -> Result<Vec<ClockRow
 }
 
 /// Locks the still-counting clocks of a case.
-pub async fn lock_active_clocks(conn: &mut PgConnection, case_id: Uuid) -> Result<Vec<ClockRow>, sqlx::Error> {
+pub async fn lock_active_clocks(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+) -> Result<Vec<ClockRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {CLOCK_COLUMNS} FROM sla.clocks WHERE case_id = $1 AND state IN (1, 2, 4)
          ORDER BY kind, cycle FOR UPDATE"
@@ -191,7 +202,28 @@ pub async fn lock_active_clocks(conn: &mut PgConnection, case_id: Uuid) -> Resul
     .await
 }
 
-pub async fn max_cycle(conn: &mut PgConnection, case_id: Uuid, kind: i16) -> Result<i32, sqlx::Error> {
+/// The latest follow-up clock of a case that was never met, even if a reopen cancelled it: a
+/// survey answer that raced the reopen still meets it.
+pub async fn lock_unmet_follow_up(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+    kind: i16,
+) -> Result<Option<ClockRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CLOCK_COLUMNS} FROM sla.clocks WHERE case_id = $1 AND kind = $2 AND met_at IS NULL
+         ORDER BY cycle DESC LIMIT 1 FOR UPDATE"
+    ))
+    .bind(case_id)
+    .bind(kind)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn max_cycle(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+    kind: i16,
+) -> Result<i32, sqlx::Error> {
     let (cycle,): (Option<i32>,) =
         sqlx::query_as("SELECT max(cycle) FROM sla.clocks WHERE case_id = $1 AND kind = $2")
             .bind(case_id)
@@ -220,21 +252,33 @@ pub async fn claim_due_clocks(
     .await
 }
 
-pub async fn record_pause(conn: &mut PgConnection, clock_id: Uuid, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO sla.clock_pauses (clock_id, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(clock_id)
-        .bind(at)
-        .execute(conn)
-        .await?;
+pub async fn record_pause(
+    conn: &mut PgConnection,
+    clock_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sla.clock_pauses (clock_id, paused_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(clock_id)
+    .bind(at)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-pub async fn record_resume(conn: &mut PgConnection, clock_id: Uuid, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE sla.clock_pauses SET resumed_at = $2 WHERE clock_id = $1 AND resumed_at IS NULL")
-        .bind(clock_id)
-        .bind(at)
-        .execute(conn)
-        .await?;
+pub async fn record_resume(
+    conn: &mut PgConnection,
+    clock_id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sla.clock_pauses SET resumed_at = $2 WHERE clock_id = $1 AND resumed_at IS NULL",
+    )
+    .bind(clock_id)
+    .bind(at)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -287,7 +331,10 @@ pub async fn claim_pending_escalations(
     .await
 }
 
-pub async fn mark_escalation_delivered(conn: &mut PgConnection, id: &str) -> Result<(), sqlx::Error> {
+pub async fn mark_escalation_delivered(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE sla.pending_escalations SET delivered_at = now(), attempts = attempts + 1 WHERE escalation_id = $1")
         .bind(id)
         .execute(conn)

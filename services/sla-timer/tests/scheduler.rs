@@ -14,7 +14,9 @@ use sqlx::PgPool;
 async fn setup() -> (PgPool, Engine) {
     let db = testing::fresh_database().await;
     let pool = PgPool::connect(&db.url).await.unwrap();
-    complaints_kit::db::migrate(&pool, sla_timer::SCHEMA, sla_timer::MIGRATIONS).await.unwrap();
+    complaints_kit::db::migrate(&pool, sla_timer::SCHEMA, sla_timer::MIGRATIONS)
+        .await
+        .unwrap();
     let engine = Engine {
         calendar: Arc::new(sla_timer::standard_calendar(chrono_tz::Asia::Shanghai)),
         events: EventLog::new(sla_timer::SCHEMA, sla_timer::SERVICE_NAME),
@@ -40,7 +42,14 @@ async fn overdue_clocks(pool: &PgPool, engine: &Engine, count: usize, age: Durat
         };
         store::upsert_case(&mut tx, &case).await.unwrap();
         engine
-            .start_clock(&mut tx, &case, ClockKind::FirstResponse, 1, case.received_at, "")
+            .start_clock(
+                &mut tx,
+                &case,
+                ClockKind::FirstResponse,
+                1,
+                case.received_at,
+                "",
+            )
             .await
             .unwrap()
             .expect("clock started");
@@ -78,14 +87,45 @@ async fn two_schedulers_never_fire_the_same_clock_twice() {
 
     // Per clock: two warnings (75 %, 90 %), one breach, escalation levels 1 to 4 — once each.
     let n = clocks as i64;
-    assert_eq!(count(&pool, "SELECT count(*) FROM sla.event_outbox WHERE event_type = 'ClockWarning'").await, 2 * n);
-    assert_eq!(count(&pool, "SELECT count(*) FROM sla.event_outbox WHERE event_type = 'ClockBreached'").await, n);
-    assert_eq!(count(&pool, "SELECT count(*) FROM sla.pending_escalations").await, 4 * n);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM sla.event_outbox WHERE event_type = 'ClockWarning'"
+        )
+        .await,
+        2 * n
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM sla.event_outbox WHERE event_type = 'ClockBreached'"
+        )
+        .await,
+        n
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM sla.pending_escalations").await,
+        4 * n
+    );
     // Firings: two warnings, the breach (which is escalation level 1), levels 2 to 4.
     assert_eq!((a + b) as i64, 6 * n, "every firing counted once");
-    assert_eq!(count(&pool, "SELECT count(*) FROM sla.clocks WHERE state = 4 AND escalation_level = 4").await, n);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM sla.clocks WHERE state = 4 AND escalation_level = 4"
+        )
+        .await,
+        n
+    );
     // Nothing is left to fire.
-    assert_eq!(count(&pool, "SELECT count(*) FROM sla.clocks WHERE next_fire_at IS NOT NULL").await, 0);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM sla.clocks WHERE next_fire_at IS NOT NULL"
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -95,5 +135,12 @@ async fn clocks_not_yet_due_do_not_fire() {
     // Received now: the first-response hour has not passed, whatever the time of day.
     let (claimed, lags) = engine.fire_due(&pool, Utc::now(), 100).await.unwrap();
     assert_eq!((claimed, lags.len()), (0, 0));
-    assert_eq!(count(&pool, "SELECT count(*) FROM sla.clocks WHERE state = 1 AND next_fire_at IS NOT NULL").await, 3);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM sla.clocks WHERE state = 1 AND next_fire_at IS NOT NULL"
+        )
+        .await,
+        3
+    );
 }

@@ -29,12 +29,19 @@ mod tests {
     use super::*;
 
     fn who(role: Role, dept: Option<&str>) -> Principal {
-        Principal { subject: "u1".into(), roles: vec![role], department: dept.map(Into::into) }
+        Principal {
+            subject: "u1".into(),
+            roles: vec![role],
+            department: dept.map(Into::into),
+        }
     }
 
     #[test]
     fn agent_of_other_department_cannot_see_or_change_case() {
-        let case = CaseScope { department_id: "quality", owner_id: "someone" };
+        let case = CaseScope {
+            department_id: "quality",
+            owner_id: "someone",
+        };
         let agent = who(Role::Agent, Some("billing"));
         assert!(!can_read(&agent, &case));
         assert!(!can_change(&agent, &case));
@@ -43,15 +50,30 @@ mod tests {
     #[test]
     fn agent_sees_own_department_and_own_cases() {
         let agent = who(Role::Agent, Some("quality"));
-        assert!(can_read(&agent, &CaseScope { department_id: "quality", owner_id: "x" }));
+        assert!(can_read(
+            &agent,
+            &CaseScope {
+                department_id: "quality",
+                owner_id: "x"
+            }
+        ));
         let elsewhere = who(Role::Agent, Some("billing"));
-        assert!(can_change(&elsewhere, &CaseScope { department_id: "quality", owner_id: "u1" }));
+        assert!(can_change(
+            &elsewhere,
+            &CaseScope {
+                department_id: "quality",
+                owner_id: "u1"
+            }
+        ));
     }
 
     #[test]
     fn quality_reads_everything_but_changes_nothing() {
         let q = who(Role::Quality, None);
-        let case = CaseScope { department_id: "quality", owner_id: "x" };
+        let case = CaseScope {
+            department_id: "quality",
+            owner_id: "x",
+        };
         assert!(can_read(&q, &case));
         assert!(!can_change(&q, &case));
     }

@@ -38,7 +38,11 @@ impl std::fmt::Display for IllegalTransition {
             "a case in {} cannot move to {}; allowed: {}",
             self.from.as_str_name(),
             self.to.as_str_name(),
-            if allowed.is_empty() { "none (final status)".to_owned() } else { allowed.join(", ") }
+            if allowed.is_empty() {
+                "none (final status)".to_owned()
+            } else {
+                allowed.join(", ")
+            }
         )
     }
 }
@@ -71,13 +75,29 @@ mod tests {
     use CaseStatus::*;
 
     const ALL: [CaseStatus; 10] = [
-        Accepted, Investigating, SolutionProposed, Implementing, Resolved, FollowUp, Closed,
-        WaitingOnCustomer, Reopened, Cancelled,
+        Accepted,
+        Investigating,
+        SolutionProposed,
+        Implementing,
+        Resolved,
+        FollowUp,
+        Closed,
+        WaitingOnCustomer,
+        Reopened,
+        Cancelled,
     ];
 
     #[test]
     fn the_main_path_is_allowed() {
-        let path = [Accepted, Investigating, SolutionProposed, Implementing, Resolved, FollowUp, Closed];
+        let path = [
+            Accepted,
+            Investigating,
+            SolutionProposed,
+            Implementing,
+            Resolved,
+            FollowUp,
+            Closed,
+        ];
         for pair in path.windows(2) {
             assert!(check_transition(pair[0], pair[1]).is_ok(), "{pair:?}");
         }
@@ -86,23 +106,39 @@ mod tests {
     #[test]
     fn every_pair_follows_the_table() {
         let expected_allowed = [
-            (Accepted, Investigating), (Accepted, WaitingOnCustomer), (Accepted, Cancelled),
-            (Investigating, SolutionProposed), (Investigating, WaitingOnCustomer),
-            (Investigating, Resolved), (Investigating, Cancelled),
-            (SolutionProposed, Implementing), (SolutionProposed, Investigating),
+            (Accepted, Investigating),
+            (Accepted, WaitingOnCustomer),
+            (Accepted, Cancelled),
+            (Investigating, SolutionProposed),
+            (Investigating, WaitingOnCustomer),
+            (Investigating, Resolved),
+            (Investigating, Cancelled),
+            (SolutionProposed, Implementing),
+            (SolutionProposed, Investigating),
             (SolutionProposed, WaitingOnCustomer),
-            (Implementing, Resolved), (Implementing, WaitingOnCustomer),
-            (WaitingOnCustomer, Investigating), (WaitingOnCustomer, SolutionProposed),
-            (WaitingOnCustomer, Implementing), (WaitingOnCustomer, Cancelled),
-            (Resolved, FollowUp), (Resolved, Closed), (Resolved, Reopened),
-            (FollowUp, Closed), (FollowUp, Reopened),
+            (Implementing, Resolved),
+            (Implementing, WaitingOnCustomer),
+            (WaitingOnCustomer, Investigating),
+            (WaitingOnCustomer, SolutionProposed),
+            (WaitingOnCustomer, Implementing),
+            (WaitingOnCustomer, Cancelled),
+            (Resolved, FollowUp),
+            (Resolved, Closed),
+            (Resolved, Reopened),
+            (FollowUp, Closed),
+            (FollowUp, Reopened),
             (Closed, Reopened),
-            (Reopened, Investigating), (Reopened, WaitingOnCustomer),
+            (Reopened, Investigating),
+            (Reopened, WaitingOnCustomer),
         ];
         for from in ALL {
             for to in ALL {
                 let allowed = expected_allowed.contains(&(from, to));
-                assert_eq!(check_transition(from, to).is_ok(), allowed, "{from:?} -> {to:?}");
+                assert_eq!(
+                    check_transition(from, to).is_ok(),
+                    allowed,
+                    "{from:?} -> {to:?}"
+                );
             }
         }
     }

@@ -51,7 +51,11 @@ pub fn choose_owner(department: &Department, agents: &[AgentLoad], senior: bool)
             })
             .map(|a| a.id.clone())
     };
-    let chosen = if senior { pick(true).or_else(|| pick(false)) } else { pick(false) };
+    let chosen = if senior {
+        pick(true).or_else(|| pick(false))
+    } else {
+        pick(false)
+    };
     chosen.unwrap_or_else(|| supervisor(department))
 }
 
@@ -86,17 +90,33 @@ mod tests {
     }
 
     fn agent(id: &str, open: u32, senior: bool) -> AgentLoad {
-        AgentLoad { id: id.into(), available: true, senior, capacity: 10, open_cases: open }
+        AgentLoad {
+            id: id.into(),
+            available: true,
+            senior,
+            capacity: 10,
+            open_cases: open,
+        }
     }
 
     #[test]
     fn category_routes_to_its_department_or_the_fallback() {
         let depts = vec![
-            Department { id: "customer-care".into(), categories: vec![], escalation_chain: vec![] },
+            Department {
+                id: "customer-care".into(),
+                categories: vec![],
+                escalation_chain: vec![],
+            },
             dept(),
         ];
-        assert_eq!(department_for(&depts, "product_quality").unwrap().id, "quality");
-        assert_eq!(department_for(&depts, "unknown").unwrap().id, "customer-care");
+        assert_eq!(
+            department_for(&depts, "product_quality").unwrap().id,
+            "quality"
+        );
+        assert_eq!(
+            department_for(&depts, "unknown").unwrap().id,
+            "customer-care"
+        );
     }
 
     #[test]
@@ -118,7 +138,11 @@ mod tests {
 
     #[test]
     fn without_free_agents_the_supervisor_owns_the_case() {
-        let agents = vec![AgentLoad { capacity: 1, open_cases: 1, ..agent("full", 0, false) }];
+        let agents = vec![AgentLoad {
+            capacity: 1,
+            open_cases: 1,
+            ..agent("full", 0, false)
+        }];
         assert_eq!(choose_owner(&dept(), &agents, false), "sup");
     }
 

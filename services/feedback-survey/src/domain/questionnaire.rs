@@ -33,14 +33,34 @@ pub fn standard_template() -> Template {
         id: "standard",
         version: 1,
         questions: vec![
-            Question { id: "csat", kind: QuestionKind::Rating { min: 1, max: 5 }, required: true,
-                text_zh: "您对本次投诉处理的满意度如何？", text_en: "How satisfied are you with how we handled your complaint?" },
-            Question { id: "nps", kind: QuestionKind::Rating { min: 0, max: 10 }, required: false,
-                text_zh: "您有多大可能向朋友推荐我们？", text_en: "How likely are you to recommend us to a friend?" },
-            Question { id: "solved", kind: QuestionKind::YesNo, required: false,
-                text_zh: "您的问题解决了吗？", text_en: "Was your problem solved?" },
-            Question { id: "comment", kind: QuestionKind::Text { max_chars: 2000 }, required: false,
-                text_zh: "还有什么想告诉我们的？", text_en: "Anything else you want to tell us?" },
+            Question {
+                id: "csat",
+                kind: QuestionKind::Rating { min: 1, max: 5 },
+                required: true,
+                text_zh: "您对本次投诉处理的满意度如何？",
+                text_en: "How satisfied are you with how we handled your complaint?",
+            },
+            Question {
+                id: "nps",
+                kind: QuestionKind::Rating { min: 0, max: 10 },
+                required: false,
+                text_zh: "您有多大可能向朋友推荐我们？",
+                text_en: "How likely are you to recommend us to a friend?",
+            },
+            Question {
+                id: "solved",
+                kind: QuestionKind::YesNo,
+                required: false,
+                text_zh: "您的问题解决了吗？",
+                text_en: "Was your problem solved?",
+            },
+            Question {
+                id: "comment",
+                kind: QuestionKind::Text { max_chars: 2000 },
+                required: false,
+                text_zh: "还有什么想告诉我们的？",
+                text_en: "Anything else you want to tell us?",
+            },
         ],
     }
 }
@@ -68,16 +88,28 @@ impl Answers {
     pub fn to_proto(&self) -> Vec<Answer> {
         let mut out = Vec::new();
         if let Some(c) = self.csat {
-            out.push(Answer { question_id: "csat".into(), value: Some(Value::Rating(c as i32)) });
+            out.push(Answer {
+                question_id: "csat".into(),
+                value: Some(Value::Rating(c as i32)),
+            });
         }
         if let Some(n) = self.nps {
-            out.push(Answer { question_id: "nps".into(), value: Some(Value::Rating(n as i32)) });
+            out.push(Answer {
+                question_id: "nps".into(),
+                value: Some(Value::Rating(n as i32)),
+            });
         }
         if let Some(s) = self.solved {
-            out.push(Answer { question_id: "solved".into(), value: Some(Value::YesNo(s)) });
+            out.push(Answer {
+                question_id: "solved".into(),
+                value: Some(Value::YesNo(s)),
+            });
         }
         if let Some(t) = &self.comment {
-            out.push(Answer { question_id: "comment".into(), value: Some(Value::Text(t.clone())) });
+            out.push(Answer {
+                question_id: "comment".into(),
+                value: Some(Value::Text(t.clone())),
+            });
         }
         out
     }
@@ -89,8 +121,15 @@ pub fn validate(template: &Template, answers: &[Answer]) -> Result<Answers, Fiel
     let mut out = Answers::default();
     let mut seen: Vec<&str> = Vec::new();
     for (i, answer) in answers.iter().enumerate() {
-        let Some(question) = template.questions.iter().find(|q| q.id == answer.question_id) else {
-            errors.add(format!("answers[{i}].question_id"), format!("unknown question {:?}", answer.question_id));
+        let Some(question) = template
+            .questions
+            .iter()
+            .find(|q| q.id == answer.question_id)
+        else {
+            errors.add(
+                format!("answers[{i}].question_id"),
+                format!("unknown question {:?}", answer.question_id),
+            );
             continue;
         };
         if seen.contains(&question.id) {
@@ -101,7 +140,10 @@ pub fn validate(template: &Template, answers: &[Answer]) -> Result<Answers, Fiel
         match (question.kind, &answer.value) {
             (QuestionKind::Rating { min, max }, Some(Value::Rating(r))) => {
                 if *r < min || *r > max {
-                    errors.add(format!("answers[{i}].rating"), format!("{} must be {min}–{max}", question.id));
+                    errors.add(
+                        format!("answers[{i}].rating"),
+                        format!("{} must be {min}–{max}", question.id),
+                    );
                 } else if question.id == "csat" {
                     out.csat = Some(*r as u32);
                 } else if question.id == "nps" {
@@ -112,7 +154,10 @@ pub fn validate(template: &Template, answers: &[Answer]) -> Result<Answers, Fiel
             (QuestionKind::Text { max_chars }, Some(Value::Text(t))) => {
                 let t = t.trim();
                 if t.chars().count() > max_chars {
-                    errors.add(format!("answers[{i}].text"), format!("at most {max_chars} characters"));
+                    errors.add(
+                        format!("answers[{i}].text"),
+                        format!("at most {max_chars} characters"),
+                    );
                 } else if t.chars().any(|c| c.is_control() && c != '\n') {
                     errors.add(format!("answers[{i}].text"), "contains control characters");
                 } else if !t.is_empty() {
@@ -125,7 +170,10 @@ pub fn validate(template: &Template, answers: &[Answer]) -> Result<Answers, Fiel
                     QuestionKind::YesNo => "yes_no",
                     QuestionKind::Text { .. } => "text",
                 };
-                errors.add(format!("answers[{i}]"), format!("{} takes a {expected} value", question.id));
+                errors.add(
+                    format!("answers[{i}]"),
+                    format!("{} takes a {expected} value", question.id),
+                );
             }
         }
     }
@@ -134,7 +182,11 @@ pub fn validate(template: &Template, answers: &[Answer]) -> Result<Answers, Fiel
             errors.add("answers", format!("{} is required", question.id));
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 #[cfg(test)]
@@ -142,7 +194,10 @@ mod tests {
     use super::*;
 
     fn rating(id: &str, r: i32) -> Answer {
-        Answer { question_id: id.into(), value: Some(Value::Rating(r)) }
+        Answer {
+            question_id: id.into(),
+            value: Some(Value::Rating(r)),
+        }
     }
 
     #[test]
@@ -157,11 +212,21 @@ mod tests {
     fn bad_answers_are_named() {
         let errors = validate(
             &standard_template(),
-            &[rating("csat", 6), rating("colour", 1), Answer { question_id: "solved".into(), value: Some(Value::Rating(1)) }],
+            &[
+                rating("csat", 6),
+                rating("colour", 1),
+                Answer {
+                    question_id: "solved".into(),
+                    value: Some(Value::Rating(1)),
+                },
+            ],
         )
         .unwrap_err();
         let fields: Vec<&str> = errors.fields().collect();
-        assert_eq!(fields, vec!["answers[0].rating", "answers[1].question_id", "answers[2]"]);
+        assert_eq!(
+            fields,
+            vec!["answers[0].rating", "answers[1].question_id", "answers[2]"]
+        );
     }
 
     #[test]
@@ -172,8 +237,28 @@ mod tests {
 
     #[test]
     fn low_csat_or_unsolved_is_dissatisfied() {
-        assert!(Answers { csat: Some(2), ..Default::default() }.dissatisfied());
-        assert!(Answers { csat: Some(5), solved: Some(false), ..Default::default() }.dissatisfied());
-        assert!(!Answers { csat: Some(3), solved: Some(true), ..Default::default() }.dissatisfied());
+        assert!(
+            Answers {
+                csat: Some(2),
+                ..Default::default()
+            }
+            .dissatisfied()
+        );
+        assert!(
+            Answers {
+                csat: Some(5),
+                solved: Some(false),
+                ..Default::default()
+            }
+            .dissatisfied()
+        );
+        assert!(
+            !Answers {
+                csat: Some(3),
+                solved: Some(true),
+                ..Default::default()
+            }
+            .dissatisfied()
+        );
     }
 }

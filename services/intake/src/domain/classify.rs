@@ -16,15 +16,36 @@ pub const DEFAULT_TAXONOMY: &[CategoryRule] = &[
     CategoryRule {
         category: "product_quality",
         keywords: &[
-            "质量", "坏了", "损坏", "破损", "故障", "瑕疵", "不能用", "质量问题", "defect",
-            "broken", "faulty", "damaged", "stopped working", "quality",
+            "质量",
+            "坏了",
+            "损坏",
+            "破损",
+            "故障",
+            "瑕疵",
+            "不能用",
+            "质量问题",
+            "defect",
+            "broken",
+            "faulty",
+            "damaged",
+            "stopped working",
+            "quality",
         ],
     },
     CategoryRule {
         category: "service_attitude",
         keywords: &[
-            "态度", "不耐烦", "辱骂", "粗鲁", "服务差", "敷衍", "rude", "impolite", "attitude",
-            "unhelpful", "ignored",
+            "态度",
+            "不耐烦",
+            "辱骂",
+            "粗鲁",
+            "服务差",
+            "敷衍",
+            "rude",
+            "impolite",
+            "attitude",
+            "unhelpful",
+            "ignored",
         ],
     },
     CategoryRule {
@@ -37,21 +58,47 @@ pub const DEFAULT_TAXONOMY: &[CategoryRule] = &[
     CategoryRule {
         category: "delivery",
         keywords: &[
-            "物流", "快递", "配送", "送货", "延迟", "没收到", "未收到", "delivery", "shipping",
-            "courier", "late", "not arrived", "lost parcel",
+            "物流",
+            "快递",
+            "配送",
+            "送货",
+            "延迟",
+            "没收到",
+            "未收到",
+            "delivery",
+            "shipping",
+            "courier",
+            "late",
+            "not arrived",
+            "lost parcel",
         ],
     },
     CategoryRule {
         category: "billing",
         keywords: &[
-            "价格", "收费", "扣费", "账单", "多收", "发票", "price", "charge", "billing",
-            "invoice", "overcharged",
+            "价格",
+            "收费",
+            "扣费",
+            "账单",
+            "多收",
+            "发票",
+            "price",
+            "charge",
+            "billing",
+            "invoice",
+            "overcharged",
         ],
     },
     CategoryRule {
         category: "privacy",
         keywords: &[
-            "隐私", "泄露", "个人信息", "骚扰电话", "privacy", "data leak", "personal data",
+            "隐私",
+            "泄露",
+            "个人信息",
+            "骚扰电话",
+            "privacy",
+            "data leak",
+            "personal data",
             "spam calls",
         ],
     },
@@ -61,20 +108,88 @@ pub const OTHER_CATEGORY: &str = "other";
 
 /// Signals of a major complaint or a crisis event.
 const CRISIS_SIGNALS: &[(&str, &[&str])] = &[
-    ("media exposure", &["媒体", "曝光", "记者", "微博", "热搜", "journalist", "media", "go viral", "press"]),
-    ("safety or injury", &["受伤", "爆炸", "起火", "中毒", "安全隐患", "injury", "injured", "explode", "fire", "poison"]),
+    (
+        "media exposure",
+        &[
+            "媒体",
+            "曝光",
+            "记者",
+            "微博",
+            "热搜",
+            "journalist",
+            "media",
+            "go viral",
+            "press",
+        ],
+    ),
+    (
+        "safety or injury",
+        &[
+            "受伤",
+            "爆炸",
+            "起火",
+            "中毒",
+            "安全隐患",
+            "injury",
+            "injured",
+            "explode",
+            "fire",
+            "poison",
+        ],
+    ),
 ];
 const MAJOR_SIGNALS: &[(&str, &[&str])] = &[
-    ("legal or regulator threat", &["律师", "起诉", "法院", "消协", "投诉到", "市场监管", "lawyer", "sue", "court", "regulator", "legal action"]),
-    ("many customers affected", &["很多人", "大量用户", "所有用户", "批量", "many customers", "everyone", "all users"]),
+    (
+        "legal or regulator threat",
+        &[
+            "律师",
+            "起诉",
+            "法院",
+            "消协",
+            "投诉到",
+            "市场监管",
+            "lawyer",
+            "sue",
+            "court",
+            "regulator",
+            "legal action",
+        ],
+    ),
+    (
+        "many customers affected",
+        &[
+            "很多人",
+            "大量用户",
+            "所有用户",
+            "批量",
+            "many customers",
+            "everyone",
+            "all users",
+        ],
+    ),
 ];
 
 /// Words that mark a complaint as complex (needs other departments, investigation).
 const COMPLEX_SIGNALS: &[&str] = &[
-    "多次", "反复", "一直没解决", "赔偿", "鉴定", "repeatedly", "several times", "compensation",
+    "多次",
+    "反复",
+    "一直没解决",
+    "赔偿",
+    "鉴定",
+    "repeatedly",
+    "several times",
+    "compensation",
     "investigation",
 ];
-const URGENT_SIGNALS: &[&str] = &["紧急", "马上", "立即", "尽快", "urgent", "immediately", "asap"];
+const URGENT_SIGNALS: &[&str] = &[
+    "紧急",
+    "马上",
+    "立即",
+    "尽快",
+    "urgent",
+    "immediately",
+    "asap",
+];
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Classification {
@@ -118,7 +233,10 @@ pub fn classify(
     if matched_terms.is_empty() {
         reasons.push("category other: no taxonomy keyword matched".to_owned());
     } else {
-        reasons.push(format!("category {category}: matched {}", matched_terms.join(", ")));
+        reasons.push(format!(
+            "category {category}: matched {}",
+            matched_terms.join(", ")
+        ));
     }
 
     let crisis: Vec<String> = CRISIS_SIGNALS
@@ -161,21 +279,27 @@ pub fn classify(
         severity_label(severity),
         if urgent { "high" } else { "normal" }
     ));
-    let priority = if matches!(tier, CustomerTier::Vip | CustomerTier::HighValue) && base != Priority::P1 {
-        let raised = raise(base);
-        reasons.push(format!(
-            "priority raised to {} for a {} customer",
-            priority_label(raised),
-            if tier == CustomerTier::Vip { "VIP" } else { "high-value" }
-        ));
-        raised
-    } else {
-        base
-    };
+    let priority =
+        if matches!(tier, CustomerTier::Vip | CustomerTier::HighValue) && base != Priority::P1 {
+            let raised = raise(base);
+            reasons.push(format!(
+                "priority raised to {} for a {} customer",
+                priority_label(raised),
+                if tier == CustomerTier::Vip {
+                    "VIP"
+                } else {
+                    "high-value"
+                }
+            ));
+            raised
+        } else {
+            base
+        };
 
     let complex_hits = matches(&text, COMPLEX_SIGNALS);
     let complexity = if severity != Severity::General {
-        reasons.push("complexity complex: major or crisis complaints need investigation".to_owned());
+        reasons
+            .push("complexity complex: major or crisis complaints need investigation".to_owned());
         Complexity::Complex
     } else if !complex_hits.is_empty() {
         reasons.push(format!("complexity complex: {}", complex_hits.join(", ")));
@@ -243,7 +367,10 @@ mod tests {
 
     #[test]
     fn english_text_is_classified() {
-        let c = run("The courier was late and the parcel has not arrived", CustomerTier::Regular);
+        let c = run(
+            "The courier was late and the parcel has not arrived",
+            CustomerTier::Regular,
+        );
         assert_eq!(c.category, "delivery");
     }
 
@@ -256,7 +383,10 @@ mod tests {
 
     #[test]
     fn injury_and_media_make_a_crisis() {
-        let c = run("充电器起火，孩子受伤了，我要找媒体曝光", CustomerTier::Regular);
+        let c = run(
+            "充电器起火，孩子受伤了，我要找媒体曝光",
+            CustomerTier::Regular,
+        );
         assert_eq!(c.severity, Severity::Crisis);
         assert_eq!(c.priority, Priority::P1);
         assert_eq!(c.complexity, Complexity::Complex);
@@ -265,7 +395,10 @@ mod tests {
 
     #[test]
     fn legal_threat_is_major() {
-        let c = run("If this is not fixed I will contact my lawyer", CustomerTier::Regular);
+        let c = run(
+            "If this is not fixed I will contact my lawyer",
+            CustomerTier::Regular,
+        );
         assert_eq!(c.severity, Severity::Major);
         assert_eq!(c.priority, Priority::P2);
     }

@@ -86,7 +86,10 @@ fn text_field(
     }
     let chars = value.chars().count();
     if chars > max_chars {
-        errors.add(field, format!("{chars} characters; at most {max_chars} allowed"));
+        errors.add(
+            field,
+            format!("{chars} characters; at most {max_chars} allowed"),
+        );
     }
     if has_control_chars(&value, multiline) {
         errors.add(field, "contains control characters");
@@ -138,7 +141,11 @@ pub fn normalise_phone(raw: &str, default_country_code: &str) -> Result<String, 
         match c {
             '0'..='9' => digits.push(c),
             ' ' | '-' | '.' | '(' | ')' => {}
-            _ => return Err("may contain only digits, spaces, dashes, dots, parentheses and a leading +"),
+            _ => {
+                return Err(
+                    "may contain only digits, spaces, dashes, dots, parentheses and a leading +",
+                );
+            }
         }
     }
     let e164 = if international {
@@ -150,7 +157,9 @@ pub fn normalise_phone(raw: &str, default_country_code: &str) -> Result<String, 
         } else if digits.starts_with('0') && (10..=12).contains(&digits.len()) {
             format!("86{}", &digits[1..])
         } else {
-            return Err("not a mainland China mobile (11 digits) or landline (0 + area code + number)");
+            return Err(
+                "not a mainland China mobile (11 digits) or landline (0 + area code + number)",
+            );
         }
     } else {
         let national = digits.strip_prefix('0').unwrap_or(&digits);
@@ -211,7 +220,8 @@ pub fn parse_submission(
     } else if request_id.len() > 128 || has_control_chars(&request_id, false) {
         errors.add("request_id", "1–128 printable characters");
     }
-    let channel = complaints_kit::grpc::require_enum::<Channel>(&mut errors, "channel", submission.channel);
+    let channel =
+        complaints_kit::grpc::require_enum::<Channel>(&mut errors, "channel", submission.channel);
     let tier = match submission.tier {
         0 => Some(CustomerTier::Regular),
         raw => match CustomerTier::try_from(raw) {
@@ -222,7 +232,14 @@ pub fn parse_submission(
             }
         },
     };
-    let name = text_field(&mut errors, "complainant.name", &submission.name, true, MAX_NAME, false);
+    let name = text_field(
+        &mut errors,
+        "complainant.name",
+        &submission.name,
+        true,
+        MAX_NAME,
+        false,
+    );
     let phone = if submission.phone.trim().is_empty() {
         None
     } else {
@@ -246,25 +263,87 @@ pub fn parse_submission(
         }
     };
     if submission.phone.trim().is_empty() && submission.email.trim().is_empty() {
-        errors.add("complainant.phone", "a phone or an email is required to reach the customer");
+        errors.add(
+            "complainant.phone",
+            "a phone or an email is required to reach the customer",
+        );
     }
-    let customer_id = text_field(&mut errors, "complainant.customer_id", &submission.customer_id, false, MAX_REF, false);
-    let subject = text_field(&mut errors, "content.subject", &submission.subject, false, MAX_SUBJECT, false);
-    let description = text_field(&mut errors, "content.description", &submission.description, true, MAX_DESCRIPTION, true);
-    let demand = text_field(&mut errors, "content.demand", &submission.demand, false, MAX_DEMAND, true);
-    let order_ref = text_field(&mut errors, "content.order_ref", &submission.order_ref, false, MAX_REF, false);
-    let product_ref = text_field(&mut errors, "content.product_ref", &submission.product_ref, false, MAX_REF, false);
-    let language = text_field(&mut errors, "content.language", &submission.language, false, 35, false);
-    let recorded_by = text_field(&mut errors, "recorded_by", &submission.recorded_by, false, MAX_REF, false);
+    let customer_id = text_field(
+        &mut errors,
+        "complainant.customer_id",
+        &submission.customer_id,
+        false,
+        MAX_REF,
+        false,
+    );
+    let subject = text_field(
+        &mut errors,
+        "content.subject",
+        &submission.subject,
+        false,
+        MAX_SUBJECT,
+        false,
+    );
+    let description = text_field(
+        &mut errors,
+        "content.description",
+        &submission.description,
+        true,
+        MAX_DESCRIPTION,
+        true,
+    );
+    let demand = text_field(
+        &mut errors,
+        "content.demand",
+        &submission.demand,
+        false,
+        MAX_DEMAND,
+        true,
+    );
+    let order_ref = text_field(
+        &mut errors,
+        "content.order_ref",
+        &submission.order_ref,
+        false,
+        MAX_REF,
+        false,
+    );
+    let product_ref = text_field(
+        &mut errors,
+        "content.product_ref",
+        &submission.product_ref,
+        false,
+        MAX_REF,
+        false,
+    );
+    let language = text_field(
+        &mut errors,
+        "content.language",
+        &submission.language,
+        false,
+        35,
+        false,
+    );
+    let recorded_by = text_field(
+        &mut errors,
+        "recorded_by",
+        &submission.recorded_by,
+        false,
+        MAX_REF,
+        false,
+    );
     if submission.occurred_at_invalid {
         errors.add("content.occurred_at", "not a valid timestamp");
-    } else if let Some(at) = submission.occurred_at {
-        if at > now + Duration::seconds(FUTURE_TOLERANCE_SECONDS) {
-            errors.add("content.occurred_at", "lies in the future");
-        }
+    } else if let Some(at) = submission.occurred_at
+        && at > now + Duration::seconds(FUTURE_TOLERANCE_SECONDS)
+    {
+        errors.add("content.occurred_at", "lies in the future");
     }
     if matches!(channel, Some(Channel::Phone | Channel::InStore)) && recorded_by.is_empty() {
-        errors.add("recorded_by", "the agent who took a phone or in-store complaint is required");
+        errors.add(
+            "recorded_by",
+            "the agent who took a phone or in-store complaint is required",
+        );
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -360,21 +439,30 @@ mod tests {
 
     #[test]
     fn missing_contact_is_refused() {
-        let s = Submission { phone: "".into(), ..valid() };
+        let s = Submission {
+            phone: "".into(),
+            ..valid()
+        };
         let errors = parse_submission(s, now(), "86").unwrap_err();
         assert!(errors.fields().any(|f| f == "complainant.phone"));
     }
 
     #[test]
     fn phone_and_in_store_need_the_recording_agent() {
-        let s = Submission { channel: Channel::Phone as i32, ..valid() };
+        let s = Submission {
+            channel: Channel::Phone as i32,
+            ..valid()
+        };
         let errors = parse_submission(s, now(), "86").unwrap_err();
         assert!(errors.fields().any(|f| f == "recorded_by"));
     }
 
     #[test]
     fn oversized_text_is_refused_not_truncated() {
-        let s = Submission { description: "长".repeat(MAX_DESCRIPTION + 1), ..valid() };
+        let s = Submission {
+            description: "长".repeat(MAX_DESCRIPTION + 1),
+            ..valid()
+        };
         let errors = parse_submission(s, now(), "86").unwrap_err();
         assert!(errors.fields().any(|f| f == "content.description"));
     }
@@ -386,16 +474,28 @@ mod tests {
 
     #[test]
     fn phones_normalise_to_e164() {
-        assert_eq!(normalise_phone("+1 (415) 555-0100", "86").unwrap(), "+14155550100");
-        assert_eq!(normalise_phone("0086 138-0013-8000", "86").unwrap(), "+8613800138000");
-        assert_eq!(normalise_phone("010 6552 9988", "86").unwrap(), "+861065529988");
+        assert_eq!(
+            normalise_phone("+1 (415) 555-0100", "86").unwrap(),
+            "+14155550100"
+        );
+        assert_eq!(
+            normalise_phone("0086 138-0013-8000", "86").unwrap(),
+            "+8613800138000"
+        );
+        assert_eq!(
+            normalise_phone("010 6552 9988", "86").unwrap(),
+            "+861065529988"
+        );
         assert!(normalise_phone("12345", "86").is_err());
         assert!(normalise_phone("call me", "86").is_err());
     }
 
     #[test]
     fn emails_are_checked_and_domain_lowercased() {
-        assert_eq!(normalise_email("Li.Lei@Example.COM").unwrap(), "Li.Lei@example.com");
+        assert_eq!(
+            normalise_email("Li.Lei@Example.COM").unwrap(),
+            "Li.Lei@example.com"
+        );
         assert!(normalise_email("a@b").is_err());
         assert!(normalise_email("a b@example.com").is_err());
         assert!(normalise_email("@example.com").is_err());

@@ -106,7 +106,11 @@ impl BusinessCalendar {
         if monday > Duration::zero() {
             monday
         } else {
-            self.weekly.iter().map(|r| length(r)).max().unwrap_or_else(Duration::zero)
+            self.weekly
+                .iter()
+                .map(|r| length(r))
+                .max()
+                .unwrap_or_else(Duration::zero)
         }
     }
 
@@ -156,7 +160,10 @@ impl BusinessCalendar {
             .filter_map(move |offset| first.checked_add_signed(Duration::days(offset)))
             .flat_map(move |date| self.intervals_on(date))
             .filter(move |s| s.end > from)
-            .map(move |s| Segment { start: s.start.max(from), end: s.end })
+            .map(move |s| Segment {
+                start: s.start.max(from),
+                end: s.end,
+            })
     }
 
     /// The first working instant at or after `at` (a complaint received at night starts its
@@ -182,7 +189,10 @@ impl BusinessCalendar {
             if length >= left {
                 let end = segment.start + left;
                 if left > Duration::zero() {
-                    segments.push(Segment { start: segment.start, end });
+                    segments.push(Segment {
+                        start: segment.start,
+                        end,
+                    });
                 }
                 return Ok((if left.is_zero() { segment.start } else { end }, segments));
             }
@@ -217,12 +227,17 @@ mod tests {
         BusinessCalendar::weekdays(
             "test",
             tz,
-            vec![WorkRange::new((9, 0), (12, 0)), WorkRange::new((13, 0), (18, 0))],
+            vec![
+                WorkRange::new((9, 0), (12, 0)),
+                WorkRange::new((13, 0), (18, 0)),
+            ],
         )
     }
 
     fn local(tz: Tz, y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
-        tz.with_ymd_and_hms(y, m, d, h, min, 0).unwrap().with_timezone(&Utc)
+        tz.with_ymd_and_hms(y, m, d, h, min, 0)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -230,8 +245,13 @@ mod tests {
         let c = cal(Shanghai);
         // Friday 22:00 → Monday 09:00.
         let friday_night = local(Shanghai, 2026, 11, 20, 22, 0);
-        assert_eq!(c.next_working_instant(friday_night).unwrap(), local(Shanghai, 2026, 11, 23, 9, 0));
-        let (due, segments) = c.add_business_time(friday_night, Duration::hours(1)).unwrap();
+        assert_eq!(
+            c.next_working_instant(friday_night).unwrap(),
+            local(Shanghai, 2026, 11, 23, 9, 0)
+        );
+        let (due, segments) = c
+            .add_business_time(friday_night, Duration::hours(1))
+            .unwrap();
         assert_eq!(due, local(Shanghai, 2026, 11, 23, 10, 0));
         assert_eq!(segments.len(), 1);
     }
@@ -243,19 +263,29 @@ mod tests {
         let (due, segments) = c.add_business_time(start, Duration::hours(1)).unwrap();
         assert_eq!(due, local(Shanghai, 2026, 11, 23, 13, 30));
         assert_eq!(segments.len(), 2);
-        let (due, _) = c.add_business_time(local(Shanghai, 2026, 11, 23, 17, 0), Duration::hours(2)).unwrap();
+        let (due, _) = c
+            .add_business_time(local(Shanghai, 2026, 11, 23, 17, 0), Duration::hours(2))
+            .unwrap();
         assert_eq!(due, local(Shanghai, 2026, 11, 24, 10, 0));
     }
 
     #[test]
     fn holidays_and_makeup_days_are_honoured() {
         let mut c = cal(Shanghai);
-        c.holidays.insert(NaiveDate::from_ymd_opt(2026, 11, 23).unwrap());
-        c.makeup_workdays.insert(NaiveDate::from_ymd_opt(2026, 11, 22).unwrap()); // a Sunday
+        c.holidays
+            .insert(NaiveDate::from_ymd_opt(2026, 11, 23).unwrap());
+        c.makeup_workdays
+            .insert(NaiveDate::from_ymd_opt(2026, 11, 22).unwrap()); // a Sunday
         let saturday = local(Shanghai, 2026, 11, 21, 12, 0);
-        assert_eq!(c.next_working_instant(saturday).unwrap(), local(Shanghai, 2026, 11, 22, 9, 0));
+        assert_eq!(
+            c.next_working_instant(saturday).unwrap(),
+            local(Shanghai, 2026, 11, 22, 9, 0)
+        );
         let sunday_evening = local(Shanghai, 2026, 11, 22, 18, 0);
-        assert_eq!(c.next_working_instant(sunday_evening).unwrap(), local(Shanghai, 2026, 11, 24, 9, 0));
+        assert_eq!(
+            c.next_working_instant(sunday_evening).unwrap(),
+            local(Shanghai, 2026, 11, 24, 9, 0)
+        );
     }
 
     #[test]
@@ -273,11 +303,17 @@ mod tests {
     fn daylight_saving_change_is_exact() {
         // Berlin springs forward on Sunday 29 March 2026; a 24h calendar shows the short day.
         let mut c = cal(Berlin);
-        let all_day = vec![WorkRange { start: NaiveTime::MIN, end: NaiveTime::MIN }];
+        let all_day = vec![WorkRange {
+            start: NaiveTime::MIN,
+            end: NaiveTime::MIN,
+        }];
         c.weekly = std::array::from_fn(|_| all_day.clone());
         let saturday_noon = local(Berlin, 2026, 3, 28, 12, 0);
         let sunday_noon = local(Berlin, 2026, 3, 29, 12, 0);
-        assert_eq!(c.business_time_between(saturday_noon, sunday_noon), Duration::hours(23));
+        assert_eq!(
+            c.business_time_between(saturday_noon, sunday_noon),
+            Duration::hours(23)
+        );
         // Weekday hours in UTC move by an hour across the change.
         let c = cal(Berlin);
         let friday = local(Berlin, 2026, 3, 27, 17, 0);
@@ -313,11 +349,17 @@ mod properties {
         let mut c = BusinessCalendar::weekdays(
             "p",
             tz,
-            vec![WorkRange::new((8, 30), (12, 0)), WorkRange::new((13, 0), (17, 45))],
+            vec![
+                WorkRange::new((8, 30), (12, 0)),
+                WorkRange::new((13, 0), (17, 45)),
+            ],
         );
-        c.holidays.insert(NaiveDate::from_ymd_opt(2026, 10, 1).unwrap());
-        c.holidays.insert(NaiveDate::from_ymd_opt(2026, 11, 26).unwrap());
-        c.makeup_workdays.insert(NaiveDate::from_ymd_opt(2026, 10, 10).unwrap());
+        c.holidays
+            .insert(NaiveDate::from_ymd_opt(2026, 10, 1).unwrap());
+        c.holidays
+            .insert(NaiveDate::from_ymd_opt(2026, 11, 26).unwrap());
+        c.makeup_workdays
+            .insert(NaiveDate::from_ymd_opt(2026, 10, 10).unwrap());
         c
     }
 

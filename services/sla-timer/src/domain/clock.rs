@@ -18,6 +18,26 @@ pub struct ClockTiming {
     pub running_since: Option<DateTime<Utc>>,
 }
 
+/// An instant and the segments of counted time that lead to it.
+pub type Planned = Option<(DateTime<Utc>, Vec<Segment>)>;
+
+/// The firing rules of a clock's policy.
+#[derive(Clone, Copy, Debug)]
+pub struct FireRules<'a> {
+    /// Percentages of the target at which warnings fire.
+    pub warnings: &'a [u32],
+    pub escalation_interval: Duration,
+    pub max_escalation_level: u32,
+}
+
+/// What a clock has fired so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    pub warned_percent: u32,
+    pub breached_at: Option<DateTime<Utc>>,
+    pub escalation_level: u32,
+}
+
 /// What a clock should do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NextFire {
@@ -29,7 +49,9 @@ pub enum NextFire {
 impl NextFire {
     pub fn at(&self) -> DateTime<Utc> {
         match self {
-            NextFire::Warning { at, .. } | NextFire::Breach { at } | NextFire::Escalation { at, .. } => *at,
+            NextFire::Warning { at, .. }
+            | NextFire::Breach { at }
+            | NextFire::Escalation { at, .. } => *at,
         }
     }
 }
@@ -50,8 +72,10 @@ impl ClockTiming {
         &self,
         calendar: &BusinessCalendar,
         amount: Duration,
-    ) -> Result<Option<(DateTime<Utc>, Vec<Segment>)>, CalendarError> {
-        let Some(since) = self.running_since else { return Ok(None) };
+    ) -> Result<Planned, CalendarError> {
+        let Some(since) = self.running_since else {
+            return Ok(None);
+        };
         let left = (amount - self.consumed).max(Duration::zero());
         if self.business {
             calendar.add_business_time(since, left).map(Some)
@@ -62,10 +86,7 @@ impl ClockTiming {
     }
 
     /// The deadline (while running) and the segments of time that make it up.
-    pub fn due(
-        &self,
-        calendar: &BusinessCalendar,
-    ) -> Result<Option<(DateTime<Utc>, Vec<Segment>)>, CalendarError> {
+    pub fn due(&self, calendar: &BusinessCalendar) -> Result<Planned, CalendarError> {
         self.instant_when_used(calendar, self.target)
     }
 
@@ -80,25 +101,32 @@ impl ClockTiming {
     pub fn next_fire(
         &self,
         calendar: &BusinessCalendar,
-        warnings: &[u32],
-        warned_percent: u32,
-        breached_at: Option<DateTime<Utc>>,
-        escalation_level: u32,
-        escalation_interval: Duration,
-        max_escalation_level: u32,
+        rules: &FireRules<'_>,
+        progress: &Progress,
     ) -> Result<Option<NextFire>, CalendarError> {
-        if let Some(breached) = breached_at {
-            if escalation_level >= max_escalation_level || self.running_since.is_none() {
+        if let Some(breached) = progress.breached_at {
+            let level = progress.escalation_level;
+            if level >= rules.max_escalation_level || self.running_since.is_none() {
                 return Ok(None);
             }
             // Level n+1 fires n intervals after the breach (level 1 fired at the breach).
-            let at = breached + escalation_interval * escalation_level.max(1) as i32;
-            return Ok(Some(NextFire::Escalation { level: escalation_level + 1, at }));
+            let at = breached + rules.escalation_interval * level.max(1) as i32;
+            return Ok(Some(NextFire::Escalation {
+                level: level + 1,
+                at,
+            }));
         }
         if self.running_since.is_none() {
             return Ok(None);
         }
-        if let Some(percent) = warnings.iter().copied().filter(|p| *p > warned_percent && *p < 100).min() {
+        let warned = progress.warned_percent;
+        let next_warning = rules
+            .warnings
+            .iter()
+            .copied()
+            .filter(|p| *p > warned && *p < 100)
+            .min();
+        if let Some(percent) = next_warning {
             let amount = self.target * percent as i32 / 100;
             if let Some((at, _)) = self.instant_when_used(calendar, amount)? {
                 return Ok(Some(NextFire::Warning { percent, at }));
@@ -135,11 +163,19 @@ mod tests {
     }
 
     fn at(d: u32, h: u32, m: u32) -> DateTime<Utc> {
-        Shanghai.with_ymd_and_hms(2026, 11, d, h, m, 0).unwrap().with_timezone(&Utc)
+        Shanghai
+            .with_ymd_and_hms(2026, 11, d, h, m, 0)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn running(target: Duration, since: DateTime<Utc>) -> ClockTiming {
-        ClockTiming { target, business: true, consumed: Duration::zero(), running_since: Some(since) }
+        ClockTiming {
+            target,
+            business: true,
+            consumed: Duration::zero(),
+            running_since: Some(since),
+        }
     }
 
     #[test]
@@ -149,7 +185,11 @@ mod tests {
         let clock = running(Duration::hours(8), at(23, 12, 0));
         let (due, _) = clock.due(&c).unwrap().unwrap();
         assert_eq!(due, at(24, 11, 0));
-        let warn = clock.instant_when_used(&c, Duration::hours(7)).unwrap().unwrap().0;
+        let warn = clock
+            .instant_when_used(&c, Duration::hours(7))
+            .unwrap()
+            .unwrap()
+            .0;
         assert_eq!(warn, at(24, 10, 0));
     }
 
@@ -175,15 +215,52 @@ mod tests {
     fn next_fire_walks_warnings_then_breach_then_ladder() {
         let c = cal();
         let clock = running(Duration::hours(4), at(23, 9, 0));
-        let next = |warned, breached, level| {
-            clock.next_fire(&c, &[50, 75], warned, breached, level, Duration::hours(1), 3).unwrap()
+        let rules = FireRules {
+            warnings: &[50, 75],
+            escalation_interval: Duration::hours(1),
+            max_escalation_level: 3,
         };
-        assert_eq!(next(0, None, 0), Some(NextFire::Warning { percent: 50, at: at(23, 11, 0) }));
-        assert_eq!(next(50, None, 0), Some(NextFire::Warning { percent: 75, at: at(23, 12, 0) }));
-        assert_eq!(next(75, None, 0), Some(NextFire::Breach { at: at(23, 13, 0) }));
+        let next = |warned_percent, breached_at, escalation_level| {
+            let progress = Progress {
+                warned_percent,
+                breached_at,
+                escalation_level,
+            };
+            clock.next_fire(&c, &rules, &progress).unwrap()
+        };
+        assert_eq!(
+            next(0, None, 0),
+            Some(NextFire::Warning {
+                percent: 50,
+                at: at(23, 11, 0)
+            })
+        );
+        assert_eq!(
+            next(50, None, 0),
+            Some(NextFire::Warning {
+                percent: 75,
+                at: at(23, 12, 0)
+            })
+        );
+        assert_eq!(
+            next(75, None, 0),
+            Some(NextFire::Breach { at: at(23, 13, 0) })
+        );
         let breached = Some(at(23, 13, 0));
-        assert_eq!(next(75, breached, 1), Some(NextFire::Escalation { level: 2, at: at(23, 14, 0) }));
-        assert_eq!(next(75, breached, 2), Some(NextFire::Escalation { level: 3, at: at(23, 15, 0) }));
+        assert_eq!(
+            next(75, breached, 1),
+            Some(NextFire::Escalation {
+                level: 2,
+                at: at(23, 14, 0)
+            })
+        );
+        assert_eq!(
+            next(75, breached, 2),
+            Some(NextFire::Escalation {
+                level: 3,
+                at: at(23, 15, 0)
+            })
+        );
         assert_eq!(next(75, breached, 3), None);
     }
 

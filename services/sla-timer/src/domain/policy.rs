@@ -38,6 +38,14 @@ pub struct Policy {
 }
 
 impl Policy {
+    pub fn fire_rules(&self) -> super::clock::FireRules<'static> {
+        super::clock::FireRules {
+            warnings: self.warnings,
+            escalation_interval: self.escalation_interval,
+            max_escalation_level: self.max_escalation_level,
+        }
+    }
+
     pub fn measure(&self, kind: ClockKind) -> Option<Measure> {
         match kind {
             ClockKind::FirstResponse => Some(self.first_response),
@@ -62,7 +70,11 @@ pub fn select(severity: Severity, complexity: Complexity) -> (Policy, String) {
             max_escalation_level: 4,
         },
         Severity::Major => Policy {
-            id: if complex { "major-complex" } else { "major-simple" },
+            id: if complex {
+                "major-complex"
+            } else {
+                "major-simple"
+            },
             first_response: Measure::Business(Duration::minutes(30)),
             resolution: Measure::WorkingDays(if complex { 5 } else { 2 }),
             follow_up: Measure::Calendar(Duration::hours(48)),
@@ -71,7 +83,11 @@ pub fn select(severity: Severity, complexity: Complexity) -> (Policy, String) {
             max_escalation_level: 4,
         },
         _ => Policy {
-            id: if complex { "general-complex" } else { "general-simple" },
+            id: if complex {
+                "general-complex"
+            } else {
+                "general-simple"
+            },
             first_response: Measure::Business(Duration::hours(1)),
             resolution: Measure::WorkingDays(if complex { 7 } else { 3 }),
             follow_up: Measure::Calendar(Duration::hours(48)),
