@@ -6,7 +6,8 @@ use std::time::Duration;
 use complaints_kit::auth::{AuthConfig, BearerToken, Role};
 use complaints_proto::cases::v1::case_service_client::CaseServiceClient;
 use complaints_proto::cases::v1::{
-    AcknowledgeCaseRequest, GetCaseByComplaintRequest, TransitionCaseRequest,
+    AcknowledgeCaseRequest, Agent, CreateAgentRequest, GetCaseByComplaintRequest,
+    TransitionCaseRequest,
 };
 use complaints_proto::common::v1::{CaseStatus, Channel, CustomerTier};
 use complaints_proto::intake::v1::intake_service_client::IntakeServiceClient;
@@ -63,9 +64,47 @@ fn bearer(
     Ok(BearerToken::new(&token)?)
 }
 
+/// Agents of the shipped departments: (id, department, name, senior).
+const AGENTS: &[(&str, &str, &str, bool)] = &[
+    ("agent-li", "quality", "李娜", true),
+    ("agent-wang", "quality", "王伟", false),
+    ("agent-zhao", "logistics", "赵敏", false),
+    ("agent-chen", "customer-care", "陈静", true),
+    ("agent-liu", "after-sales", "刘洋", false),
+    ("agent-sun", "billing", "孙磊", false),
+];
+
+/// Staffs the shipped departments (idempotent: the same request ids every run).
+async fn staff_departments(urls: &SuiteUrls, auth: &AuthConfig) -> anyhow::Result<()> {
+    let admin = bearer(auth, "demo-admin", Role::Admin, None)?;
+    let mut cases = CaseServiceClient::with_interceptor(channel(&urls.cases)?, admin);
+    for (id, department, name, senior) in AGENTS {
+        let request = CreateAgentRequest {
+            request_id: format!("demo-{id}"),
+            agent: Some(Agent {
+                id: (*id).into(),
+                department_id: (*department).into(),
+                display_name: (*name).into(),
+                skills: vec![],
+                capacity: 25,
+                available: true,
+                senior: *senior,
+                open_cases: 0,
+            }),
+        };
+        match cases.create_agent(request).await {
+            Ok(_) => {}
+            Err(status) if status.code() == tonic::Code::AlreadyExists => {}
+            Err(status) => return Err(status.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Feeds `count` complaints through submit → case → acknowledge → investigate → propose →
 /// implement → resolve → survey answer, printing each step.
 pub async fn run(urls: &SuiteUrls, auth: &AuthConfig, count: usize) -> anyhow::Result<()> {
+    staff_departments(urls, auth).await?;
     let service = bearer(auth, "demo-channel-adapter", Role::Service, None)?;
     let mut intake = IntakeServiceClient::with_interceptor(channel(&urls.intake)?, service.clone());
     let mut survey = SurveyServiceClient::with_interceptor(channel(&urls.survey)?, service.clone());
