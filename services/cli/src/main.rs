@@ -182,6 +182,10 @@ async fn up(args: &[String]) -> anyhow::Result<()> {
     ] {
         println!("  {name:<20} {url}");
     }
+    println!("\nPrometheus metrics:");
+    for (name, url) in &suite.urls.metrics {
+        println!("  {name:<20} {url}");
+    }
     println!(
         "\nAdmin development token (12h; more with `complaints token --role ...`):\n{admin}\n"
     );

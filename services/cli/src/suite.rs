@@ -3,7 +3,16 @@
 use std::time::Duration;
 
 use complaints_kit::auth::AuthConfig;
-use complaints_kit::config::CommonConfig;
+use complaints_kit::config::{CommonConfig, MetricsEndpoint};
+
+/// The five services, in port order.
+pub const SERVICE_NAMES: [&str; 5] = [
+    "intake",
+    "case-management",
+    "sla-timer",
+    "feedback-survey",
+    "performance-scoring",
+];
 use complaints_kit::shutdown::{Shutdown, ShutdownTrigger};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -11,6 +20,8 @@ use tokio::task::JoinHandle;
 /// Addresses of the running services.
 #[derive(Clone, Debug)]
 pub struct SuiteUrls {
+    /// `http://host:port/metrics` of each service, by service name.
+    pub metrics: Vec<(&'static str, String)>,
     pub intake: String,
     pub cases: String,
     pub sla: String,
@@ -54,15 +65,30 @@ impl Suite {
         let (sla_l, sla) = bind(host, port(2)).await?;
         let (survey_l, survey) = bind(host, port(3)).await?;
         let (scoring_l, scoring) = bind(host, port(4)).await?;
+        let mut metrics_listeners = Vec::new();
+        let mut metrics = Vec::new();
+        for (i, name) in SERVICE_NAMES.iter().enumerate() {
+            let port = options.base_port.map(|p| p + 1000 + i as u16).unwrap_or(0);
+            let listener = std::net::TcpListener::bind((host, port))
+                .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port} for metrics: {e}"))?;
+            metrics.push((*name, format!("http://{}/metrics", listener.local_addr()?)));
+            metrics_listeners.push(MetricsEndpoint::bound(listener));
+        }
         let urls = SuiteUrls {
+            metrics,
             intake,
             cases,
             sla,
             survey,
             scoring,
         };
+        let metrics_for = |i: usize, common: &CommonConfig| CommonConfig {
+            metrics: metrics_listeners[i].clone(),
+            ..common.clone()
+        };
 
         let common = CommonConfig {
+            metrics: MetricsEndpoint::Disabled,
             database_url: options.database_url.clone(),
             listen_addr: intake_l.local_addr()?,
             db_pool_max: options.pool_size,
@@ -72,14 +98,14 @@ impl Suite {
         let (trigger, shutdown) = Shutdown::new();
         let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
 
-        let config = intake::Config::new(common.clone());
+        let config = intake::Config::new(metrics_for(0, &common));
         tasks.push((
             "intake",
             tokio::spawn(intake::run(config, intake_l, shutdown.clone())),
         ));
 
         let config = case_management::Config {
-            common: common.clone(),
+            common: metrics_for(1, &common),
             intake_url: urls.intake.clone(),
             survey_url: urls.survey.clone(),
         };
@@ -89,7 +115,7 @@ impl Suite {
         ));
 
         let config = sla_timer::Config {
-            common: common.clone(),
+            common: metrics_for(2, &common),
             cases_url: urls.cases.clone(),
             survey_url: urls.survey.clone(),
             org_timezone: chrono_tz::Asia::Shanghai,
@@ -101,7 +127,7 @@ impl Suite {
         ));
 
         let config = feedback_survey::Config {
-            common: common.clone(),
+            common: metrics_for(3, &common),
             cases_url: urls.cases.clone(),
             token_secret: options.survey_token_secret.clone(),
             delay: options.survey_delay,
@@ -113,7 +139,7 @@ impl Suite {
         ));
 
         let config = performance_scoring::Config {
-            common,
+            common: metrics_for(4, &common),
             cases_url: urls.cases.clone(),
             sla_url: urls.sla.clone(),
             survey_url: urls.survey.clone(),

@@ -7,7 +7,7 @@ use complaints_kit::grpc::{self, FieldErrors};
 use complaints_kit::pagination;
 use complaints_kit::telemetry::mask;
 use complaints_kit::time::{from_timestamp, opt_timestamp, to_timestamp};
-use complaints_proto::common::v1::{Channel, Complexity, CustomerTier, Priority, Severity};
+use complaints_proto::common::v1::{Channel, Severity};
 use complaints_proto::events::v1::{ComplaintAccepted, ComplaintRejected, event::Payload};
 use complaints_proto::intake::v1 as pb;
 use complaints_proto::intake::v1::intake_service_server::IntakeService;
@@ -22,15 +22,31 @@ use crate::store::{self, ComplaintRow};
 pub struct IntakeApi {
     pool: PgPool,
     events: EventLog,
+    accepted: prometheus::IntCounterVec,
     default_country_code: String,
     org_timezone: chrono_tz::Tz,
 }
 
 impl IntakeApi {
-    pub fn new(pool: PgPool, events: EventLog, config: &crate::Config) -> Self {
+    pub fn new(
+        pool: PgPool,
+        events: EventLog,
+        config: &crate::Config,
+        metrics: &complaints_kit::metrics::Metrics,
+    ) -> Self {
+        let accepted = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "intake_complaints_accepted_total",
+                "Complaints accepted, by channel, category and severity.",
+            ),
+            &["channel", "category", "severity"],
+        )
+        .expect("metric");
+        metrics.register(&accepted);
         Self {
             pool,
             events,
+            accepted,
             default_country_code: config.default_country_code.clone(),
             org_timezone: config.org_timezone,
         }
@@ -199,6 +215,13 @@ impl IntakeService for IntakeApi {
         tx.commit().await.map_err(|e| grpc::storage(&e))?;
         if created {
             self.events.committed();
+            self.accepted
+                .with_label_values(&[
+                    label(Channel::try_from(row.channel as i32).map(|c| c.as_str_name())),
+                    &row.category,
+                    label(Severity::try_from(row.severity as i32).map(|s| s.as_str_name())),
+                ])
+                .inc();
             tracing::info!(
                 complaint_id = %row.id,
                 reference = %row.reference,
@@ -342,6 +365,32 @@ impl IntakeService for IntakeApi {
     }
 }
 
-// Keep the enum imports meaningful for readers of the mapping above.
-#[allow(dead_code)]
-fn _types(_: Severity, _: Priority, _: Complexity, _: CustomerTier) {}
+/// A metric label from an enum name: `CHANNEL_WEB_FORM` → `web_form`.
+fn label<E>(name: Result<&'static str, E>) -> &'static str {
+    match name {
+        Ok(name) => {
+            let short = name.split_once('_').map(|(_, rest)| rest).unwrap_or(name);
+            LABELS
+                .iter()
+                .find(|(upper, _)| *upper == short)
+                .map(|(_, l)| *l)
+                .unwrap_or("other")
+        }
+        Err(_) => "unknown",
+    }
+}
+
+const LABELS: &[(&str, &str)] = &[
+    ("PHONE", "phone"),
+    ("EMAIL", "email"),
+    ("WEB_FORM", "web_form"),
+    ("CHAT", "chat"),
+    ("SOCIAL_MEDIA", "social_media"),
+    ("WECHAT", "wechat"),
+    ("APP", "app"),
+    ("IN_STORE", "in_store"),
+    ("DEDICATED_ADVISOR", "dedicated_advisor"),
+    ("GENERAL", "general"),
+    ("MAJOR", "major"),
+    ("CRISIS", "crisis"),
+];

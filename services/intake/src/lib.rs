@@ -57,7 +57,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     let context =
         ServiceContext::start(SERVICE_NAME, &config.common, SCHEMA, MIGRATIONS, shutdown).await?;
     let events = EventLog::new(SCHEMA, SERVICE_NAME);
-    let api = api::IntakeApi::new(context.pool.clone(), events.clone(), &config);
+    let api = api::IntakeApi::new(
+        context.pool.clone(),
+        events.clone(),
+        &config,
+        &context.metrics,
+    );
     let routes = tonic::service::Routes::new(context.authenticated(IntakeServiceServer::new(api)))
         .add_service(events.service(&context));
     context

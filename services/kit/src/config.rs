@@ -88,6 +88,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
+/// Where a service serves `/metrics`.
+#[derive(Clone, Debug)]
+pub enum MetricsEndpoint {
+    /// Bind this address at start-up.
+    Addr(SocketAddr),
+    /// Use a listener bound beforehand (tests and the one-process suite bind port 0 first).
+    Bound(std::sync::Arc<std::sync::Mutex<Option<std::net::TcpListener>>>),
+    Disabled,
+}
+
+impl MetricsEndpoint {
+    pub fn bound(listener: std::net::TcpListener) -> Self {
+        MetricsEndpoint::Bound(std::sync::Arc::new(std::sync::Mutex::new(Some(listener))))
+    }
+}
+
 /// What every service reads the same way.
 #[derive(Clone, Debug)]
 pub struct CommonConfig {
@@ -95,6 +111,8 @@ pub struct CommonConfig {
     pub database_url: String,
     /// `GRPC_LISTEN_ADDR`, default `0.0.0.0:<service default port>`.
     pub listen_addr: SocketAddr,
+    /// `METRICS_LISTEN_ADDR`, default `0.0.0.0:<gRPC port + 1000>`; `off` disables it.
+    pub metrics: MetricsEndpoint,
     /// `DB_POOL_MAX_CONNECTIONS`, default 10.
     pub db_pool_max: u32,
     /// `SHUTDOWN_GRACE`, default 25s: how long in-flight calls may take to drain.
@@ -104,15 +122,24 @@ pub struct CommonConfig {
 
 impl CommonConfig {
     pub fn from_env(default_port: u16) -> Result<Self, ConfigError> {
+        let listen_addr: SocketAddr = parse_or(
+            "GRPC_LISTEN_ADDR",
+            SocketAddr::from(([0, 0, 0, 0], default_port)),
+        )?;
+        let metrics = match optional("METRICS_LISTEN_ADDR").as_deref() {
+            Some("off") => MetricsEndpoint::Disabled,
+            _ => MetricsEndpoint::Addr(parse_or(
+                "METRICS_LISTEN_ADDR",
+                SocketAddr::new(listen_addr.ip(), listen_addr.port().wrapping_add(1000)),
+            )?),
+        };
         Ok(Self {
+            metrics,
             database_url: required(
                 "DATABASE_URL",
                 "a postgres:// URL of the database holding this service's schema",
             )?,
-            listen_addr: parse_or(
-                "GRPC_LISTEN_ADDR",
-                SocketAddr::from(([0, 0, 0, 0], default_port)),
-            )?,
+            listen_addr,
             db_pool_max: parse_or("DB_POOL_MAX_CONNECTIONS", 10)?,
             shutdown_grace: duration_or("SHUTDOWN_GRACE", Duration::from_secs(25))?,
             auth: AuthConfig::from_env()?,

@@ -60,6 +60,8 @@ pub const CURSOR_MIGRATION: Migration = Migration {
 pub const DEFAULT_BATCH: u32 = 500;
 const MAX_BATCH: u32 = 2000;
 const POLL_FALLBACK: Duration = Duration::from_millis(200);
+/// How often an idle stream tells its consumer it is caught up.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Name of an event's payload, stored beside it for operators.
 pub fn payload_name(payload: &Payload) -> &'static str {
@@ -74,12 +76,16 @@ pub fn payload_name(payload: &Payload) -> &'static str {
         Payload::CaseAssigned(_) => "CaseAssigned",
         Payload::CaseEscalated(_) => "CaseEscalated",
         Payload::CaseReclassified(_) => "CaseReclassified",
+        Payload::CaseSubTaskChanged(_) => "CaseSubTaskChanged",
+        Payload::CaseCustomerContacted(_) => "CaseCustomerContacted",
+        Payload::CaseProblemLinked(_) => "CaseProblemLinked",
         Payload::ClockStarted(_) => "ClockStarted",
         Payload::ClockMet(_) => "ClockMet",
         Payload::ClockWarning(_) => "ClockWarning",
         Payload::ClockBreached(_) => "ClockBreached",
         Payload::SurveyInvitationIssued(_) => "SurveyInvitationIssued",
         Payload::SurveyAnswered(_) => "SurveyAnswered",
+        Payload::SurveyReturnVisitAttempted(_) => "SurveyReturnVisitAttempted",
     }
 }
 
@@ -91,6 +97,7 @@ pub struct EventLog {
 
 struct EventLogInner {
     producer: &'static str,
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     insert_sql: String,
     fetch_sql: String,
     committed: watch::Sender<u64>,
@@ -102,6 +109,7 @@ impl EventLog {
         Self {
             inner: Arc::new(EventLogInner {
                 producer,
+                metrics: std::sync::OnceLock::new(),
                 insert_sql: format!(
                     "INSERT INTO {schema}.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
                      VALUES ($1, $2, $3, $4, $5)"
@@ -147,6 +155,12 @@ impl EventLog {
             .bind(event.encode_to_vec())
             .execute(conn)
             .await?;
+        if let Some(metrics) = self.inner.metrics.get() {
+            metrics
+                .events_produced
+                .with_label_values(&[self.inner.producer, event_type])
+                .inc();
+        }
         Ok(event_id)
     }
 
@@ -189,6 +203,7 @@ impl EventLog {
         &self,
         context: &ServiceContext,
     ) -> InterceptedService<EventStreamServer<EventStreamService>, AuthInterceptor> {
+        let _ = self.inner.metrics.set(context.metrics.clone());
         context.authenticated(EventStreamServer::new(EventStreamService {
             log: self.clone(),
             pool: context.pool.clone(),
@@ -228,6 +243,7 @@ impl EventStream for EventStreamService {
         let shutdown = self.shutdown.clone();
         let mut wake = log.inner.committed.subscribe();
         tokio::spawn(async move {
+            let mut idle_since = tokio::time::Instant::now();
             loop {
                 let events = match log.read_after(&pool, position, limit).await {
                     Ok(events) => events,
@@ -239,12 +255,26 @@ impl EventStream for EventStreamService {
                 let full = events.len() as i64 == limit;
                 if let Some(last) = events.last().and_then(|e| e.position) {
                     position = (last.transaction_id as i64, last.sequence as i64);
-                    if tx.send(Ok(SubscribeResponse { events })).await.is_err() {
+                    let response = SubscribeResponse {
+                        events,
+                        caught_up: !full,
+                    };
+                    if tx.send(Ok(response)).await.is_err() {
                         return;
                     }
+                    idle_since = tokio::time::Instant::now();
                     if full {
                         continue;
                     }
+                } else if idle_since.elapsed() >= HEARTBEAT {
+                    let heartbeat = SubscribeResponse {
+                        events: Vec::new(),
+                        caught_up: true,
+                    };
+                    if tx.send(Ok(heartbeat)).await.is_err() {
+                        return;
+                    }
+                    idle_since = tokio::time::Instant::now();
                 }
                 tokio::select! {
                     _ = wake.changed() => {
@@ -276,6 +306,8 @@ pub trait EventHandler: Send + Sync + 'static {
 
 /// Follows one producer's stream into one handler.
 pub struct Consumer<H> {
+    name: &'static str,
+    metrics: Arc<crate::metrics::Metrics>,
     schema: String,
     source: String,
     channel: Channel,
@@ -308,6 +340,8 @@ impl<H: EventHandler> Consumer<H> {
         handler: Arc<H>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
+            name: context.name,
+            metrics: context.metrics.clone(),
             schema: schema.to_owned(),
             source: source.to_owned(),
             channel: context.channel(url)?,
@@ -358,9 +392,44 @@ impl<H: EventHandler> Consumer<H> {
             let Some(batch) = message else {
                 anyhow::bail!("the producer closed the stream");
             };
+            let before = cursor;
             cursor = self.apply_batch(cursor, &batch.events).await?;
             self.handler.after_commit();
+            self.record_progress(&batch, before, cursor);
         }
+    }
+
+    fn record_progress(&self, batch: &SubscribeResponse, before: (i64, i64), after: (i64, i64)) {
+        let labels = [self.name, self.source.as_str()];
+        let applied = batch
+            .events
+            .iter()
+            .filter_map(|e| e.position)
+            .filter(|p| {
+                let p = (p.transaction_id as i64, p.sequence as i64);
+                p > before && p <= after
+            })
+            .count();
+        self.metrics
+            .consumer_applied
+            .with_label_values(&labels)
+            .inc_by(applied as u64);
+        let lag = if batch.caught_up {
+            0.0
+        } else {
+            // More is waiting: the next unapplied event is at least as old as the last applied.
+            batch
+                .events
+                .last()
+                .and_then(|e| e.occurred_at.as_ref())
+                .and_then(crate::time::from_timestamp)
+                .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0)
+                .unwrap_or(0.0)
+        };
+        self.metrics
+            .consumer_lag_seconds
+            .with_label_values(&labels)
+            .set(lag);
     }
 
     async fn load_cursor(&self) -> Result<(i64, i64), sqlx::Error> {

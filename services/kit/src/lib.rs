@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod grpc;
+pub mod metrics;
 pub mod pagination;
 pub mod pg_private;
 pub mod server;

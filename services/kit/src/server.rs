@@ -2,6 +2,7 @@
 //! in the auth interceptor, add `grpc.health.v1` and server reflection (v1 and v1alpha, so
 //! grpcurl of any age works), and serve until shutdown, draining in-flight calls.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -13,8 +14,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::ServingStatus;
 
 use crate::auth::{AuthConfig, AuthInterceptor, BearerToken, Verifier};
-use crate::config::CommonConfig;
+use crate::config::{CommonConfig, MetricsEndpoint};
 use crate::db::{self, Migration};
+use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::shutdown::Shutdown;
 
 /// What a running service holds: its pool, its auth, its shutdown.
@@ -26,6 +28,7 @@ pub struct ServiceContext {
     pub verifier: Verifier,
     pub shutdown: Shutdown,
     pub shutdown_grace: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 impl ServiceContext {
@@ -40,6 +43,41 @@ impl ServiceContext {
         let pool = db::connect(&config.database_url, name, config.db_pool_max).await?;
         db::migrate(&pool, schema, migrations).await?;
         let verifier = config.auth.verifier()?;
+        let metrics = Metrics::new();
+        metrics
+            .db_pool_max_connections
+            .set(config.db_pool_max as i64);
+        let gauges = metrics.db_pool_connections.clone();
+        let watched = pool.clone();
+        metrics.on_scrape(move || {
+            let idle = watched.num_idle() as i64;
+            gauges.with_label_values(&["idle"]).set(idle);
+            gauges
+                .with_label_values(&["in_use"])
+                .set(watched.size() as i64 - idle);
+        });
+        let listener = match &config.metrics {
+            MetricsEndpoint::Addr(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("METRICS_LISTEN_ADDR {addr}: {e}"))?,
+            ),
+            MetricsEndpoint::Bound(slot) => {
+                let taken = slot.lock().ok().and_then(|mut s| s.take());
+                match taken {
+                    Some(std) => {
+                        std.set_nonblocking(true)?;
+                        Some(TcpListener::from_std(std)?)
+                    }
+                    None => None,
+                }
+            }
+            MetricsEndpoint::Disabled => None,
+        };
+        if let Some(listener) = listener {
+            tracing::info!(service = name, address = %listener.local_addr()?, "serving metrics");
+            tokio::spawn(metrics.clone().serve(listener, shutdown.clone()));
+        }
         Ok(Self {
             name,
             pool,
@@ -47,7 +85,22 @@ impl ServiceContext {
             verifier,
             shutdown,
             shutdown_grace: config.shutdown_grace,
+            metrics,
         })
+    }
+
+    /// `<binary> migrate`: brings the schema up to date and returns, for deployment hooks.
+    pub async fn migrate_only(
+        name: &'static str,
+        config: &CommonConfig,
+        schema: &str,
+        migrations: &[Migration],
+    ) -> anyhow::Result<()> {
+        let pool = db::connect(&config.database_url, name, 2).await?;
+        db::migrate(&pool, schema, migrations).await?;
+        pool.close().await;
+        tracing::info!(service = name, schema, "migrations applied; exiting");
+        Ok(())
     }
 
     /// Wraps a generated server so every call must carry a valid bearer token.
@@ -122,6 +175,7 @@ impl ServiceContext {
         };
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(GrpcMetricsLayer::new(self.metrics.clone()))
             .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
         let grace = self.shutdown_grace;

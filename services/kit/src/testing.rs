@@ -93,6 +93,7 @@ pub fn common_config(database_url: &str) -> CommonConfig {
     CommonConfig {
         database_url: database_url.to_owned(),
         listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics: crate::config::MetricsEndpoint::Disabled,
         db_pool_max: 5,
         shutdown_grace: Duration::from_secs(5),
         auth: auth(),
