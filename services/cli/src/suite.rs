@@ -93,6 +93,7 @@ impl Suite {
             listen_addr: intake_l.local_addr()?,
             db_pool_max: options.pool_size,
             shutdown_grace: Duration::from_secs(10),
+            event_retention: Duration::from_secs(30 * 86_400),
             auth: options.auth.clone(),
         };
         let (trigger, shutdown) = Shutdown::new();

@@ -115,6 +115,9 @@ pub struct CommonConfig {
     pub metrics: MetricsEndpoint,
     /// `DB_POOL_MAX_CONNECTIONS`, default 10.
     pub db_pool_max: u32,
+    /// `EVENT_RETENTION`, default 30d: produced events older than this are deleted; a consumer
+    /// whose cursor fell behind gets OUT_OF_RANGE, never a silent gap.
+    pub event_retention: Duration,
     /// `SHUTDOWN_GRACE`, default 25s: how long in-flight calls may take to drain.
     pub shutdown_grace: Duration,
     pub auth: AuthConfig,
@@ -142,6 +145,7 @@ impl CommonConfig {
             listen_addr,
             db_pool_max: parse_or("DB_POOL_MAX_CONNECTIONS", 10)?,
             shutdown_grace: duration_or("SHUTDOWN_GRACE", Duration::from_secs(25))?,
+            event_retention: duration_or("EVENT_RETENTION", Duration::from_secs(30 * 86_400))?,
             auth: AuthConfig::from_env()?,
         })
     }

@@ -43,6 +43,15 @@ pub const OUTBOX_MIGRATION: Migration = Migration {
               occurred_at timestamptz NOT NULL DEFAULT now(),
               payload bytea NOT NULL,
               PRIMARY KEY (txid, seq)
+          );
+          CREATE INDEX event_outbox_occurred_idx ON {schema}.event_outbox (occurred_at);
+          -- The newest position removed by retention: a consumer behind it is told, never
+          -- silently served a gap.
+          CREATE TABLE {schema}.event_retention (
+              singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+              txid bigint NOT NULL,
+              seq bigint NOT NULL,
+              purged_at timestamptz NOT NULL
           );",
 };
 
@@ -96,7 +105,10 @@ pub struct EventLog {
 }
 
 struct EventLogInner {
+    schema: String,
     producer: &'static str,
+    /// Wakes the task that tells other replicas (LISTEN/NOTIFY) that events committed.
+    notify_peers: tokio::sync::Notify,
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     insert_sql: String,
     fetch_sql: String,
@@ -108,7 +120,9 @@ impl EventLog {
         let (committed, _) = watch::channel(0);
         Self {
             inner: Arc::new(EventLogInner {
+                schema: schema.to_owned(),
                 producer,
+                notify_peers: tokio::sync::Notify::new(),
                 metrics: std::sync::OnceLock::new(),
                 insert_sql: format!(
                     "INSERT INTO {schema}.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
@@ -166,7 +180,126 @@ impl EventLog {
 
     /// Wakes the subscription streams after a commit that wrote events.
     pub fn committed(&self) {
+        self.wake_local();
+        self.inner.notify_peers.notify_one();
+    }
+
+    fn wake_local(&self) {
         self.inner.committed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn channel(&self) -> String {
+        format!("complaints_events_{}", self.inner.schema)
+    }
+
+    /// Cross-replica wake-up: commits on this replica are announced with one NOTIFY at most
+    /// every few milliseconds (outside the writers' transactions, so commits never queue on the
+    /// notification lock), and announcements from other replicas wake this replica's streams.
+    /// Streams still poll every 200 ms as a fallback.
+    fn spawn_peer_wakeups(&self, pool: PgPool, shutdown: Shutdown) {
+        let log = self.clone();
+        let (pool_n, shutdown_n) = (pool.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let sql = format!("SELECT pg_notify('{}', '')", log.channel());
+            loop {
+                tokio::select! {
+                    _ = log.inner.notify_peers.notified() => {}
+                    _ = shutdown_n.wait() => return,
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if let Err(error) = sqlx::query(&sql).execute(&pool_n).await {
+                    tracing::debug!(%error, "event notification not sent; peers will poll");
+                }
+            }
+        });
+        let log = self.clone();
+        tokio::spawn(async move {
+            while !shutdown.is_triggered() {
+                let listening = async {
+                    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    listener.listen(&log.channel()).await?;
+                    loop {
+                        listener.recv().await?;
+                        log.wake_local();
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), sqlx::Error>(())
+                };
+                tokio::select! {
+                    result = listening => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "event listener interrupted; reconnecting");
+                        }
+                    }
+                    _ = shutdown.wait() => return,
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Deletes events older than `retention` and remembers the newest position deleted.
+    pub async fn purge(&self, pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+        let schema = &self.inner.schema;
+        let cutoff = Utc::now()
+            - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(30));
+        let mut tx = pool.begin().await?;
+        let newest: Option<(i64, i64)> = sqlx::query_as(&format!(
+            "SELECT txid, seq FROM {schema}.event_outbox WHERE occurred_at < $1
+             ORDER BY txid DESC, seq DESC LIMIT 1"
+        ))
+        .bind(cutoff)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((txid, seq)) = newest else {
+            return Ok(0);
+        };
+        // Delete by position, so no event below the recorded mark can remain and be missed.
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM {schema}.event_outbox WHERE (txid, seq) <= ($1, $2)"
+        ))
+        .bind(txid)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.event_retention (txid, seq, purged_at) VALUES ($1, $2, now())
+             ON CONFLICT (singleton) DO UPDATE SET txid = EXCLUDED.txid, seq = EXCLUDED.seq, purged_at = now()"
+        ))
+        .bind(txid)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// The newest position deleted by retention, if any.
+    pub async fn retention_mark(&self, pool: &PgPool) -> Result<Option<(i64, i64)>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT txid, seq FROM {}.event_retention",
+            self.inner.schema
+        ))
+        .fetch_optional(pool)
+        .await
+    }
+
+    fn spawn_retention(&self, pool: PgPool, retention: Duration, shutdown: Shutdown) {
+        let log = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match log.purge(&pool, retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "events past retention deleted"),
+                    Err(error) => tracing::warn!(%error, "event retention failed; will retry"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                    _ = shutdown.wait() => return,
+                }
+            }
+        });
     }
 
     /// Reads up to `limit` events released after `after`.
@@ -203,7 +336,15 @@ impl EventLog {
         &self,
         context: &ServiceContext,
     ) -> InterceptedService<EventStreamServer<EventStreamService>, AuthInterceptor> {
-        let _ = self.inner.metrics.set(context.metrics.clone());
+        if self.inner.metrics.set(context.metrics.clone()).is_ok() {
+            // First call for this log: start its background work once.
+            self.spawn_peer_wakeups(context.pool.clone(), context.shutdown.clone());
+            self.spawn_retention(
+                context.pool.clone(),
+                context.event_retention,
+                context.shutdown.clone(),
+            );
+        }
         context.authenticated(EventStreamServer::new(EventStreamService {
             log: self.clone(),
             pool: context.pool.clone(),
@@ -233,6 +374,19 @@ impl EventStream for EventStreamService {
             .after
             .map(|p| (p.transaction_id as i64, p.sequence as i64))
             .unwrap_or((0, 0));
+        if let Some(mark) = self
+            .log
+            .retention_mark(&self.pool)
+            .await
+            .map_err(|e| crate::grpc::storage(&e))?
+            && position < mark
+        {
+            return Err(Status::out_of_range(format!(
+                "events up to position ({}, {}) were deleted by retention; a consumer at ({}, {}) \
+                 cannot continue without a gap and must be re-seeded",
+                mark.0, mark.1, position.0, position.1
+            )));
+        }
         let limit = match request.max_batch_size {
             0 => DEFAULT_BATCH,
             n => n.min(MAX_BATCH),

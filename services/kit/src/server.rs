@@ -29,6 +29,8 @@ pub struct ServiceContext {
     pub shutdown: Shutdown,
     pub shutdown_grace: Duration,
     pub metrics: Arc<Metrics>,
+    /// How long produced events are kept.
+    pub event_retention: Duration,
 }
 
 impl ServiceContext {
@@ -86,6 +88,7 @@ impl ServiceContext {
             shutdown,
             shutdown_grace: config.shutdown_grace,
             metrics,
+            event_retention: config.event_retention,
         })
     }
 

@@ -96,6 +96,7 @@ pub fn common_config(database_url: &str) -> CommonConfig {
         metrics: crate::config::MetricsEndpoint::Disabled,
         db_pool_max: 5,
         shutdown_grace: Duration::from_secs(5),
+        event_retention: Duration::from_secs(30 * 86_400),
         auth: auth(),
     }
 }

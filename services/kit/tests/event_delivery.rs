@@ -1,0 +1,450 @@
+//! The guarantees of the event machinery, against a real Postgres and a real gRPC stream:
+//! no event skipped when transactions commit out of sequence order, a stopped consumer catches up
+//! from its cursor, a new consumer replays from zero, per-aggregate order holds, a crash between
+//! applying and acknowledging never applies twice, consumers batch when behind, and a consumer
+//! behind retention gets a clear error.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use complaints_kit::db::Migration;
+use complaints_kit::events::{
+    CURSOR_MIGRATION, Consumer, EventHandler, EventLog, OUTBOX_MIGRATION,
+};
+use complaints_kit::server::ServiceContext;
+use complaints_kit::shutdown::{Shutdown, ShutdownTrigger};
+use complaints_kit::testing::{self, eventually};
+use complaints_proto::events::v1::event::Payload;
+use complaints_proto::events::v1::event_stream_client::EventStreamClient;
+use complaints_proto::events::v1::{CaseAcknowledged, Event, Position, SubscribeRequest};
+use sqlx::{PgConnection, PgPool};
+
+const PRODUCER: &str = "producer_test";
+const CONSUMER: &str = "consumer_test";
+
+const PRODUCER_TABLES: Migration = Migration {
+    name: "0001_aggregates",
+    sql: "CREATE TABLE producer_test.aggregates (id text PRIMARY KEY, version integer NOT NULL DEFAULT 0);",
+};
+const CONSUMER_TABLES: Migration = Migration {
+    name: "0001_applied",
+    sql: "CREATE TABLE consumer_test.applied (
+              arrival bigserial,
+              source text NOT NULL,
+              event_id text NOT NULL,
+              aggregate_id text NOT NULL,
+              version integer NOT NULL,
+              consumer_txid bigint NOT NULL,
+              times integer NOT NULL DEFAULT 1,
+              PRIMARY KEY (source, event_id)
+          );",
+};
+
+struct Producer {
+    url: String,
+    log: EventLog,
+    pool: PgPool,
+    trigger: ShutdownTrigger,
+    context: ServiceContext,
+}
+
+async fn start_producer(database_url: &str) -> Producer {
+    let (trigger, shutdown) = Shutdown::new();
+    let config = testing::common_config(database_url);
+    let context = ServiceContext::start(
+        "producer",
+        &config,
+        PRODUCER,
+        &[OUTBOX_MIGRATION, PRODUCER_TABLES],
+        shutdown,
+    )
+    .await
+    .expect("producer starts");
+    let log = EventLog::new(PRODUCER, "producer");
+    let (listener, url) = testing::ephemeral_listener().await;
+    let routes = tonic::service::Routes::new(log.service(&context));
+    let serving = context.clone();
+    tokio::spawn(async move {
+        serving
+            .serve(listener, routes, &["complaints.events.v1.EventStream"])
+            .await
+    });
+    Producer {
+        url,
+        log,
+        pool: context.pool.clone(),
+        trigger,
+        context,
+    }
+}
+
+/// Bumps an aggregate's version (locking its row first) and appends an event carrying it.
+async fn write_event(producer: &Producer, aggregate: &str) {
+    let mut tx = producer.pool.begin().await.unwrap();
+    let (version,): (i32,) = sqlx::query_as(
+        "INSERT INTO producer_test.aggregates (id, version) VALUES ($1, 1)
+         ON CONFLICT (id) DO UPDATE SET version = aggregates.version + 1 RETURNING version",
+    )
+    .bind(aggregate)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    append(&producer.log, &mut tx, aggregate, version).await;
+    tx.commit().await.unwrap();
+    producer.log.committed();
+}
+
+async fn append(log: &EventLog, conn: &mut PgConnection, aggregate: &str, version: i32) {
+    log.append(
+        conn,
+        aggregate,
+        "",
+        Payload::CaseAcknowledged(CaseAcknowledged {
+            case_id: aggregate.into(),
+            by: version.to_string(),
+            acknowledged_at: None,
+        }),
+    )
+    .await
+    .unwrap();
+}
+
+/// Records every application; can simulate a crash after applying one chosen event.
+struct Recorder {
+    source: String,
+    crash_after: Mutex<Option<String>>,
+}
+
+impl Recorder {
+    async fn record(&self, conn: &mut PgConnection, event: &Event) -> anyhow::Result<()> {
+        let Some(Payload::CaseAcknowledged(ack)) = &event.payload else {
+            return Ok(());
+        };
+        sqlx::query(
+            "INSERT INTO consumer_test.applied (source, event_id, aggregate_id, version, consumer_txid)
+             VALUES ($1, $2, $3, $4, txid_current())
+             ON CONFLICT (source, event_id) DO UPDATE SET times = applied.times + 1",
+        )
+        .bind(&self.source)
+        .bind(&event.event_id)
+        .bind(&event.aggregate_id)
+        .bind(ack.by.parse::<i32>().unwrap_or(0))
+        .execute(&mut *conn)
+        .await?;
+        let crash = {
+            let mut target = self.crash_after.lock().unwrap();
+            if target.as_deref() == Some(event.event_id.as_str()) {
+                target.take()
+            } else {
+                None
+            }
+        };
+        if crash.is_some() {
+            anyhow::bail!("simulated crash after applying, before acknowledging");
+        }
+        Ok(())
+    }
+}
+
+impl EventHandler for Recorder {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Event,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        Box::pin(self.record(tx, event))
+    }
+}
+
+struct RunningConsumer {
+    trigger: ShutdownTrigger,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+async fn start_consumer(
+    database_url: &str,
+    source: &str,
+    url: &str,
+    recorder: Arc<Recorder>,
+) -> RunningConsumer {
+    let (trigger, shutdown) = Shutdown::new();
+    let config = testing::common_config(database_url);
+    let context = ServiceContext::start(
+        "consumer",
+        &config,
+        CONSUMER,
+        &[CURSOR_MIGRATION, CONSUMER_TABLES],
+        shutdown,
+    )
+    .await
+    .expect("consumer context");
+    let consumer = Consumer::new(&context, CONSUMER, source, url, recorder).unwrap();
+    RunningConsumer {
+        trigger,
+        handle: tokio::spawn(consumer.run()),
+    }
+}
+
+impl RunningConsumer {
+    async fn stop(self) {
+        self.trigger.trigger();
+        let _ = self.handle.await;
+    }
+}
+
+async fn applied(pool: &PgPool, source: &str) -> i64 {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM consumer_test.applied WHERE source = $1")
+            .bind(source)
+            .fetch_one(pool)
+            .await
+            .unwrap_or((0,));
+    n
+}
+
+async fn wait_applied(pool: &PgPool, source: &str, expected: i64) {
+    eventually(
+        &format!("{expected} events applied from {source}"),
+        Duration::from_secs(20),
+        || async move { (applied(pool, source).await >= expected).then_some(()) },
+    )
+    .await;
+}
+
+fn recorder(source: &str) -> Arc<Recorder> {
+    Arc::new(Recorder {
+        source: source.into(),
+        crash_after: Mutex::new(None),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_after_a_later_numbered_one_is_still_delivered() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    // Transaction A writes first (lower sequence number) but commits last.
+    let mut a = producer.pool.begin().await.unwrap();
+    append(&producer.log, &mut a, "agg-a", 1).await;
+    let mut b = producer.pool.begin().await.unwrap();
+    append(&producer.log, &mut b, "agg-b", 1).await;
+    b.commit().await.unwrap();
+    producer.log.committed();
+    // B is committed, but releasing it now would let a reader's cursor pass A's position.
+    let early = producer
+        .log
+        .read_after(&producer.pool, (0, 0), 100)
+        .await
+        .unwrap();
+    assert!(
+        early.is_empty(),
+        "released {} event(s) while an earlier one was in flight",
+        early.len()
+    );
+
+    let consumer = start_consumer(&db.url, "late", &producer.url, recorder("late")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.commit().await.unwrap();
+    producer.log.committed();
+    wait_applied(&producer.pool, "late", 2).await;
+    let released = producer
+        .log
+        .read_after(&producer.pool, (0, 0), 100)
+        .await
+        .unwrap();
+    let aggregates: Vec<&str> = released.iter().map(|e| e.aggregate_id.as_str()).collect();
+    assert_eq!(aggregates, ["agg-a", "agg-b"]);
+    consumer.stop().await;
+    producer.trigger.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_consumer_catches_up_and_a_new_one_replays_from_zero() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    for i in 0..10 {
+        write_event(&producer, &format!("agg-{i}")).await;
+    }
+    let first = start_consumer(&db.url, "main", &producer.url, recorder("main")).await;
+    wait_applied(&producer.pool, "main", 10).await;
+    first.stop().await;
+
+    for i in 0..15 {
+        write_event(&producer, &format!("agg-{i}")).await;
+    }
+    assert_eq!(
+        applied(&producer.pool, "main").await,
+        10,
+        "stopped consumers apply nothing"
+    );
+    let again = start_consumer(&db.url, "main", &producer.url, recorder("main")).await;
+    wait_applied(&producer.pool, "main", 25).await;
+    let fresh = start_consumer(&db.url, "replay", &producer.url, recorder("replay")).await;
+    wait_applied(&producer.pool, "replay", 25).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (max_times,): (i32,) = sqlx::query_as("SELECT max(times) FROM consumer_test.applied")
+        .fetch_one(&producer.pool)
+        .await
+        .unwrap();
+    assert_eq!(max_times, 1, "no event applied twice");
+    assert_eq!(applied(&producer.pool, "main").await, 25);
+    // Catching up from behind happens in batches, not one transaction per event.
+    let (transactions,): (i64,) = sqlx::query_as(
+        "SELECT count(DISTINCT consumer_txid) FROM consumer_test.applied WHERE source = 'replay'",
+    )
+    .fetch_one(&producer.pool)
+    .await
+    .unwrap();
+    assert!(
+        transactions < 25,
+        "replay used {transactions} transactions for 25 events"
+    );
+    again.stop().await;
+    fresh.stop().await;
+    producer.trigger.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_one_aggregate_arrive_in_order_under_concurrent_writers() {
+    let db = testing::fresh_database().await;
+    let producer = Arc::new(start_producer(&db.url).await);
+    let consumer = start_consumer(&db.url, "order", &producer.url, recorder("order")).await;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let producer = producer.clone();
+            tokio::spawn(async move {
+                for i in 0..30 {
+                    write_event(&producer, &format!("agg-{}", (i + w) % 3)).await;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    wait_applied(&producer.pool, "order", 120).await;
+    let rows: Vec<(String, i32)> =
+        sqlx::query_as("SELECT aggregate_id, version FROM consumer_test.applied WHERE source = 'order' ORDER BY arrival")
+            .fetch_all(&producer.pool)
+            .await
+            .unwrap();
+    let mut last: std::collections::HashMap<String, i32> = Default::default();
+    for (aggregate, version) in rows {
+        let previous = last.insert(aggregate.clone(), version).unwrap_or(0);
+        assert_eq!(
+            version,
+            previous + 1,
+            "{aggregate}: version {version} arrived after {previous}"
+        );
+    }
+    consumer.stop().await;
+    producer.trigger.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_applying_and_acknowledging_does_not_apply_twice() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    for i in 0..12 {
+        write_event(&producer, &format!("agg-{i}")).await;
+    }
+    let events = producer
+        .log
+        .read_after(&producer.pool, (0, 0), 100)
+        .await
+        .unwrap();
+    let victim = events[6].event_id.clone();
+    let crashing = Arc::new(Recorder {
+        source: "crash".into(),
+        crash_after: Mutex::new(Some(victim)),
+    });
+    let consumer = start_consumer(&db.url, "crash", &producer.url, crashing.clone()).await;
+    wait_applied(&producer.pool, "crash", 12).await;
+    assert!(
+        crashing.crash_after.lock().unwrap().is_none(),
+        "the crash happened"
+    );
+    // A process killed mid-stream and restarted does not apply twice either.
+    consumer.handle.abort();
+    for i in 0..5 {
+        write_event(&producer, &format!("agg-{i}")).await;
+    }
+    let restarted = start_consumer(&db.url, "crash", &producer.url, recorder("crash")).await;
+    wait_applied(&producer.pool, "crash", 17).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (total, max_times): (i64, i32) = sqlx::query_as(
+        "SELECT count(*), max(times) FROM consumer_test.applied WHERE source = 'crash'",
+    )
+    .fetch_one(&producer.pool)
+    .await
+    .unwrap();
+    assert_eq!((total, max_times), (17, 1));
+    restarted.stop().await;
+    producer.trigger.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_behind_retention_gets_out_of_range_not_a_gap() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    for i in 0..5 {
+        write_event(&producer, &format!("agg-{i}")).await;
+    }
+    sqlx::query("UPDATE producer_test.event_outbox SET occurred_at = now() - interval '40 days'")
+        .execute(&producer.pool)
+        .await
+        .unwrap();
+    write_event(&producer, "agg-recent").await;
+    let deleted = producer
+        .log
+        .purge(&producer.pool, Duration::from_secs(30 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 5);
+
+    let token = testing::token("consumer", complaints_kit::Role::Service, None);
+    let mut client = EventStreamClient::new(testing::channel(&producer.url));
+    let status = client
+        .subscribe(testing::authed(
+            SubscribeRequest {
+                after: None,
+                max_batch_size: 0,
+            },
+            &token,
+        ))
+        .await
+        .expect_err("behind retention");
+    assert_eq!(status.code(), tonic::Code::OutOfRange);
+    assert!(
+        status.message().contains("retention"),
+        "{}",
+        status.message()
+    );
+    // A consumer already past the deleted range continues normally.
+    let mark = producer
+        .log
+        .retention_mark(&producer.pool)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut stream = client
+        .subscribe(testing::authed(
+            SubscribeRequest {
+                after: Some(Position {
+                    transaction_id: mark.0 as u64,
+                    sequence: mark.1 as u64,
+                }),
+                max_batch_size: 0,
+            },
+            &token,
+        ))
+        .await
+        .expect("subscribed")
+        .into_inner();
+    let batch = stream.message().await.unwrap().unwrap();
+    assert_eq!(batch.events.len(), 1);
+    assert_eq!(batch.events[0].aggregate_id, "agg-recent");
+    drop(producer.context);
+    producer.trigger.trigger();
+}
