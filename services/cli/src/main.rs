@@ -21,6 +21,9 @@ USAGE:
   complaints token --role ROLE [--department DEPT] [--subject NAME] [--ttl 12h]
       Prints a development JWT (HS256) the running suite accepts.
       ROLE: agent, supervisor, quality, admin or service.
+  complaints serve SERVICE
+      Runs one service (intake, case-management, sla-timer, feedback-survey or
+      performance-scoring) configured from the environment, like its own binary.
   complaints pg-stop
       Stops the private PostgreSQL started by `up`.
 
@@ -85,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("up") => up(&args[1..]).await,
         Some("token") => token(&args[1..]),
+        Some("serve") => serve(args.get(1).map(String::as_str).unwrap_or("")).await,
         Some("pg-stop") => {
             private_pg().stop()?;
             println!("private PostgreSQL stopped");
@@ -98,6 +102,44 @@ async fn main() -> anyhow::Result<()> {
             eprint!("unknown command {other:?}\n\n{USAGE}");
             std::process::exit(2);
         }
+    }
+}
+
+/// One service in this process, configured from the environment like its own binary.
+async fn serve(service: &str) -> anyhow::Result<()> {
+    use complaints_kit::Shutdown;
+    use tokio::net::TcpListener;
+    let _telemetry = telemetry::init(service);
+    let shutdown = Shutdown::on_signals();
+    match service {
+        "intake" => {
+            let config = intake::Config::from_env()?;
+            let listener = TcpListener::bind(config.common.listen_addr).await?;
+            intake::run(config, listener, shutdown).await
+        }
+        "case-management" => {
+            let config = case_management::Config::from_env()?;
+            let listener = TcpListener::bind(config.common.listen_addr).await?;
+            case_management::run(config, listener, shutdown).await
+        }
+        "sla-timer" => {
+            let config = sla_timer::Config::from_env()?;
+            let listener = TcpListener::bind(config.common.listen_addr).await?;
+            sla_timer::run(config, listener, shutdown).await
+        }
+        "feedback-survey" => {
+            let config = feedback_survey::Config::from_env()?;
+            let listener = TcpListener::bind(config.common.listen_addr).await?;
+            feedback_survey::run(config, listener, shutdown).await
+        }
+        "performance-scoring" => {
+            let config = performance_scoring::Config::from_env()?;
+            let listener = TcpListener::bind(config.common.listen_addr).await?;
+            performance_scoring::run(config, listener, shutdown).await
+        }
+        other => anyhow::bail!(
+            "unknown service {other:?}; expected intake, case-management, sla-timer, feedback-survey or performance-scoring"
+        ),
     }
 }
 
@@ -123,7 +165,7 @@ fn token(args: &[String]) -> anyhow::Result<()> {
 }
 
 async fn up(args: &[String]) -> anyhow::Result<()> {
-    telemetry::init("complaints");
+    let _telemetry = telemetry::init("complaints");
     let demo = args.iter().position(|a| a == "--demo").map(|i| {
         args.get(i + 1)
             .and_then(|n| n.parse::<usize>().ok())

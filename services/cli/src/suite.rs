@@ -109,6 +109,7 @@ impl Suite {
             common: metrics_for(1, &common),
             intake_url: urls.intake.clone(),
             survey_url: urls.survey.clone(),
+            policy: case_management::CasePolicy::from_env()?,
         };
         tasks.push((
             "case-management",
@@ -133,6 +134,7 @@ impl Suite {
             token_secret: options.survey_token_secret.clone(),
             delay: options.survey_delay,
             token_ttl: Duration::from_secs(7 * 86_400),
+            policy: feedback_survey::Policy::default(),
         };
         tasks.push((
             "feedback-survey",

@@ -213,6 +213,7 @@ impl IntakeService for IntakeApi {
             }
         };
         tx.commit().await.map_err(|e| grpc::storage(&e))?;
+        complaints_kit::telemetry::record_complaint(&row.id.to_string());
         if created {
             self.events.committed();
             self.accepted

@@ -2,7 +2,7 @@ use complaints_kit::{Shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init(intake::SERVICE_NAME);
+    let _telemetry = telemetry::init(intake::SERVICE_NAME);
     let config = intake::Config::from_env()?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         return complaints_kit::server::ServiceContext::migrate_only(

@@ -408,6 +408,13 @@ impl tonic::service::Interceptor for BearerToken {
         request
             .metadata_mut()
             .insert("authorization", self.value.clone());
+        // Carry the caller's trace to the callee.
+        let traceparent = crate::telemetry::current_traceparent();
+        if !traceparent.is_empty()
+            && let Ok(value) = traceparent.parse()
+        {
+            request.metadata_mut().insert("traceparent", value);
+        }
         Ok(request)
     }
 }

@@ -152,6 +152,14 @@ impl EventLog {
         let event_id = uuid::Uuid::now_v7();
         let occurred_at = Utc::now();
         let event_type = payload_name(&payload);
+        // Without an explicit trace, the event continues the trace of the work writing it.
+        let current;
+        let traceparent = if traceparent.is_empty() {
+            current = crate::telemetry::current_traceparent();
+            current.as_str()
+        } else {
+            traceparent
+        };
         let event = Event {
             event_id: event_id.to_string(),
             position: None,
@@ -553,6 +561,36 @@ impl<H: EventHandler> Consumer<H> {
         }
     }
 
+    /// The span of applying one event: a child of the complaint's trace the event carries.
+    fn event_span(&self, event: &Event) -> tracing::Span {
+        let event_type = event
+            .payload
+            .as_ref()
+            .map(payload_name)
+            .unwrap_or("Unknown");
+        let span = tracing::info_span!(
+            "event.process",
+            otel.name = %format!("process {event_type}"),
+            otel.kind = "consumer",
+            messaging.system = "complaints",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.source.name = %self.source,
+            messaging.consumer.group.name = %self.name,
+            messaging.message.id = %event.event_id,
+            complaint.id = tracing::field::Empty,
+            case.id = tracing::field::Empty,
+        );
+        crate::telemetry::continue_trace(&span, &event.traceparent);
+        let id_field = if self.source == "intake" {
+            "complaint.id"
+        } else {
+            "case.id"
+        };
+        span.record(id_field, event.aggregate_id.as_str());
+        span
+    }
+
     fn record_progress(&self, batch: &SubscribeResponse, before: (i64, i64), after: (i64, i64)) {
         let labels = [self.name, self.source.as_str()];
         let applied = batch
@@ -628,8 +666,11 @@ impl<H: EventHandler> Consumer<H> {
             if position <= last {
                 continue;
             }
+            let span = self.event_span(event);
+            use tracing::Instrument as _;
             self.handler
                 .apply(&mut tx, event)
+                .instrument(span)
                 .await
                 .map_err(|source| BatchError::Handler {
                     event_id: event.event_id.clone(),

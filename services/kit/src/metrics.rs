@@ -260,6 +260,7 @@ pub struct GrpcMetricsService<S> {
 /// Records the end of one call exactly once.
 struct CallRecord {
     metrics: Arc<Metrics>,
+    span: tracing::Span,
     kind: &'static str,
     service: String,
     method: String,
@@ -282,6 +283,20 @@ impl CallRecord {
             .grpc_handling_seconds
             .with_label_values(&labels)
             .observe(self.started.elapsed().as_secs_f64());
+        let number = CODES.iter().position(|c| *c == code).unwrap_or(2);
+        self.span.record("rpc.grpc.status_code", number);
+        // Server errors per the OpenTelemetry RPC conventions.
+        if matches!(
+            code,
+            "UNKNOWN"
+                | "DEADLINE_EXCEEDED"
+                | "UNIMPLEMENTED"
+                | "INTERNAL"
+                | "UNAVAILABLE"
+                | "DATA_LOSS"
+        ) {
+            self.span.record("otel.status_code", "ERROR");
+        }
     }
 }
 
@@ -292,28 +307,80 @@ impl Drop for CallRecord {
     }
 }
 
+/// gRPC status names by code number.
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
 /// The canonical name of a `grpc-status` value.
 pub fn code_name(status: &str) -> &'static str {
-    match status.trim().parse::<i32>().unwrap_or(2) {
-        0 => "OK",
-        1 => "CANCELLED",
-        2 => "UNKNOWN",
-        3 => "INVALID_ARGUMENT",
-        4 => "DEADLINE_EXCEEDED",
-        5 => "NOT_FOUND",
-        6 => "ALREADY_EXISTS",
-        7 => "PERMISSION_DENIED",
-        8 => "RESOURCE_EXHAUSTED",
-        9 => "FAILED_PRECONDITION",
-        10 => "ABORTED",
-        11 => "OUT_OF_RANGE",
-        12 => "UNIMPLEMENTED",
-        13 => "INTERNAL",
-        14 => "UNAVAILABLE",
-        15 => "DATA_LOSS",
-        16 => "UNAUTHENTICATED",
-        _ => "UNKNOWN",
+    status
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| CODES.get(n).copied())
+        .unwrap_or("UNKNOWN")
+}
+
+/// Reads W3C trace context from request headers.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
     }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The server span of one call: a child of the caller's trace when it sent `traceparent`.
+/// Health checks and reflection get none (they would drown the traces).
+fn server_span(service: &str, method: &str, headers: &http::HeaderMap) -> tracing::Span {
+    if service.starts_with("grpc.") {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.name = %format!("{service}/{method}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        complaint.id = tracing::field::Empty,
+        case.id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    use opentelemetry::trace::TraceContextExt as _;
+    if parent.span().span_context().is_valid() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let _ = span.set_parent(parent);
+    }
+    let trace_id = crate::telemetry::trace_id(&span);
+    if !trace_id.is_empty() {
+        span.record("trace_id", trace_id.as_str());
+    }
+    span
 }
 
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for GrpcMetricsService<S>
@@ -340,26 +407,35 @@ where
             .grpc_started
             .with_label_values(&[kind, &service, &method])
             .inc();
+        let span = server_span(&service, &method, request.headers());
         let mut record = CallRecord {
             metrics: self.metrics.clone(),
+            span: span.clone(),
             kind,
             service,
             method,
             started: Instant::now(),
             done: false,
         };
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await?;
-            // Trailers-only responses (most errors) carry the status in the headers.
-            if let Some(status) = response.headers().get("grpc-status") {
-                record.finish(code_name(status.to_str().unwrap_or("2")));
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        use tracing::Instrument as _;
+        Box::pin(
+            async move {
+                let response = future.await?;
+                // Trailers-only responses (most errors) carry the status in the headers.
+                if let Some(status) = response.headers().get("grpc-status") {
+                    record.finish(code_name(status.to_str().unwrap_or("2")));
+                }
+                Ok(response.map(|inner| MetricsBody {
+                    inner,
+                    record: Some(record),
+                }))
             }
-            Ok(response.map(|inner| MetricsBody {
-                inner,
-                record: Some(record),
-            }))
-        })
+            .instrument(span),
+        )
     }
 }
 

@@ -2,7 +2,7 @@ use complaints_kit::{Shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init(performance_scoring::SERVICE_NAME);
+    let _telemetry = telemetry::init(performance_scoring::SERVICE_NAME);
     let config = performance_scoring::Config::from_env()?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         return complaints_kit::server::ServiceContext::migrate_only(
