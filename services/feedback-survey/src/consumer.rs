@@ -1,5 +1,6 @@
 //! Invitations follow resolutions: when a case is resolved, an invitation is scheduled inside
-//! the 48-hour follow-up limit, as a link or, for phone complaints, as a return-visit call.
+//! the 48-hour follow-up limit, as a link or, for phone complaints, as a return-visit call,
+//! on the latest version of the configured questionnaire. Customers who opted out get none.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,19 +8,22 @@ use std::pin::Pin;
 use chrono::{Duration, Utc};
 use complaints_kit::events::{EventHandler, EventLog};
 use complaints_kit::time::from_timestamp;
-use complaints_proto::common::v1::{CaseStatus, Channel};
+use complaints_proto::common::v1::CaseStatus;
 use complaints_proto::events::v1::{Event, SurveyInvitationIssued, event::Payload};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::domain::delivery::Delivery;
 use crate::domain::questionnaire::standard_template;
 use crate::domain::token::{self, TokenKey};
-use crate::store::{self, CaseRow, InvitationRow, SCHEDULED};
+use crate::store::{self, CaseRow, InvitationRow, OPTED_OUT, SCHEDULED};
 
 pub struct SurveyEvents {
     pub events: EventLog,
     pub token_key: TokenKey,
     pub delay: Duration,
+    /// New invitations take the latest version of this template.
+    pub template_id: String,
 }
 
 impl SurveyEvents {
@@ -34,6 +38,7 @@ impl SurveyEvents {
                         owner_id: opened.owner_id.clone(),
                         category: opened.category.clone(),
                         channel: opened.channel as i16,
+                        customer_id: opened.customer_id.clone(),
                     },
                 )
                 .await?;
@@ -59,21 +64,30 @@ impl SurveyEvents {
                     .as_ref()
                     .and_then(from_timestamp)
                     .unwrap_or_else(Utc::now);
-                let template = standard_template();
-                let id = Uuid::now_v7();
-                let delivery = if case.channel == Channel::Phone as i16 {
-                    "return_visit"
-                } else {
-                    "link"
+                let (template_id, template_version) = match store::latest_template(
+                    conn,
+                    &self.template_id,
+                )
+                .await?
+                {
+                    Some(t) => (t.template_id, t.version),
+                    None => {
+                        tracing::warn!(template = %self.template_id, "configured survey template missing; using standard v1");
+                        let standard = standard_template();
+                        (standard.id, standard.version as i32)
+                    }
                 };
+                let id = Uuid::now_v7();
+                let delivery = Delivery::for_channel(case.channel as i32);
+                let opted_out = store::is_opted_out(conn, &case.customer_id).await?;
                 let invitation = InvitationRow {
                     id,
                     case_id,
                     cycle: store::next_cycle(conn, case_id).await?,
-                    status: SCHEDULED,
-                    delivery: delivery.into(),
-                    template_id: template.id.into(),
-                    template_version: template.version as i32,
+                    status: if opted_out { OPTED_OUT } else { SCHEDULED },
+                    delivery: delivery.as_str().into(),
+                    template_id,
+                    template_version,
                     scheduled_for: resolved_at + self.delay,
                     sent_at: None,
                     expires_at: None,
@@ -83,9 +97,15 @@ impl SurveyEvents {
                     department_id: change.department_id.clone(),
                     owner_id: change.owner_id.clone(),
                     category: case.category.clone(),
+                    version: 1,
+                    customer_id: case.customer_id.clone(),
+                    reminder_sent_at: None,
+                    opted_out_at: opted_out.then_some(resolved_at),
+                    answered_via: None,
+                    answered_by: None,
                 };
                 let hash = token::hash(&self.token_key.token(id));
-                if store::insert_invitation(conn, &invitation, &hash).await? {
+                if store::insert_invitation(conn, &invitation, &hash).await? && !opted_out {
                     self.events
                         .append(
                             conn,
