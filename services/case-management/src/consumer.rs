@@ -1,22 +1,27 @@
 //! Effects of other services' events on cases: a case opens for every accepted complaint,
-//! a rejected complaint cancels its case, a dissatisfied survey answer reopens it.
+//! a rejected complaint cancels its case, a repeat contact or an intake reclassification
+//! updates it, and a dissatisfied survey answer reopens it or opens a review (per policy).
 
 use std::future::Future;
 use std::pin::Pin;
 
 use chrono::Utc;
 use complaints_kit::events::{EventHandler, EventLog};
-use complaints_proto::common::v1::CaseStatus;
+use complaints_proto::common::v1::{CaseStatus, Priority, Severity};
 use complaints_proto::events::v1::{Event, event::Payload};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::lifecycle;
+use crate::domain::policy::{CasePolicy, DissatisfactionAction};
 use crate::store;
+use crate::watch::ChangeSignal;
 use crate::workflow::{self, Change, WorkflowError};
 
 pub struct CaseEvents {
     pub events: EventLog,
+    pub policy: CasePolicy,
+    pub changes: ChangeSignal,
 }
 
 impl CaseEvents {
@@ -24,9 +29,15 @@ impl CaseEvents {
         let now = Utc::now();
         match &event.payload {
             Some(Payload::ComplaintAccepted(accepted)) => {
-                if let Some(case) =
-                    workflow::open_case(conn, &self.events, accepted, &event.traceparent, now)
-                        .await?
+                if let Some(case) = workflow::open_case(
+                    conn,
+                    &self.events,
+                    accepted,
+                    &self.policy,
+                    &event.traceparent,
+                    now,
+                )
+                .await?
                 {
                     tracing::info!(case_id = %case.id, complaint_id = %accepted.complaint_id, department = %case.department_id, "case opened");
                 }
@@ -61,6 +72,62 @@ impl CaseEvents {
                     .await?;
                 }
             }
+            Some(Payload::ComplaintRepeatContact(repeat)) => {
+                let Ok(complaint_id) = Uuid::parse_str(&repeat.complaint_id) else {
+                    return Ok(());
+                };
+                let Some(case) = store::lock_by_complaint(conn, complaint_id).await? else {
+                    return Ok(());
+                };
+                let raised =
+                    Priority::try_from(repeat.raised_priority).unwrap_or(Priority::Unspecified);
+                let reference = if repeat.repeat_reference.is_empty() {
+                    &repeat.repeat_complaint_id
+                } else {
+                    &repeat.repeat_reference
+                };
+                workflow::record_repeat_contact(
+                    conn,
+                    &self.events,
+                    case,
+                    reference,
+                    raised,
+                    &event.traceparent,
+                    now,
+                )
+                .await?;
+            }
+            Some(Payload::ComplaintReclassified(reclassified)) => {
+                let Ok(complaint_id) = Uuid::parse_str(&reclassified.complaint_id) else {
+                    return Ok(());
+                };
+                let Some(case) = store::lock_by_complaint(conn, complaint_id).await? else {
+                    return Ok(());
+                };
+                let change = workflow::Reclassification {
+                    category: reclassified.category.trim().to_owned(),
+                    severity: Severity::try_from(reclassified.severity)
+                        .unwrap_or(Severity::Unspecified),
+                    priority: Priority::try_from(reclassified.priority)
+                        .unwrap_or(Priority::Unspecified),
+                    complexity: reclassified.complexity,
+                    reason: if reclassified.reason.trim().is_empty() {
+                        "reclassified at intake".into()
+                    } else {
+                        reclassified.reason.trim().to_owned()
+                    },
+                };
+                workflow::reclassify(
+                    conn,
+                    &self.events,
+                    case,
+                    &change,
+                    "intake",
+                    &event.traceparent,
+                    now,
+                )
+                .await?;
+            }
             Some(Payload::SurveyAnswered(answer)) if answer.dissatisfied => {
                 let Ok(case_id) = Uuid::parse_str(&answer.case_id) else {
                     return Ok(());
@@ -69,25 +136,42 @@ impl CaseEvents {
                     return Ok(());
                 };
                 let status = workflow::status_of(&case);
-                if lifecycle::check_transition(status, CaseStatus::Reopened).is_ok() {
-                    let change = Change::Transition {
-                        to: CaseStatus::Reopened,
-                        note: "customer dissatisfied in the follow-up survey; reopened for investigation".into(),
-                        customer_visible: true,
-                    };
-                    match workflow::apply_change(
-                        conn,
-                        &self.events,
-                        case,
-                        change,
-                        "feedback-survey",
-                        &event.traceparent,
-                        now,
-                    )
-                    .await
-                    {
-                        Ok(_) | Err(WorkflowError::Illegal(_)) => {}
-                        Err(e) => return Err(e.into()),
+                match self.policy.dissatisfaction {
+                    DissatisfactionAction::Review => {
+                        if status != CaseStatus::Cancelled {
+                            workflow::open_dissatisfaction_review(
+                                conn,
+                                &self.events,
+                                case,
+                                &answer.invitation_id,
+                                &event.traceparent,
+                                now,
+                            )
+                            .await?;
+                        }
+                    }
+                    DissatisfactionAction::Reopen => {
+                        if lifecycle::check_transition(status, CaseStatus::Reopened).is_ok() {
+                            let change = Change::Transition {
+                                to: CaseStatus::Reopened,
+                                note: "customer dissatisfied in the follow-up survey; reopened for investigation".into(),
+                                customer_visible: true,
+                            };
+                            match workflow::apply_change(
+                                conn,
+                                &self.events,
+                                case,
+                                change,
+                                "feedback-survey",
+                                &event.traceparent,
+                                now,
+                            )
+                            .await
+                            {
+                                Ok(_) | Err(WorkflowError::Illegal(_)) => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
                     }
                 }
             }
@@ -108,5 +192,6 @@ impl EventHandler for CaseEvents {
 
     fn after_commit(&self) {
         self.events.committed();
+        self.changes.notify();
     }
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod consumer;
 pub mod domain;
 pub mod store;
+pub mod watch;
 pub mod workflow;
 
 use std::sync::Arc;
@@ -28,7 +29,13 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0001_cases",
         sql: include_str!("../migrations/0001_cases.sql"),
     },
+    Migration {
+        name: "0002_coordination_and_ledger",
+        sql: include_str!("../migrations/0002_coordination_and_ledger.sql"),
+    },
 ];
+
+pub use domain::policy::{CasePolicy, DissatisfactionAction};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -37,6 +44,28 @@ pub struct Config {
     pub intake_url: String,
     /// `SURVEY_URL`, default `http://127.0.0.1:50054`.
     pub survey_url: String,
+    /// `DISSATISFACTION_ACTION` (`reopen`, default, or `review`) and `ROUTING_SKILL_MAP`
+    /// (`category=skill,...`, default empty: a category calls for the skill of its own name).
+    pub policy: CasePolicy,
+}
+
+impl CasePolicy {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let skill_map = match config::optional("ROUTING_SKILL_MAP") {
+            None => Default::default(),
+            Some(text) => {
+                domain::policy::parse_skill_map(&text).map_err(|reason| ConfigError::Invalid {
+                    name: "ROUTING_SKILL_MAP".into(),
+                    value: text,
+                    reason,
+                })?
+            }
+        };
+        Ok(Self {
+            dissatisfaction: config::parse_or("DISSATISFACTION_ACTION", Default::default())?,
+            skill_map,
+        })
+    }
 }
 
 impl Config {
@@ -45,6 +74,7 @@ impl Config {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             intake_url: config::upstream_url("INTAKE_URL", "http://127.0.0.1:50051")?,
             survey_url: config::upstream_url("SURVEY_URL", "http://127.0.0.1:50054")?,
+            policy: CasePolicy::from_env()?,
         })
     }
 }
@@ -54,8 +84,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     let context =
         ServiceContext::start(SERVICE_NAME, &config.common, SCHEMA, MIGRATIONS, shutdown).await?;
     let events = EventLog::new(SCHEMA, SERVICE_NAME);
+    let changes = watch::ChangeSignal::default();
     let handler = Arc::new(consumer::CaseEvents {
         events: events.clone(),
+        policy: config.policy.clone(),
+        changes: changes.clone(),
     });
     let consumers = [
         Consumer::new(
@@ -76,7 +109,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     for consumer in consumers {
         tokio::spawn(consumer.run());
     }
-    let api = api::CaseApi::new(context.pool.clone(), events.clone());
+    let watcher = watch::Watcher {
+        pool: context.pool.clone(),
+        events: events.clone(),
+        signal: changes,
+        shutdown: context.shutdown.clone(),
+    };
+    let api = api::CaseApi::new(context.pool.clone(), events.clone(), watcher);
     let routes = tonic::service::Routes::new(context.authenticated(CaseServiceServer::new(api)))
         .add_service(events.service(&context));
     context

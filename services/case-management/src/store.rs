@@ -8,7 +8,7 @@ use crate::domain::routing::{AgentLoad, Department};
 
 const CASE_COLUMNS: &str = "id, complaint_id, complaint_reference, status, department_id, owner_id, category, \
     severity, priority, complexity, channel, customer_tier, customer_id, escalation_level, received_at, \
-    opened_at, acknowledged_at, resolved_at, closed_at, version";
+    opened_at, acknowledged_at, resolved_at, closed_at, version, product_ref, order_ref, problem_id, under_review";
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct CaseRow {
@@ -32,6 +32,10 @@ pub struct CaseRow {
     pub resolved_at: Option<DateTime<Utc>>,
     pub closed_at: Option<DateTime<Utc>>,
     pub version: i64,
+    pub product_ref: String,
+    pub order_ref: String,
+    pub problem_id: Option<Uuid>,
+    pub under_review: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +69,7 @@ pub struct DepartmentRow {
     pub name: String,
     pub categories: Vec<String>,
     pub escalation_chain: Vec<String>,
+    pub version: i64,
 }
 
 impl DepartmentRow {
@@ -87,6 +92,8 @@ pub struct AgentRow {
     pub available: bool,
     pub senior: bool,
     pub open_cases: i64,
+    pub languages: Vec<String>,
+    pub version: i64,
 }
 
 impl AgentRow {
@@ -97,13 +104,15 @@ impl AgentRow {
             senior: self.senior,
             capacity: self.capacity.max(0) as u32,
             open_cases: self.open_cases.max(0) as u32,
+            skills: self.skills.clone(),
+            languages: self.languages.clone(),
         }
     }
 }
 
 pub async fn departments(conn: &mut PgConnection) -> Result<Vec<DepartmentRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, name, categories, escalation_chain FROM cases.departments ORDER BY id",
+        "SELECT id, name, categories, escalation_chain, version FROM cases.departments ORDER BY id",
     )
     .fetch_all(conn)
     .await
@@ -114,7 +123,7 @@ pub async fn department(
     id: &str,
 ) -> Result<Option<DepartmentRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, name, categories, escalation_chain FROM cases.departments WHERE id = $1",
+        "SELECT id, name, categories, escalation_chain, version FROM cases.departments WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(conn)
@@ -131,7 +140,7 @@ pub async fn insert_department(
         "INSERT INTO cases.departments (id, name, categories, escalation_chain, request_id)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT DO NOTHING
-         RETURNING id, name, categories, escalation_chain",
+         RETURNING id, name, categories, escalation_chain, version",
     )
     .bind(&department.id)
     .bind(&department.name)
@@ -147,14 +156,14 @@ pub async fn department_by_request(
     request_id: &str,
 ) -> Result<Option<DepartmentRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, name, categories, escalation_chain FROM cases.departments WHERE request_id = $1",
+        "SELECT id, name, categories, escalation_chain, version FROM cases.departments WHERE request_id = $1",
     )
     .bind(request_id)
     .fetch_optional(conn)
     .await
 }
 
-const AGENT_SELECT: &str = "SELECT a.id, a.department_id, a.display_name, a.skills, a.capacity, a.available, a.senior,
+const AGENT_SELECT: &str = "SELECT a.id, a.department_id, a.display_name, a.skills, a.capacity, a.available, a.senior, a.languages, a.version,
         (SELECT count(*) FROM cases.cases c WHERE c.owner_id = a.id AND c.status NOT IN (5, 6, 7, 10)) AS open_cases
      FROM cases.agents a";
 
@@ -225,7 +234,8 @@ pub async fn insert_case(
 ) -> Result<Option<CaseRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "INSERT INTO cases.cases ({CASE_COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                 $21, $22, $23, $24)
          ON CONFLICT (complaint_id) DO NOTHING
          RETURNING {CASE_COLUMNS}"
     ))
@@ -249,6 +259,10 @@ pub async fn insert_case(
     .bind(case.resolved_at)
     .bind(case.closed_at)
     .bind(case.version)
+    .bind(&case.product_ref)
+    .bind(&case.order_ref)
+    .bind(case.problem_id)
+    .bind(case.under_review)
     .fetch_optional(conn)
     .await
 }
@@ -302,7 +316,7 @@ pub async fn save(conn: &mut PgConnection, case: &CaseRow) -> Result<CaseRow, sq
         "UPDATE cases.cases
          SET status = $2, department_id = $3, owner_id = $4, category = $5, severity = $6, priority = $7,
              complexity = $8, escalation_level = $9, acknowledged_at = $10, resolved_at = $11, closed_at = $12,
-             version = version + 1
+             problem_id = $13, under_review = $14, version = version + 1
          WHERE id = $1
          RETURNING {CASE_COLUMNS}"
     ))
@@ -318,6 +332,8 @@ pub async fn save(conn: &mut PgConnection, case: &CaseRow) -> Result<CaseRow, sq
     .bind(case.acknowledged_at)
     .bind(case.resolved_at)
     .bind(case.closed_at)
+    .bind(case.problem_id)
+    .bind(case.under_review)
     .fetch_one(conn)
     .await
 }
@@ -424,6 +440,450 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<CaseRow>, sq
     .bind(filter.after.map(|a| a.0))
     .bind(filter.after.map(|a| a.1).unwrap_or_default())
     .bind(filter.limit)
+    .fetch_all(pool)
+    .await
+}
+
+// ---- people ----------------------------------------------------------------------------
+
+pub async fn agent(conn: &mut PgConnection, id: &str) -> Result<Option<AgentRow>, sqlx::Error> {
+    sqlx::query_as(&format!("{AGENT_SELECT} WHERE a.id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Writes an agent's editable fields if it is still at `version`; `None` when it is not.
+pub async fn update_agent(
+    conn: &mut PgConnection,
+    agent: &AgentRow,
+    version: i64,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE cases.agents
+         SET display_name = $3, skills = $4, languages = $5, capacity = $6, available = $7,
+             senior = $8, version = version + 1
+         WHERE id = $1 AND version = $2",
+    )
+    .bind(&agent.id)
+    .bind(version)
+    .bind(&agent.display_name)
+    .bind(&agent.skills)
+    .bind(&agent.languages)
+    .bind(agent.capacity)
+    .bind(agent.available)
+    .bind(agent.senior)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub async fn update_department(
+    conn: &mut PgConnection,
+    department: &DepartmentRow,
+    version: i64,
+) -> Result<Option<DepartmentRow>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE cases.departments
+         SET name = $3, categories = $4, escalation_chain = $5, version = version + 1
+         WHERE id = $1 AND version = $2
+         RETURNING id, name, categories, escalation_chain, version",
+    )
+    .bind(&department.id)
+    .bind(version)
+    .bind(&department.name)
+    .bind(&department.categories)
+    .bind(&department.escalation_chain)
+    .fetch_optional(conn)
+    .await
+}
+
+// ---- cases, extra reads ----------------------------------------------------------------
+
+/// The newest case of a complaint reference (what the customer quotes).
+pub async fn get_by_reference(
+    pool: &PgPool,
+    reference: &str,
+) -> Result<Option<CaseRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CASE_COLUMNS} FROM cases.cases WHERE complaint_reference = $1
+         ORDER BY opened_at DESC LIMIT 1"
+    ))
+    .bind(reference)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<CaseRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CASE_COLUMNS} FROM cases.cases WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// Customer-visible entries of a case, oldest first (at most 500).
+pub async fn customer_timeline(
+    pool: &PgPool,
+    case_id: Uuid,
+) -> Result<Vec<TimelineRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, case_id, at, actor, kind, from_value, to_value, note, customer_visible
+         FROM cases.timeline
+         WHERE case_id = $1 AND customer_visible
+         ORDER BY at, id
+         LIMIT 500",
+    )
+    .bind(case_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Appends an entry once per `request_id`; `None` when that request id was used before.
+pub async fn append_timeline_once(
+    conn: &mut PgConnection,
+    entry: &TimelineEntry,
+    request_id: &str,
+) -> Result<Option<TimelineRow>, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO cases.timeline (id, case_id, at, actor, kind, from_value, to_value, note, customer_visible, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (request_id) DO NOTHING
+         RETURNING id, case_id, at, actor, kind, from_value, to_value, note, customer_visible",
+    )
+    .bind(Uuid::now_v7())
+    .bind(entry.case_id)
+    .bind(entry.at)
+    .bind(&entry.actor)
+    .bind(entry.kind)
+    .bind(&entry.from_value)
+    .bind(&entry.to_value)
+    .bind(&entry.note)
+    .bind(entry.customer_visible)
+    .bind(request_id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn timeline_by_request(
+    conn: &mut PgConnection,
+    request_id: &str,
+) -> Result<Option<TimelineRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, case_id, at, actor, kind, from_value, to_value, note, customer_visible
+         FROM cases.timeline WHERE request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The oldest transaction still running: every outbox row of an older one is released.
+pub async fn snapshot_xmin(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let (xmin,): (i64,) =
+        sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(pool)
+            .await?;
+    Ok(xmin)
+}
+
+// ---- sub-tasks -------------------------------------------------------------------------
+
+const SUB_TASK_COLUMNS: &str = "id, case_id, department_id, owner_id, title, detail, due_at, status, result, \
+    customer_visible, purpose, created_by, created_at, completed_at, version";
+
+pub const PURPOSE_COORDINATION: &str = "coordination";
+pub const PURPOSE_REVIEW: &str = "dissatisfaction_review";
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct SubTaskRow {
+    pub id: Uuid,
+    pub case_id: Uuid,
+    pub department_id: String,
+    pub owner_id: String,
+    pub title: String,
+    pub detail: String,
+    pub due_at: DateTime<Utc>,
+    pub status: i16,
+    pub result: String,
+    pub customer_visible: bool,
+    pub purpose: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+/// Inserts a sub-task; `None` when its request id was used before.
+pub async fn insert_sub_task(
+    conn: &mut PgConnection,
+    task: &SubTaskRow,
+    request_id: &str,
+) -> Result<Option<SubTaskRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "INSERT INTO cases.sub_tasks ({SUB_TASK_COLUMNS}, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         ON CONFLICT (request_id) DO NOTHING
+         RETURNING {SUB_TASK_COLUMNS}"
+    ))
+    .bind(task.id)
+    .bind(task.case_id)
+    .bind(&task.department_id)
+    .bind(&task.owner_id)
+    .bind(&task.title)
+    .bind(&task.detail)
+    .bind(task.due_at)
+    .bind(task.status)
+    .bind(&task.result)
+    .bind(task.customer_visible)
+    .bind(&task.purpose)
+    .bind(&task.created_by)
+    .bind(task.created_at)
+    .bind(task.completed_at)
+    .bind(task.version)
+    .bind(request_id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn sub_task_by_request(
+    conn: &mut PgConnection,
+    request_id: &str,
+) -> Result<Option<SubTaskRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SUB_TASK_COLUMNS} FROM cases.sub_tasks WHERE request_id = $1"
+    ))
+    .bind(request_id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn sub_task(pool: &PgPool, id: Uuid) -> Result<Option<SubTaskRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SUB_TASK_COLUMNS} FROM cases.sub_tasks WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn lock_sub_task(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<SubTaskRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SUB_TASK_COLUMNS} FROM cases.sub_tasks WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn save_sub_task(
+    conn: &mut PgConnection,
+    task: &SubTaskRow,
+) -> Result<SubTaskRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE cases.sub_tasks SET status = $2, result = $3, completed_at = $4, version = version + 1
+         WHERE id = $1 RETURNING {SUB_TASK_COLUMNS}"
+    ))
+    .bind(task.id)
+    .bind(task.status)
+    .bind(&task.result)
+    .bind(task.completed_at)
+    .fetch_one(conn)
+    .await
+}
+
+/// Open sub-tasks of a case with a given purpose.
+pub async fn open_sub_tasks(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+    purpose: &str,
+) -> Result<i64, sqlx::Error> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM cases.sub_tasks WHERE case_id = $1 AND purpose = $2 AND status IN (1, 2)",
+    )
+    .bind(case_id)
+    .bind(purpose)
+    .fetch_one(conn)
+    .await?;
+    Ok(n)
+}
+
+/// Sub-tasks of a case (`case_id`) or asked of a department, oldest first.
+pub async fn list_sub_tasks(
+    pool: &PgPool,
+    case_id: Option<Uuid>,
+    department_id: Option<&str>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<SubTaskRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {SUB_TASK_COLUMNS} FROM cases.sub_tasks
+         WHERE ($1::uuid IS NULL OR case_id = $1)
+           AND ($2::text IS NULL OR department_id = $2)
+           AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4))
+         ORDER BY created_at, id
+         LIMIT $5"
+    ))
+    .bind(case_id)
+    .bind(department_id)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1).unwrap_or_default())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+// ---- problem ledger --------------------------------------------------------------------
+
+const PROBLEM_SELECT: &str = "SELECT p.id, p.title, p.category, p.product_ref, p.root_cause, p.corrective_action,
+        p.owner_id, p.status, p.created_at, p.updated_at, p.version,
+        (SELECT count(*) FROM cases.cases c WHERE c.problem_id = p.id) AS linked_cases,
+        (SELECT count(DISTINCT NULLIF(c.customer_id, '')) FROM cases.cases c WHERE c.problem_id = p.id) AS linked_customers
+     FROM cases.problems p";
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ProblemRow {
+    pub id: Uuid,
+    pub title: String,
+    pub category: String,
+    pub product_ref: String,
+    pub root_cause: String,
+    pub corrective_action: String,
+    pub owner_id: String,
+    pub status: i16,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+    pub linked_cases: i64,
+    pub linked_customers: i64,
+}
+
+/// Inserts a problem; false when its request id was used before.
+pub async fn insert_problem(
+    conn: &mut PgConnection,
+    problem: &ProblemRow,
+    created_by: &str,
+    request_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "INSERT INTO cases.problems (id, title, category, product_ref, root_cause, corrective_action,
+             owner_id, status, created_by, created_at, updated_at, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(problem.id)
+    .bind(&problem.title)
+    .bind(&problem.category)
+    .bind(&problem.product_ref)
+    .bind(&problem.root_cause)
+    .bind(&problem.corrective_action)
+    .bind(&problem.owner_id)
+    .bind(problem.status)
+    .bind(created_by)
+    .bind(problem.created_at)
+    .bind(request_id)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub async fn problem_id_by_request(
+    conn: &mut PgConnection,
+    request_id: &str,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let row: Option<(Uuid,)> =
+        sqlx::query_as("SELECT id FROM cases.problems WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|r| r.0))
+}
+
+pub async fn problem(conn: &mut PgConnection, id: Uuid) -> Result<Option<ProblemRow>, sqlx::Error> {
+    sqlx::query_as(&format!("{PROBLEM_SELECT} WHERE p.id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Writes a problem's editable fields if it is still at `version`.
+pub async fn update_problem(
+    conn: &mut PgConnection,
+    problem: &ProblemRow,
+    version: i64,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE cases.problems
+         SET title = $3, root_cause = $4, corrective_action = $5, owner_id = $6, status = $7,
+             updated_at = now(), version = version + 1
+         WHERE id = $1 AND version = $2",
+    )
+    .bind(problem.id)
+    .bind(version)
+    .bind(&problem.title)
+    .bind(&problem.root_cause)
+    .bind(&problem.corrective_action)
+    .bind(&problem.owner_id)
+    .bind(problem.status)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Problems ranked by linked cases, then distinct customers; `offset` pages through them.
+pub async fn ranked_problems(
+    pool: &PgPool,
+    status: Option<i16>,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<ProblemRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT * FROM ({PROBLEM_SELECT} WHERE ($1::smallint IS NULL OR p.status = $1)) ranked
+         ORDER BY linked_cases DESC, linked_customers DESC, created_at, id
+         OFFSET $2 LIMIT $3"
+    ))
+    .bind(status)
+    .bind(offset)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct RecurrenceRow {
+    pub category: String,
+    pub product_ref: String,
+    pub cases: i64,
+    pub customers: i64,
+    pub first_opened_at: DateTime<Utc>,
+    pub last_opened_at: DateTime<Utc>,
+    pub case_ids: Vec<Uuid>,
+}
+
+/// Cases not in the ledger that share category and product within the window.
+pub async fn recurring_complaints(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    min_cases: i64,
+) -> Result<Vec<RecurrenceRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT category, product_ref, count(*) AS cases,
+                count(DISTINCT NULLIF(customer_id, '')) AS customers,
+                min(opened_at) AS first_opened_at, max(opened_at) AS last_opened_at,
+                (array_agg(id ORDER BY opened_at DESC, id DESC))[1:10] AS case_ids
+         FROM cases.cases
+         WHERE opened_at >= $1 AND product_ref <> '' AND problem_id IS NULL AND status <> 10
+         GROUP BY category, product_ref
+         HAVING count(*) >= $2
+         ORDER BY count(*) DESC, count(DISTINCT NULLIF(customer_id, '')) DESC, category, product_ref
+         LIMIT 100",
+    )
+    .bind(since)
+    .bind(min_cases)
     .fetch_all(pool)
     .await
 }

@@ -6,18 +6,22 @@ use chrono::{DateTime, Utc};
 use complaints_kit::events::EventLog;
 use complaints_kit::grpc;
 use complaints_kit::time::to_timestamp;
-use complaints_proto::common::v1::{CaseStatus, CustomerTier, Severity};
+use complaints_proto::cases::v1::{ContactKind, SubTaskStatus};
+use complaints_proto::common::v1::{CaseStatus, Channel, CustomerTier, Priority, Severity};
 use complaints_proto::events::v1::{
-    CaseAcknowledged, CaseAssigned, CaseEscalated, CaseOpened, CaseStatusChanged,
-    ComplaintAccepted, event::Payload,
+    CaseAcknowledged, CaseAssigned, CaseCustomerContacted, CaseEscalated, CaseOpened,
+    CaseProblemLinked, CaseReclassified, CaseStatusChanged, CaseSubTaskChanged, ComplaintAccepted,
+    event::Payload,
 };
 use sqlx::PgConnection;
 use tonic::Status;
 use uuid::Uuid;
 
+use crate::domain::coordination;
 use crate::domain::lifecycle::{self, IllegalTransition};
+use crate::domain::policy::CasePolicy;
 use crate::domain::routing;
-use crate::store::{self, CaseRow, TimelineEntry};
+use crate::store::{self, CaseRow, SubTaskRow, TimelineEntry, TimelineRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
@@ -29,6 +33,8 @@ pub enum WorkflowError {
     Illegal(IllegalTransition),
     #[error("{0}")]
     Precondition(String),
+    #[error("{0}: {1}")]
+    InvalidField(&'static str, String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -44,6 +50,7 @@ impl From<WorkflowError> for Status {
                 grpc::failed_precondition("STATUS", "case", &illegal.to_string())
             }
             WorkflowError::Precondition(why) => grpc::failed_precondition("STATE", "case", &why),
+            WorkflowError::InvalidField(field, why) => grpc::invalid_field(field, &why),
             WorkflowError::Database(e) => grpc::storage(&e),
         }
     }
@@ -62,6 +69,7 @@ pub async fn open_case(
     conn: &mut PgConnection,
     events: &EventLog,
     accepted: &ComplaintAccepted,
+    policy: &CasePolicy,
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<CaseRow>, WorkflowError> {
@@ -82,7 +90,12 @@ pub async fn open_case(
         .collect();
     let tier = CustomerTier::try_from(accepted.customer_tier).unwrap_or(CustomerTier::Regular);
     let severity = Severity::try_from(accepted.severity).unwrap_or(Severity::General);
-    let owner = routing::choose_owner(&department, &loads, routing::needs_senior(tier, severity));
+    let need = routing::Need {
+        senior: routing::needs_senior(tier, severity),
+        skill: Some(routing::skill_for(&accepted.category, &policy.skill_map)),
+        language: None,
+    };
+    let owner = routing::choose_owner(&department, &loads, &need);
     let received_at = accepted
         .received_at
         .as_ref()
@@ -109,6 +122,10 @@ pub async fn open_case(
         resolved_at: None,
         closed_at: None,
         version: 1,
+        product_ref: accepted.product_ref.trim().to_owned(),
+        order_ref: accepted.order_ref.trim().to_owned(),
+        problem_id: None,
+        under_review: false,
     };
     let Some(case) = store::insert_case(&mut *conn, &case).await? else {
         return Ok(None);
@@ -146,6 +163,7 @@ pub async fn open_case(
                 customer_tier: accepted.customer_tier,
                 received_at: ts(received_at),
                 opened_at: ts(now),
+                customer_id: case.customer_id.clone(),
             }),
         )
         .await?;
@@ -162,6 +180,21 @@ pub enum Change {
         to: CaseStatus,
         note: String,
         customer_visible: bool,
+    },
+    /// Another owner in the same department (manual assignment).
+    Assign {
+        owner: String,
+        reason: String,
+    },
+    /// Another department; routing picks the owner unless one is named.
+    Transfer {
+        department_id: String,
+        owner: Option<String>,
+        reason: String,
+    },
+    /// Links the case to a problem of the ledger (`None` unlinks it).
+    LinkProblem {
+        problem_id: Option<Uuid>,
     },
 }
 
@@ -264,7 +297,619 @@ pub async fn apply_change(
                 .await?;
             Ok(saved)
         }
+        Change::Assign { owner, reason } => {
+            let department = department_of(conn, &case.department_id).await?;
+            let agents = agent_loads(conn, &case.department_id).await?;
+            if !routing::may_own(&department, &agents, &owner) {
+                return Err(WorkflowError::InvalidField(
+                    "owner_id",
+                    format!(
+                        "not an agent of {} nor in its escalation chain",
+                        case.department_id
+                    ),
+                ));
+            }
+            reassign(
+                conn,
+                events,
+                case,
+                None,
+                owner,
+                &reason,
+                actor,
+                traceparent,
+                now,
+            )
+            .await
+        }
+        Change::Transfer {
+            department_id,
+            owner,
+            reason,
+        } => {
+            if !lifecycle::is_open(status_of(&case)) {
+                return Err(WorkflowError::Precondition(
+                    "only open cases can be transferred".into(),
+                ));
+            }
+            if department_id == case.department_id {
+                return Err(WorkflowError::InvalidField(
+                    "department_id",
+                    "the case is already in this department; use AssignCase".into(),
+                ));
+            }
+            let department = store::department(&mut *conn, &department_id)
+                .await?
+                .map(|d| d.routing())
+                .ok_or_else(|| {
+                    WorkflowError::InvalidField("department_id", "no such department".into())
+                })?;
+            let agents = agent_loads(conn, &department.id).await?;
+            let owner = match owner {
+                Some(owner) if routing::may_own(&department, &agents, &owner) => owner,
+                Some(_) => {
+                    return Err(WorkflowError::InvalidField(
+                        "owner_id",
+                        format!(
+                            "not an agent of {} nor in its escalation chain",
+                            department.id
+                        ),
+                    ));
+                }
+                None => {
+                    let tier = CustomerTier::try_from(case.customer_tier as i32)
+                        .unwrap_or(CustomerTier::Regular);
+                    let severity =
+                        Severity::try_from(case.severity as i32).unwrap_or(Severity::General);
+                    let need = routing::Need {
+                        senior: routing::needs_senior(tier, severity),
+                        skill: Some(&case.category),
+                        language: None,
+                    };
+                    routing::choose_owner(&department, &agents, &need)
+                }
+            };
+            reassign(
+                conn,
+                events,
+                case,
+                Some(department.id),
+                owner,
+                &reason,
+                actor,
+                traceparent,
+                now,
+            )
+            .await
+        }
+        Change::LinkProblem { problem_id } => {
+            let previous = case.problem_id;
+            if let Some(id) = problem_id
+                && store::problem(&mut *conn, id).await?.is_none()
+            {
+                return Err(WorkflowError::InvalidField(
+                    "problem_id",
+                    "no such problem".into(),
+                ));
+            }
+            case.problem_id = problem_id;
+            let saved = store::save(&mut *conn, &case).await?;
+            let text = |id: Option<Uuid>| id.map(|i| i.to_string()).unwrap_or_default();
+            store::append_timeline(
+                &mut *conn,
+                &TimelineEntry {
+                    case_id: case.id,
+                    at: now,
+                    actor: actor.into(),
+                    kind: "problem_linked",
+                    from_value: text(previous),
+                    to_value: text(problem_id),
+                    note: String::new(),
+                    customer_visible: false,
+                },
+            )
+            .await?;
+            events
+                .append(
+                    &mut *conn,
+                    &aggregate,
+                    traceparent,
+                    Payload::CaseProblemLinked(CaseProblemLinked {
+                        case_id: aggregate.clone(),
+                        problem_id: text(problem_id),
+                        previous_problem_id: text(previous),
+                        by: actor.into(),
+                    }),
+                )
+                .await?;
+            Ok(saved)
+        }
     }
+}
+
+async fn department_of(
+    conn: &mut PgConnection,
+    id: &str,
+) -> Result<routing::Department, WorkflowError> {
+    store::department(&mut *conn, id)
+        .await?
+        .map(|d| d.routing())
+        .ok_or_else(|| WorkflowError::Precondition("the case's department no longer exists".into()))
+}
+
+async fn agent_loads(
+    conn: &mut PgConnection,
+    department_id: &str,
+) -> Result<Vec<routing::AgentLoad>, WorkflowError> {
+    Ok(store::agents(&mut *conn, Some(department_id))
+        .await?
+        .iter()
+        .map(|a| a.load())
+        .collect())
+}
+
+/// Hands the case to `owner` (and `department`, when it moves), with the reason on the
+/// timeline and a `CaseAssigned` event: there is always exactly one owner.
+#[allow(clippy::too_many_arguments)]
+async fn reassign(
+    conn: &mut PgConnection,
+    events: &EventLog,
+    mut case: CaseRow,
+    department: Option<String>,
+    owner: String,
+    reason: &str,
+    actor: &str,
+    traceparent: &str,
+    now: DateTime<Utc>,
+) -> Result<CaseRow, WorkflowError> {
+    let previous_department = case.department_id.clone();
+    let previous_owner = std::mem::replace(&mut case.owner_id, owner);
+    let transferred = department.is_some();
+    if let Some(department) = department {
+        case.department_id = department;
+    }
+    let saved = store::save(&mut *conn, &case).await?;
+    store::append_timeline(
+        &mut *conn,
+        &TimelineEntry {
+            case_id: case.id,
+            at: now,
+            actor: actor.into(),
+            kind: if transferred {
+                "transferred"
+            } else {
+                "assigned"
+            },
+            from_value: format!("{previous_department} / {previous_owner}"),
+            to_value: format!("{} / {}", saved.department_id, saved.owner_id),
+            note: reason.into(),
+            customer_visible: false,
+        },
+    )
+    .await?;
+    let aggregate = case.id.to_string();
+    events
+        .append(
+            &mut *conn,
+            &aggregate,
+            traceparent,
+            Payload::CaseAssigned(CaseAssigned {
+                case_id: aggregate.clone(),
+                department_id: saved.department_id.clone(),
+                owner_id: saved.owner_id.clone(),
+                previous_department_id: previous_department,
+                previous_owner_id: previous_owner,
+                reason: reason.into(),
+            }),
+        )
+        .await?;
+    Ok(saved)
+}
+
+/// A new classification of a locked case (an agent's override at intake, or a priority raised
+/// by a repeat contact). Emits `CaseReclassified` so the SLA timer re-plans; `None` when nothing
+/// changed.
+pub struct Reclassification {
+    pub category: String,
+    pub severity: Severity,
+    pub priority: Priority,
+    pub complexity: i32,
+    pub reason: String,
+}
+
+pub async fn reclassify(
+    conn: &mut PgConnection,
+    events: &EventLog,
+    mut case: CaseRow,
+    change: &Reclassification,
+    actor: &str,
+    traceparent: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<CaseRow>, WorkflowError> {
+    let before = format!(
+        "{} / {} / {} / {}",
+        case.category, case.severity, case.priority, case.complexity
+    );
+    if !change.category.is_empty() {
+        case.category = change.category.clone();
+    }
+    if change.severity != Severity::Unspecified {
+        case.severity = change.severity as i16;
+    }
+    if change.priority != Priority::Unspecified {
+        case.priority = change.priority as i16;
+    }
+    if change.complexity != 0 {
+        case.complexity = change.complexity as i16;
+    }
+    let after = format!(
+        "{} / {} / {} / {}",
+        case.category, case.severity, case.priority, case.complexity
+    );
+    if before == after {
+        return Ok(None);
+    }
+    let saved = store::save(&mut *conn, &case).await?;
+    store::append_timeline(
+        &mut *conn,
+        &TimelineEntry {
+            case_id: case.id,
+            at: now,
+            actor: actor.into(),
+            kind: "reclassified",
+            from_value: before,
+            to_value: after,
+            note: change.reason.clone(),
+            customer_visible: false,
+        },
+    )
+    .await?;
+    let aggregate = case.id.to_string();
+    events
+        .append(
+            &mut *conn,
+            &aggregate,
+            traceparent,
+            Payload::CaseReclassified(CaseReclassified {
+                case_id: aggregate.clone(),
+                category: saved.category.clone(),
+                severity: saved.severity as i32,
+                priority: saved.priority as i32,
+                complexity: saved.complexity as i32,
+                reason: change.reason.clone(),
+                by: actor.into(),
+            }),
+        )
+        .await?;
+    Ok(Some(saved))
+}
+
+/// The customer contacted again about the locked case's complaint: an internal timeline entry,
+/// and the priority raised when the repeat contact asks for a more urgent one.
+pub async fn record_repeat_contact(
+    conn: &mut PgConnection,
+    events: &EventLog,
+    case: CaseRow,
+    repeat_reference: &str,
+    raised: Priority,
+    traceparent: &str,
+    now: DateTime<Utc>,
+) -> Result<CaseRow, WorkflowError> {
+    store::append_timeline(
+        &mut *conn,
+        &TimelineEntry {
+            case_id: case.id,
+            at: now,
+            actor: "intake".into(),
+            kind: "repeat_contact",
+            from_value: String::new(),
+            to_value: repeat_reference.into(),
+            note: format!("customer contacted again ({repeat_reference})"),
+            customer_visible: false,
+        },
+    )
+    .await?;
+    let current = Priority::try_from(case.priority as i32).unwrap_or(Priority::Unspecified);
+    let Some(priority) = coordination::raised_priority(current, raised) else {
+        return Ok(case);
+    };
+    let change = Reclassification {
+        category: String::new(),
+        severity: Severity::Unspecified,
+        priority,
+        complexity: 0,
+        reason: format!(
+            "customer contacted again ({repeat_reference}); priority raised to {}",
+            priority.as_str_name()
+        ),
+    };
+    let fallback = case.clone();
+    Ok(
+        reclassify(conn, events, case, &change, "intake", traceparent, now)
+            .await?
+            .unwrap_or(fallback),
+    )
+}
+
+/// What a new sub-task asks for.
+pub struct NewSubTask {
+    pub request_id: String,
+    pub department_id: String,
+    pub owner_id: Option<String>,
+    pub title: String,
+    pub detail: String,
+    pub due_at: DateTime<Utc>,
+    pub customer_visible: bool,
+    pub purpose: &'static str,
+}
+
+/// Creates a sub-task on a locked case, once per request id: returns the sub-task and whether
+/// this call created it.
+pub async fn create_sub_task(
+    conn: &mut PgConnection,
+    events: &EventLog,
+    case: &CaseRow,
+    new: NewSubTask,
+    actor: &str,
+    traceparent: &str,
+    now: DateTime<Utc>,
+) -> Result<(SubTaskRow, bool), WorkflowError> {
+    if let Some(existing) = store::sub_task_by_request(&mut *conn, &new.request_id).await? {
+        if existing.case_id != case.id {
+            return Err(WorkflowError::InvalidField(
+                "request_id",
+                "already used for a sub-task of another case".into(),
+            ));
+        }
+        return Ok((existing, false));
+    }
+    let department = store::department(&mut *conn, &new.department_id)
+        .await?
+        .map(|d| d.routing())
+        .ok_or_else(|| {
+            WorkflowError::InvalidField("sub_task.department_id", "no such department".into())
+        })?;
+    let agents = agent_loads(conn, &department.id).await?;
+    let owner = match new.owner_id {
+        Some(owner) if routing::may_own(&department, &agents, &owner) => owner,
+        Some(_) => {
+            return Err(WorkflowError::InvalidField(
+                "sub_task.owner_id",
+                format!(
+                    "not an agent of {} nor in its escalation chain",
+                    department.id
+                ),
+            ));
+        }
+        None if new.purpose == store::PURPOSE_REVIEW => routing::supervisor(&department),
+        None => routing::choose_owner(&department, &agents, &routing::Need::default()),
+    };
+    let task = SubTaskRow {
+        id: Uuid::now_v7(),
+        case_id: case.id,
+        department_id: department.id.clone(),
+        owner_id: owner,
+        title: new.title,
+        detail: new.detail,
+        due_at: new.due_at,
+        status: SubTaskStatus::Open as i16,
+        result: String::new(),
+        customer_visible: new.customer_visible,
+        purpose: new.purpose.into(),
+        created_by: actor.into(),
+        created_at: now,
+        completed_at: None,
+        version: 1,
+    };
+    let Some(task) = store::insert_sub_task(&mut *conn, &task, &new.request_id).await? else {
+        // A concurrent call with the same request id won; it holds the case lock order too.
+        let existing = store::sub_task_by_request(&mut *conn, &new.request_id)
+            .await?
+            .ok_or_else(|| WorkflowError::Precondition("sub-task vanished".into()))?;
+        return Ok((existing, false));
+    };
+    store::append_timeline(
+        &mut *conn,
+        &TimelineEntry {
+            case_id: case.id,
+            at: now,
+            actor: actor.into(),
+            kind: "sub_task_requested",
+            from_value: String::new(),
+            to_value: format!("{} / {}", task.department_id, task.owner_id),
+            note: task.title.clone(),
+            customer_visible: task.customer_visible,
+        },
+    )
+    .await?;
+    sub_task_event(conn, events, &task, actor, traceparent).await?;
+    Ok((task, true))
+}
+
+async fn sub_task_event(
+    conn: &mut PgConnection,
+    events: &EventLog,
+    task: &SubTaskRow,
+    actor: &str,
+    traceparent: &str,
+) -> Result<(), WorkflowError> {
+    let status = SubTaskStatus::try_from(task.status as i32).unwrap_or(SubTaskStatus::Unspecified);
+    events
+        .append(
+            &mut *conn,
+            &task.case_id.to_string(),
+            traceparent,
+            Payload::CaseSubTaskChanged(CaseSubTaskChanged {
+                case_id: task.case_id.to_string(),
+                sub_task_id: task.id.to_string(),
+                department_id: task.department_id.clone(),
+                owner_id: task.owner_id.clone(),
+                status: status.as_str_name().into(),
+                due_at: ts(task.due_at),
+                by: actor.into(),
+            }),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Moves a locked sub-task of a locked case to `to`. Finishing the last open dissatisfaction
+/// review clears the case's `under_review` flag.
+#[allow(clippy::too_many_arguments)]
+pub async fn update_sub_task(
+    conn: &mut PgConnection,
+    events: &EventLog,
+    mut case: CaseRow,
+    mut task: SubTaskRow,
+    to: SubTaskStatus,
+    result: String,
+    actor: &str,
+    traceparent: &str,
+    now: DateTime<Utc>,
+) -> Result<SubTaskRow, WorkflowError> {
+    let from = SubTaskStatus::try_from(task.status as i32).unwrap_or(SubTaskStatus::Unspecified);
+    let allowed = coordination::sub_task_next(from);
+    if !allowed.contains(&to) {
+        let names: Vec<&str> = allowed.iter().map(|s| s.as_str_name()).collect();
+        return Err(WorkflowError::Precondition(format!(
+            "a sub-task in {} cannot move to {}; allowed: {}",
+            from.as_str_name(),
+            to.as_str_name(),
+            if names.is_empty() {
+                "none (final status)".to_owned()
+            } else {
+                names.join(", ")
+            }
+        )));
+    }
+    task.status = to as i16;
+    if !result.is_empty() {
+        task.result = result;
+    }
+    if coordination::sub_task_is_finished(to) {
+        task.completed_at = Some(now);
+    }
+    let saved = store::save_sub_task(&mut *conn, &task).await?;
+    store::append_timeline(
+        &mut *conn,
+        &TimelineEntry {
+            case_id: case.id,
+            at: now,
+            actor: actor.into(),
+            kind: "sub_task_updated",
+            from_value: from.as_str_name().into(),
+            to_value: to.as_str_name().into(),
+            note: format!("{}: {}", saved.title, saved.result),
+            customer_visible: saved.customer_visible,
+        },
+    )
+    .await?;
+    sub_task_event(conn, events, &saved, actor, traceparent).await?;
+    if saved.purpose == store::PURPOSE_REVIEW
+        && case.under_review
+        && store::open_sub_tasks(&mut *conn, case.id, store::PURPOSE_REVIEW).await? == 0
+    {
+        case.under_review = false;
+        store::save(&mut *conn, &case).await?;
+    }
+    Ok(saved)
+}
+
+/// Opens a dissatisfaction review on a locked case: a sub-task for its department's
+/// supervisor, due in 48 hours, and the `under_review` flag. Once per survey invitation.
+pub async fn open_dissatisfaction_review(
+    conn: &mut PgConnection,
+    events: &EventLog,
+    mut case: CaseRow,
+    invitation_id: &str,
+    traceparent: &str,
+    now: DateTime<Utc>,
+) -> Result<(), WorkflowError> {
+    let new = NewSubTask {
+        request_id: format!("dissatisfaction-review:{invitation_id}"),
+        department_id: case.department_id.clone(),
+        owner_id: None,
+        title: "Dissatisfaction review (不满意复核)".into(),
+        detail: "The customer answered the follow-up survey dissatisfied: review the handling and decide whether to reopen.".into(),
+        due_at: now + chrono::Duration::hours(48),
+        customer_visible: true,
+        purpose: store::PURPOSE_REVIEW,
+    };
+    let (_, created) = create_sub_task(
+        conn,
+        events,
+        &case,
+        new,
+        "feedback-survey",
+        traceparent,
+        now,
+    )
+    .await?;
+    if created && !case.under_review {
+        case.under_review = true;
+        store::save(&mut *conn, &case).await?;
+    }
+    Ok(())
+}
+
+/// Logs a contact with the customer on the case's timeline, once per request id; returns the
+/// entry and whether this call logged it.
+#[allow(clippy::too_many_arguments)]
+pub async fn log_contact(
+    conn: &mut PgConnection,
+    events: &EventLog,
+    case: &CaseRow,
+    request_id: &str,
+    kind: ContactKind,
+    channel: Channel,
+    note: String,
+    customer_visible: bool,
+    actor: &str,
+    traceparent: &str,
+    now: DateTime<Utc>,
+) -> Result<(TimelineRow, bool), WorkflowError> {
+    if let Some(existing) = store::timeline_by_request(&mut *conn, request_id).await? {
+        if existing.case_id != case.id {
+            return Err(WorkflowError::InvalidField(
+                "request_id",
+                "already used on another case".into(),
+            ));
+        }
+        return Ok((existing, false));
+    }
+    let entry = TimelineEntry {
+        case_id: case.id,
+        at: now,
+        actor: actor.into(),
+        kind: "contact",
+        from_value: kind.as_str_name().into(),
+        to_value: channel.as_str_name().into(),
+        note,
+        customer_visible,
+    };
+    let Some(row) = store::append_timeline_once(&mut *conn, &entry, request_id).await? else {
+        let existing = store::timeline_by_request(&mut *conn, request_id)
+            .await?
+            .ok_or_else(|| WorkflowError::Precondition("contact vanished".into()))?;
+        return Ok((existing, false));
+    };
+    let aggregate = case.id.to_string();
+    events
+        .append(
+            &mut *conn,
+            &aggregate,
+            traceparent,
+            Payload::CaseCustomerContacted(CaseCustomerContacted {
+                case_id: aggregate.clone(),
+                kind: kind.as_str_name().into(),
+                channel: channel as i32,
+                reached: kind != ContactKind::Attempt,
+                by: actor.into(),
+                contacted_at: ts(now),
+            }),
+        )
+        .await?;
+    Ok((row, true))
 }
 
 /// Why and by whom a case is escalated; `escalation_id` makes it happen at most once.

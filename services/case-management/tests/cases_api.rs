@@ -41,6 +41,7 @@ async fn start() -> Harness {
         intake_url,
         // No survey service in these tests: the consumer keeps retrying quietly.
         survey_url: "http://127.0.0.1:9".into(),
+        policy: Default::default(),
     };
     let cases = RunningService::spawn(cases_listener, cases_url, |l, s| {
         case_management::run(cases_config, l, s)
