@@ -154,3 +154,118 @@ helm.sh/hook-delete-policy: {{ .delete }}
     - protocol: TCP
       port: {{ .Values.database.port }}
 {{- end }}
+
+{{/* The environment of a service's container, shared by its Deployment and its migration Job
+(the binaries read their whole configuration before `migrate` too). Service context. */}}
+{{- define "complaints.serviceEnv" -}}
+{{- $root := .root }}
+{{- $svc := .svc }}
+{{- $name := .name }}
+{{- $ctx := . }}
+{{- $objname := include "complaints.serviceFullname" . }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "complaints.databaseSecretName" $ctx }}
+      key: DATABASE_URL
+- name: GRPC_LISTEN_ADDR
+  value: "0.0.0.0:{{ $root.Values.ports.grpc }}"
+- name: METRICS_LISTEN_ADDR
+  value: "0.0.0.0:{{ $root.Values.ports.metrics }}"
+- name: DB_POOL_MAX_CONNECTIONS
+  value: {{ $svc.dbPoolMaxConnections | quote }}
+- name: SHUTDOWN_GRACE
+  value: "{{ $root.Values.config.shutdownGraceSeconds }}s"
+- name: RUST_LOG
+  value: {{ $root.Values.config.logLevel | quote }}
+- name: LOG_FORMAT
+  value: {{ $root.Values.config.logFormat | quote }}
+- name: ORG_TIMEZONE
+  value: {{ $root.Values.config.orgTimezone | quote }}
+- name: JWT_ISSUER
+  value: {{ $root.Values.auth.issuer | quote }}
+- name: JWT_AUDIENCE
+  value: {{ $root.Values.auth.audience | quote }}
+{{- if include "complaints.hs256" $root }}
+- name: JWT_HS256_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "complaints.authSecretName" $root }}
+      key: hs256-secret
+{{- else }}
+- name: JWT_ALGORITHM
+  value: {{ $root.Values.auth.algorithm | quote }}
+- name: JWT_PUBLIC_KEY_FILE
+  value: /etc/complaints/auth/public.pem
+- name: SERVICE_TOKEN_FILE
+  value: /etc/complaints/auth/service-token
+{{- end }}
+{{- range $upstream := $svc.upstreams }}
+{{- $up := index $root.Values.services $upstream }}
+- name: {{ $up.urlEnv }}
+  value: "http://{{ include "complaints.serviceFullname" (dict "root" $root "name" $upstream) }}.{{ $root.Release.Namespace }}.svc:{{ $root.Values.ports.grpc }}"
+{{- end }}
+{{- if eq $name "feedback-survey" }}
+- name: SURVEY_TOKEN_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "complaints.surveySecretName" $root }}
+      key: token-secret
+{{- end }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: OTEL_SERVICE_NAME
+  value: {{ $name }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "service.namespace=complaints,service.version={{ $root.Values.image.tag | default $root.Chart.AppVersion }},k8s.namespace.name=$(POD_NAMESPACE),k8s.pod.name=$(POD_NAME),k8s.node.name=$(NODE_NAME),k8s.deployment.name={{ $objname }}{{ with $root.Values.otel.resourceAttributes }},{{ . }}{{ end }}"
+{{- with $root.Values.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: grpc
+{{- end }}
+{{- range $key, $value := $svc.env }}
+- name: {{ $key }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- with $root.Values.config.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when tokens are verified with the development HS256 secret. */}}
+{{- define "complaints.hs256" -}}
+{{- if and (not .Values.auth.existingSecret) (not .Values.auth.publicKey) }}true{{ end }}
+{{- end }}
+
+{{- define "complaints.authVolumeMount" -}}
+{{- if not (include "complaints.hs256" .) }}
+- name: auth
+  mountPath: /etc/complaints/auth
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "complaints.authVolume" -}}
+{{- if not (include "complaints.hs256" .) }}
+- name: auth
+  secret:
+    secretName: {{ include "complaints.authSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: public.pem
+        path: public.pem
+      - key: service-token
+        path: service-token
+{{- end }}
+{{- end }}
