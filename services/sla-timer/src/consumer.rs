@@ -1,6 +1,8 @@
 //! Clocks driven by case and survey events: started when a case opens, met on the first
-//! response and on resolution, paused while waiting on the customer, restarted on reopen, and
-//! the follow-up clock met by the survey answer.
+//! response and on resolution, paused while waiting on the customer, restarted on reopen,
+//! re-planned on reclassification, the periodic customer-update clock (only once the first
+//! response exists) met by each contact that reached the customer, and the follow-up clock met
+//! by the survey answer or a return visit recorded as one.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -58,10 +60,14 @@ impl ClockEvents {
             Some(Payload::CaseAcknowledged(ack)) => {
                 let case_id = Uuid::parse_str(&ack.case_id)?;
                 let at = when(&ack.acknowledged_at, now);
-                let clocks = store::lock_active_clocks(conn, case_id).await?;
-                for clock in active_of_kind(&clocks, ClockKind::FirstResponse) {
-                    engine.meet(conn, clock, at, trace).await?;
-                }
+                self.customer_heard_from_us(conn, case_id, at, trace)
+                    .await?;
+            }
+            Some(Payload::CaseCustomerContacted(contact)) if contact.reached => {
+                let case_id = Uuid::parse_str(&contact.case_id)?;
+                let at = when(&contact.contacted_at, now);
+                self.customer_heard_from_us(conn, case_id, at, trace)
+                    .await?;
             }
             Some(Payload::CaseAssigned(assigned)) => {
                 let case_id = Uuid::parse_str(&assigned.case_id)?;
@@ -69,6 +75,26 @@ impl ClockEvents {
                     case.department_id = assigned.department_id.clone();
                     case.owner_id = assigned.owner_id.clone();
                     store::upsert_case(conn, &case).await?;
+                    store::move_open_clocks(conn, case_id, &case.department_id).await?;
+                }
+            }
+            Some(Payload::CaseReclassified(change)) => {
+                let case_id = Uuid::parse_str(&change.case_id)?;
+                if let Some(mut case) = store::case(conn, case_id).await? {
+                    if !change.category.is_empty() {
+                        case.category = change.category.clone();
+                    }
+                    for (field, value) in [
+                        (&mut case.severity, change.severity),
+                        (&mut case.priority, change.priority),
+                        (&mut case.complexity, change.complexity),
+                    ] {
+                        if value != 0 {
+                            *field = value as i16;
+                        }
+                    }
+                    store::upsert_case(conn, &case).await?;
+                    engine.reclassify(conn, &case, &change.reason, now).await?;
                 }
             }
             Some(Payload::CaseStatusChanged(change)) => {
@@ -79,13 +105,20 @@ impl ClockEvents {
                 let clocks = store::lock_active_clocks(conn, case_id).await?;
                 match to {
                     CaseStatus::WaitingOnCustomer => {
-                        for clock in active_of_kind(&clocks, ClockKind::Resolution) {
-                            engine.pause(conn, clock, at).await?;
+                        // The ball is in the customer's court: neither resolution nor updates count.
+                        for kind in [ClockKind::Resolution, ClockKind::CustomerUpdate] {
+                            for clock in active_of_kind(&clocks, kind) {
+                                engine.pause(conn, clock, at).await?;
+                            }
                         }
                     }
                     CaseStatus::Resolved => {
                         // Resolving answers the customer too.
-                        for kind in [ClockKind::FirstResponse, ClockKind::Resolution] {
+                        for kind in [
+                            ClockKind::FirstResponse,
+                            ClockKind::Resolution,
+                            ClockKind::CustomerUpdate,
+                        ] {
                             for clock in active_of_kind(&clocks, kind) {
                                 engine.meet(conn, clock, at, trace).await?;
                             }
@@ -116,11 +149,14 @@ impl ClockEvents {
                             engine
                                 .start_clock(conn, &case, ClockKind::Resolution, cycle, at, trace)
                                 .await?;
+                            self.start_update_cycle(conn, &case, at, trace).await?;
                         }
                     }
                     _ if from == CaseStatus::WaitingOnCustomer => {
-                        for clock in active_of_kind(&clocks, ClockKind::Resolution) {
-                            engine.resume(conn, clock, at).await?;
+                        for kind in [ClockKind::Resolution, ClockKind::CustomerUpdate] {
+                            for clock in active_of_kind(&clocks, kind) {
+                                engine.resume(conn, clock, at).await?;
+                            }
                         }
                     }
                     _ => {}
@@ -139,6 +175,55 @@ impl ClockEvents {
             }
             _ => {}
         }
+        Ok(())
+    }
+}
+
+impl ClockEvents {
+    /// A first response or a later contact that reached the customer: meets the first-response
+    /// clock, or else the running customer-update clock, and starts the next update period.
+    async fn customer_heard_from_us(
+        &self,
+        conn: &mut PgConnection,
+        case_id: Uuid,
+        at: DateTime<Utc>,
+        trace: &str,
+    ) -> anyhow::Result<()> {
+        let engine = &self.engine;
+        let Some(case) = store::case(conn, case_id).await? else {
+            return Ok(());
+        };
+        let clocks = store::lock_active_clocks(conn, case_id).await?;
+        for kind in [ClockKind::FirstResponse, ClockKind::CustomerUpdate] {
+            for clock in active_of_kind(&clocks, kind) {
+                engine.meet(conn, clock, at, trace).await?;
+            }
+        }
+        // Updates are owed only while the case is being worked on (a resolution clock runs).
+        if !active_of_kind(&clocks, ClockKind::Resolution).is_empty() {
+            self.start_update_cycle(conn, &case, at, trace).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the next customer-update period — never before the first response exists, so
+    /// the periodic target cannot override the first-response target.
+    async fn start_update_cycle(
+        &self,
+        conn: &mut PgConnection,
+        case: &CaseRow,
+        at: DateTime<Utc>,
+        trace: &str,
+    ) -> anyhow::Result<()> {
+        let kind = ClockKind::CustomerUpdate as i16;
+        if !store::first_response_given(conn, case.case_id, ClockKind::FirstResponse as i16).await?
+        {
+            return Ok(());
+        }
+        let cycle = store::max_cycle(conn, case.case_id, kind).await? + 1;
+        self.engine
+            .start_clock(conn, case, ClockKind::CustomerUpdate, cycle, at, trace)
+            .await?;
         Ok(())
     }
 }

@@ -33,6 +33,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0001_clocks",
         sql: include_str!("../migrations/0001_clocks.sql"),
     },
+    Migration {
+        name: "0002_policies_calendars",
+        sql: include_str!("../migrations/0002_policies_calendars.sql"),
+    },
 ];
 
 #[derive(Clone, Debug)]
@@ -72,15 +76,26 @@ pub fn standard_calendar(time_zone: chrono_tz::Tz) -> BusinessCalendar {
     )
 }
 
+/// The calendar of the shipped default policies: the mainland-China calendar (holidays and 调休)
+/// when the organisation runs on China time, else the plain Monday–Friday `standard` calendar.
+pub fn default_calendar_id(org_timezone: chrono_tz::Tz) -> &'static str {
+    match org_timezone.name() {
+        "Asia/Shanghai" | "PRC" | "Asia/Chongqing" | "Asia/Chungking" | "Asia/Harbin" => {
+            "cn-mainland"
+        }
+        _ => "standard",
+    }
+}
+
 /// Runs the SLA timer on `listener` until `shutdown` fires.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
     let context =
         ServiceContext::start(SERVICE_NAME, &config.common, SCHEMA, MIGRATIONS, shutdown).await?;
     let events = EventLog::new(SCHEMA, SERVICE_NAME);
-    let engine = engine::Engine {
-        calendar: Arc::new(standard_calendar(config.org_timezone)),
-        events: events.clone(),
-    };
+    let engine = engine::Engine::new(events.clone());
+    engine
+        .seed_defaults(&context.pool, config.org_timezone)
+        .await?;
     let handler = Arc::new(consumer::ClockEvents {
         engine: engine.clone(),
     });
@@ -119,7 +134,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         config.scheduler_poll,
         context.shutdown.clone(),
     ));
-    let api = api::SlaApi::new(context.pool.clone(), engine);
+    let api =
+        api::SlaApi::new(context.pool.clone(), engine).with_shutdown(context.shutdown.clone());
     let routes = tonic::service::Routes::new(context.authenticated(SlaServiceServer::new(api)))
         .add_service(events.service(&context));
     context

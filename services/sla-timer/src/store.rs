@@ -14,7 +14,8 @@ pub const CANCELLED: i16 = 5;
 
 const CLOCK_COLUMNS: &str = "id, case_id, kind, cycle, state, policy_id, policy_reason, calendar_id, business, \
     target_ms, consumed_ms, running_since, started_at, due_at, warned_percent, breached_at, met_at, met_on_time, \
-    escalation_level, next_fire_at, department_id, severity";
+    escalation_level, next_fire_at, department_id, severity, origin_at, policy_version, thresholds_ms, ladder_ms, \
+    warned_ms, plan_note";
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct ClockRow {
@@ -40,9 +41,29 @@ pub struct ClockRow {
     pub next_fire_at: Option<DateTime<Utc>>,
     pub department_id: String,
     pub severity: i16,
+    pub origin_at: DateTime<Utc>,
+    pub policy_version: i64,
+    pub thresholds_ms: Vec<i64>,
+    pub ladder_ms: Vec<i64>,
+    pub warned_ms: i64,
+    pub plan_note: String,
 }
 
 impl ClockRow {
+    pub fn thresholds(&self) -> Vec<Duration> {
+        self.thresholds_ms
+            .iter()
+            .map(|ms| Duration::milliseconds(*ms))
+            .collect()
+    }
+
+    pub fn ladder(&self) -> Vec<Duration> {
+        self.ladder_ms
+            .iter()
+            .map(|ms| Duration::milliseconds(*ms))
+            .collect()
+    }
+
     pub fn timing(&self) -> ClockTiming {
         ClockTiming {
             target: Duration::milliseconds(self.target_ms),
@@ -59,7 +80,7 @@ impl ClockRow {
 
     pub fn progress(&self) -> crate::domain::clock::Progress {
         crate::domain::clock::Progress {
-            warned_percent: self.warned_percent.max(0) as u32,
+            warned: Duration::milliseconds(self.warned_ms),
             breached_at: self.breached_at,
             escalation_level: self.escalation_level.max(0) as u32,
         }
@@ -91,7 +112,9 @@ pub async fn upsert_case(conn: &mut PgConnection, case: &CaseRow) -> Result<(), 
              customer_tier, channel, received_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (case_id) DO UPDATE SET department_id = EXCLUDED.department_id,
-             owner_id = EXCLUDED.owner_id, updated_at = now()",
+             owner_id = EXCLUDED.owner_id, category = EXCLUDED.category, severity = EXCLUDED.severity,
+             priority = EXCLUDED.priority, complexity = EXCLUDED.complexity,
+             customer_tier = EXCLUDED.customer_tier, updated_at = now()",
     )
     .bind(case.case_id)
     .bind(&case.department_id)
@@ -123,7 +146,8 @@ pub async fn case(conn: &mut PgConnection, case_id: Uuid) -> Result<Option<CaseR
 pub async fn insert_clock(conn: &mut PgConnection, clock: &ClockRow) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(&format!(
         "INSERT INTO sla.clocks ({CLOCK_COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
+                 $23, $24, $25, $26, $27, $28)
          ON CONFLICT (case_id, kind, cycle) DO NOTHING"
     ))
     .bind(clock.id)
@@ -148,6 +172,12 @@ pub async fn insert_clock(conn: &mut PgConnection, clock: &ClockRow) -> Result<b
     .bind(clock.next_fire_at)
     .bind(&clock.department_id)
     .bind(clock.severity)
+    .bind(clock.origin_at)
+    .bind(clock.policy_version)
+    .bind(&clock.thresholds_ms)
+    .bind(&clock.ladder_ms)
+    .bind(clock.warned_ms)
+    .bind(&clock.plan_note)
     .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -158,7 +188,9 @@ pub async fn save_clock(conn: &mut PgConnection, clock: &ClockRow) -> Result<(),
         "UPDATE sla.clocks
          SET state = $2, consumed_ms = $3, running_since = $4, due_at = $5, warned_percent = $6,
              breached_at = $7, met_at = $8, met_on_time = $9, escalation_level = $10, next_fire_at = $11,
-             department_id = $12
+             department_id = $12, severity = $13, target_ms = $14, business = $15, policy_id = $16,
+             policy_version = $17, policy_reason = $18, calendar_id = $19, thresholds_ms = $20,
+             ladder_ms = $21, warned_ms = $22, plan_note = $23
          WHERE id = $1",
     )
     .bind(clock.id)
@@ -173,6 +205,17 @@ pub async fn save_clock(conn: &mut PgConnection, clock: &ClockRow) -> Result<(),
     .bind(clock.escalation_level)
     .bind(clock.next_fire_at)
     .bind(&clock.department_id)
+    .bind(clock.severity)
+    .bind(clock.target_ms)
+    .bind(clock.business)
+    .bind(&clock.policy_id)
+    .bind(clock.policy_version)
+    .bind(&clock.policy_reason)
+    .bind(&clock.calendar_id)
+    .bind(&clock.thresholds_ms)
+    .bind(&clock.ladder_ms)
+    .bind(clock.warned_ms)
+    .bind(&clock.plan_note)
     .execute(conn)
     .await?;
     Ok(())
@@ -355,6 +398,448 @@ pub async fn mark_escalation_failed(
     .bind(id)
     .bind(retry_at)
     .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+// --- Clocks: explanation, re-planning, queries --------------------------------------------
+
+pub async fn clock(pool: &PgPool, id: Uuid) -> Result<Option<ClockRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CLOCK_COLUMNS} FROM sla.clocks WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The pauses of a clock, in order.
+pub async fn pauses_of(
+    pool: &PgPool,
+    clock_id: Uuid,
+) -> Result<Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT paused_at, resumed_at FROM sla.clock_pauses WHERE clock_id = $1 ORDER BY paused_at",
+    )
+    .bind(clock_id)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn pauses_of_locked(
+    conn: &mut PgConnection,
+    clock_id: Uuid,
+) -> Result<Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT paused_at, resumed_at FROM sla.clock_pauses WHERE clock_id = $1 ORDER BY paused_at",
+    )
+    .bind(clock_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Locks the open clocks planned on a calendar.
+pub async fn lock_open_clocks_of_calendar(
+    conn: &mut PgConnection,
+    calendar_id: &str,
+) -> Result<Vec<ClockRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CLOCK_COLUMNS} FROM sla.clocks WHERE calendar_id = $1 AND state IN (1, 2, 4)
+         ORDER BY id FOR UPDATE"
+    ))
+    .bind(calendar_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// Whether the case's first response was given (a met first-response clock).
+pub async fn first_response_given(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+    kind: i16,
+) -> Result<bool, sqlx::Error> {
+    let (given,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM sla.clocks WHERE case_id = $1 AND kind = $2 AND state = 3)",
+    )
+    .bind(case_id)
+    .bind(kind)
+    .fetch_one(conn)
+    .await?;
+    Ok(given)
+}
+
+/// Running or breached clocks that warned, breached, or fall due before `due_before`, by
+/// deadline; keyset-paginated after `(due_at, id)`.
+pub async fn clocks_at_risk(
+    pool: &PgPool,
+    department_id: Option<&str>,
+    severity: Option<i16>,
+    due_before: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ClockRow>, sqlx::Error> {
+    let (after_due, after_id) = after.unzip();
+    sqlx::query_as(&format!(
+        "SELECT {CLOCK_COLUMNS} FROM sla.clocks
+         WHERE state IN (1, 4) AND due_at IS NOT NULL
+           AND (warned_ms > 0 OR state = 4 OR due_at <= $1)
+           AND ($2::text IS NULL OR department_id = $2)
+           AND ($3::smallint IS NULL OR severity = $3)
+           AND ($4::timestamptz IS NULL OR (due_at, id) > ($4, $5))
+         ORDER BY due_at, id
+         LIMIT $6"
+    ))
+    .bind(due_before)
+    .bind(department_id)
+    .bind(severity)
+    .bind(after_due)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Counts of open clocks by kind, state and severity (for `sla_open_clocks`).
+pub async fn open_clock_counts(pool: &PgPool) -> Result<Vec<(i16, i16, i16, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT kind, state, severity, count(*) FROM sla.clocks WHERE state IN (1, 2, 4)
+         GROUP BY kind, state, severity ORDER BY kind, state, severity",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Cases with a clock that warned or breached, by severity and department (for `sla_cases_at_risk`).
+pub async fn at_risk_counts(pool: &PgPool) -> Result<Vec<(i16, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT severity, department_id, count(DISTINCT case_id) FROM sla.clocks
+         WHERE state IN (1, 4) AND (warned_ms > 0 OR state = 4)
+         GROUP BY severity, department_id ORDER BY severity, department_id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Clone, Debug, Default, sqlx::FromRow)]
+pub struct ComplianceRow {
+    pub kind: i16,
+    pub met_on_time: i64,
+    pub met_late: i64,
+    pub breached_open: i64,
+}
+
+/// Clocks concluded in `[from, to)`: met (on time or late) then, or breached then and still unmet
+/// at `to`.
+pub async fn compliance(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    department_id: Option<&str>,
+    severity: Option<i16>,
+) -> Result<Vec<ComplianceRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT kind,
+             count(*) FILTER (WHERE met_at >= $1 AND met_at < $2 AND met_on_time) AS met_on_time,
+             count(*) FILTER (WHERE met_at >= $1 AND met_at < $2 AND NOT met_on_time) AS met_late,
+             count(*) FILTER (WHERE breached_at >= $1 AND breached_at < $2
+                              AND (met_at IS NULL OR met_at >= $2) AND state <> 5) AS breached_open
+         FROM sla.clocks
+         WHERE ((met_at >= $1 AND met_at < $2) OR (breached_at >= $1 AND breached_at < $2))
+           AND ($3::text IS NULL OR department_id = $3)
+           AND ($4::smallint IS NULL OR severity = $4)
+         GROUP BY kind ORDER BY kind",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(department_id)
+    .bind(severity)
+    .fetch_all(pool)
+    .await
+}
+
+/// Warning and breach events after `after` (released below the oldest running transaction, as
+/// the event stream does), with the department and severity of their case.
+pub async fn alerts_after(
+    pool: &PgPool,
+    after: (i64, i64),
+    limit: i64,
+) -> Result<Vec<(i64, i64, Vec<u8>, Option<String>, Option<i16>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT o.txid, o.seq, o.payload, c.department_id, c.severity
+         FROM sla.event_outbox o LEFT JOIN sla.cases c ON c.case_id::text = o.aggregate_id
+         WHERE o.event_type IN ('ClockWarning', 'ClockBreached')
+           AND (o.txid, o.seq) > ($1, $2)
+           AND o.txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+         ORDER BY o.txid, o.seq
+         LIMIT $3",
+    )
+    .bind(after.0)
+    .bind(after.1)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The position of the latest event, to start a live feed from "now".
+pub async fn latest_event_position(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT txid, seq FROM sla.event_outbox ORDER BY txid DESC, seq DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.unwrap_or((0, 0)))
+}
+
+// --- Calendars -----------------------------------------------------------------------------
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct CalendarRow {
+    pub id: String,
+    pub version: i64,
+    pub name: String,
+    pub time_zone: String,
+    pub rules: sqlx::types::Json<crate::domain::calendar::CalendarRules>,
+    pub source: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+const CALENDAR_COLUMNS: &str = "id, version, name, time_zone, rules, source, updated_at";
+
+/// Inserts a calendar at version 1; false when the id (or request id) is taken.
+pub async fn insert_calendar(
+    conn: &mut PgConnection,
+    calendar: &crate::domain::calendar::BusinessCalendar,
+    request_id: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "INSERT INTO sla.calendars (id, version, name, time_zone, rules, source, request_id)
+         VALUES ($1, 1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(&calendar.id)
+    .bind(&calendar.name)
+    .bind(calendar.time_zone.name())
+    .bind(sqlx::types::Json(calendar.rules()))
+    .bind(&calendar.source)
+    .bind(request_id)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+pub async fn calendar_by_request(
+    pool: &PgPool,
+    request_id: &str,
+) -> Result<Option<CalendarRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CALENDAR_COLUMNS} FROM sla.calendars WHERE request_id = $1"
+    ))
+    .bind(request_id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn calendar_row(
+    conn: &mut PgConnection,
+    id: &str,
+    lock: bool,
+) -> Result<Option<CalendarRow>, sqlx::Error> {
+    let suffix = if lock { " FOR UPDATE" } else { "" };
+    sqlx::query_as(&format!(
+        "SELECT {CALENDAR_COLUMNS} FROM sla.calendars WHERE id = $1{suffix}"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Stores a new version of a calendar (the caller checked the expected version under lock).
+pub async fn update_calendar(
+    conn: &mut PgConnection,
+    calendar: &crate::domain::calendar::BusinessCalendar,
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    let (updated_at,): (DateTime<Utc>,) = sqlx::query_as(
+        "UPDATE sla.calendars SET version = $2, name = $3, time_zone = $4, rules = $5, source = $6,
+             updated_at = now()
+         WHERE id = $1 RETURNING updated_at",
+    )
+    .bind(&calendar.id)
+    .bind(calendar.version)
+    .bind(&calendar.name)
+    .bind(calendar.time_zone.name())
+    .bind(sqlx::types::Json(calendar.rules()))
+    .bind(&calendar.source)
+    .fetch_one(conn)
+    .await?;
+    Ok(updated_at)
+}
+
+pub async fn list_calendars(
+    pool: &PgPool,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<CalendarRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CALENDAR_COLUMNS} FROM sla.calendars WHERE ($1::text IS NULL OR id > $1)
+         ORDER BY id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Every calendar's id and version, to refresh a cache cheaply.
+pub async fn calendar_versions(conn: &mut PgConnection) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, version FROM sla.calendars")
+        .fetch_all(conn)
+        .await
+}
+
+// --- Policies ------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct PolicyRow {
+    pub id: String,
+    pub version: i64,
+    pub definition: sqlx::types::Json<crate::domain::policy::Policy>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl PolicyRow {
+    pub fn policy(&self) -> crate::domain::policy::Policy {
+        let mut policy = self.definition.0.clone();
+        policy.id = self.id.clone();
+        policy.version = self.version;
+        policy
+    }
+}
+
+const POLICY_COLUMNS: &str = "id, version, definition, updated_at";
+
+/// Inserts a policy at version 1; false when the id (or request id) is taken.
+pub async fn insert_policy(
+    conn: &mut PgConnection,
+    policy: &crate::domain::policy::Policy,
+    request_id: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "INSERT INTO sla.policies (id, version, definition, request_id) VALUES ($1, 1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&policy.id)
+    .bind(sqlx::types::Json(policy))
+    .bind(request_id)
+    .execute(&mut *conn)
+    .await?;
+    if result.rows_affected() == 1 {
+        record_policy_version(conn, policy, 1).await?;
+    }
+    Ok(result.rows_affected() == 1)
+}
+
+async fn record_policy_version(
+    conn: &mut PgConnection,
+    policy: &crate::domain::policy::Policy,
+    version: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sla.policy_versions (policy_id, version, definition) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&policy.id)
+    .bind(version)
+    .bind(sqlx::types::Json(policy))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn policy_by_request(
+    pool: &PgPool,
+    request_id: &str,
+) -> Result<Option<PolicyRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {POLICY_COLUMNS} FROM sla.policies WHERE request_id = $1"
+    ))
+    .bind(request_id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn policy_row(
+    conn: &mut PgConnection,
+    id: &str,
+    lock: bool,
+) -> Result<Option<PolicyRow>, sqlx::Error> {
+    let suffix = if lock { " FOR UPDATE" } else { "" };
+    sqlx::query_as(&format!(
+        "SELECT {POLICY_COLUMNS} FROM sla.policies WHERE id = $1{suffix}"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Stores a new version of a policy (the caller checked the expected version under lock).
+pub async fn update_policy(
+    conn: &mut PgConnection,
+    policy: &crate::domain::policy::Policy,
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    let (updated_at,): (DateTime<Utc>,) = sqlx::query_as(
+        "UPDATE sla.policies SET version = $2, definition = $3, updated_at = now()
+         WHERE id = $1 RETURNING updated_at",
+    )
+    .bind(&policy.id)
+    .bind(policy.version)
+    .bind(sqlx::types::Json(policy))
+    .fetch_one(&mut *conn)
+    .await?;
+    record_policy_version(conn, policy, policy.version).await?;
+    Ok(updated_at)
+}
+
+pub async fn list_policies(
+    pool: &PgPool,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<PolicyRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {POLICY_COLUMNS} FROM sla.policies WHERE ($1::text IS NULL OR id > $1)
+         ORDER BY id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn all_policies(conn: &mut PgConnection) -> Result<Vec<PolicyRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {POLICY_COLUMNS} FROM sla.policies ORDER BY id"
+    ))
+    .fetch_all(conn)
+    .await
+}
+
+/// Changes whenever a policy is created or updated (versions only grow).
+pub async fn policies_fingerprint(conn: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as("SELECT count(*), coalesce(sum(version), 0)::bigint FROM sla.policies")
+        .fetch_one(conn)
+        .await
+}
+
+/// Moves a case's open clocks to its new department.
+pub async fn move_open_clocks(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+    department_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE sla.clocks SET department_id = $2 WHERE case_id = $1 AND state IN (1, 2, 4)",
+    )
+    .bind(case_id)
+    .bind(department_id)
     .execute(conn)
     .await?;
     Ok(())

@@ -6,13 +6,14 @@
 //! each boundary to UTC, so midnight, weekends, holidays and daylight-saving changes are exact,
 //! and the intervals used are returned as the explanation of a deadline.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
 
-/// A working range within a day, local time, `start < end` (end may be 24:00 as `None`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A working range within a day, local time, `start < end` (an `end` of 00:00 means 24:00).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkRange {
     pub start: NaiveTime,
     pub end: NaiveTime,
@@ -30,6 +31,9 @@ impl WorkRange {
 #[derive(Clone, Debug)]
 pub struct BusinessCalendar {
     pub id: String,
+    /// Bumped by every change; clocks are re-planned when it moves.
+    pub version: i64,
+    pub name: String,
     pub time_zone: Tz,
     /// Monday first.
     pub weekly: [Vec<WorkRange>; 7],
@@ -38,6 +42,21 @@ pub struct BusinessCalendar {
     pub makeup_workdays: BTreeSet<NaiveDate>,
     /// Hours of a make-up working day.
     pub makeup_hours: Vec<WorkRange>,
+    /// Names of holidays and make-up days, for people.
+    pub day_names: BTreeMap<NaiveDate, String>,
+    /// Where the holiday data comes from.
+    pub source: String,
+}
+
+/// The stored form of a calendar's rules (everything but id, version, name and zone).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalendarRules {
+    pub weekly: [Vec<WorkRange>; 7],
+    pub holidays: BTreeSet<NaiveDate>,
+    pub makeup_workdays: BTreeSet<NaiveDate>,
+    pub makeup_hours: Vec<WorkRange>,
+    #[serde(default)]
+    pub day_names: BTreeMap<NaiveDate, String>,
 }
 
 /// A stretch of business time that counted towards a deadline.
@@ -71,12 +90,106 @@ impl BusinessCalendar {
         }
         Self {
             id: id.to_owned(),
+            version: 0,
+            name: id.to_owned(),
             time_zone,
             weekly,
             holidays: BTreeSet::new(),
             makeup_workdays: BTreeSet::new(),
             makeup_hours: ranges,
+            day_names: BTreeMap::new(),
+            source: String::new(),
         }
+    }
+
+    pub fn rules(&self) -> CalendarRules {
+        CalendarRules {
+            weekly: self.weekly.clone(),
+            holidays: self.holidays.clone(),
+            makeup_workdays: self.makeup_workdays.clone(),
+            makeup_hours: self.makeup_hours.clone(),
+            day_names: self.day_names.clone(),
+        }
+    }
+
+    pub fn from_rules(
+        id: &str,
+        version: i64,
+        name: &str,
+        time_zone: Tz,
+        source: &str,
+        rules: CalendarRules,
+    ) -> Self {
+        Self {
+            id: id.to_owned(),
+            version,
+            name: name.to_owned(),
+            time_zone,
+            weekly: rules.weekly,
+            holidays: rules.holidays,
+            makeup_workdays: rules.makeup_workdays,
+            makeup_hours: rules.makeup_hours,
+            day_names: rules.day_names,
+            source: source.to_owned(),
+        }
+    }
+
+    /// Rule violations as (field, problem), fields named as in the `Calendar` message.
+    pub fn violations(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        let mut check_ranges = |field: String, ranges: &[WorkRange]| {
+            let mut previous_end: Option<NaiveTime> = None;
+            for (i, r) in ranges.iter().enumerate() {
+                let ends_at_midnight = r.end == NaiveTime::MIN;
+                if !ends_at_midnight && r.end <= r.start {
+                    errors.push((format!("{field}[{i}]"), "end must be after start".into()));
+                }
+                if let Some(prev) = previous_end
+                    && (prev == NaiveTime::MIN || r.start < prev)
+                {
+                    errors.push((
+                        format!("{field}[{i}]"),
+                        "ranges must be in order and must not overlap".into(),
+                    ));
+                }
+                previous_end = Some(r.end);
+            }
+        };
+        const DAYS: [&str; 7] = [
+            "MONDAY",
+            "TUESDAY",
+            "WEDNESDAY",
+            "THURSDAY",
+            "FRIDAY",
+            "SATURDAY",
+            "SUNDAY",
+        ];
+        for (day, ranges) in self.weekly.iter().enumerate() {
+            check_ranges(
+                format!("calendar.weekly_hours[{}].ranges", DAYS[day]),
+                ranges,
+            );
+        }
+        check_ranges("calendar.makeup_hours".into(), &self.makeup_hours);
+        if self.weekly.iter().all(Vec::is_empty) {
+            errors.push((
+                "calendar.weekly_hours".into(),
+                "at least one weekday needs working hours".into(),
+            ));
+        }
+        if !self.makeup_workdays.is_empty() && self.makeup_hours.is_empty() {
+            errors.push((
+                "calendar.makeup_hours".into(),
+                "required when there are make-up working days".into(),
+            ));
+        }
+        if let Some(day) = self.holidays.intersection(&self.makeup_workdays).next() {
+            errors.push((
+                "calendar.makeup_workdays".into(),
+                format!("{day} is also a holiday"),
+            ));
+        }
+        errors
     }
 
     /// Working ranges of a local date.
@@ -200,6 +313,20 @@ impl BusinessCalendar {
             segments.push(segment);
         }
         Err(CalendarError::NoWorkingTime(self.id.clone()))
+    }
+
+    /// The working intervals between two instants, clipped to them.
+    pub fn segments_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Segment> {
+        if to <= from {
+            return Vec::new();
+        }
+        self.intervals_from(from)
+            .take_while(|s| s.start < to)
+            .map(|s| Segment {
+                start: s.start,
+                end: s.end.min(to),
+            })
+            .collect()
     }
 
     /// Business time between two instants (zero when `to <= from`).

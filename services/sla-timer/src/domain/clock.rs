@@ -21,19 +21,20 @@ pub struct ClockTiming {
 /// An instant and the segments of counted time that lead to it.
 pub type Planned = Option<(DateTime<Utc>, Vec<Segment>)>;
 
-/// The firing rules of a clock's policy.
+/// The firing rules a clock took from its policy.
 #[derive(Clone, Copy, Debug)]
 pub struct FireRules<'a> {
-    /// Percentages of the target at which warnings fire.
-    pub warnings: &'a [u32],
-    pub escalation_interval: Duration,
-    pub max_escalation_level: u32,
+    /// Amounts of used target at which warnings fire, ascending.
+    pub thresholds: &'a [Duration],
+    /// Wall-clock wait after the breach for escalation levels 1, 2, ... (index + 1 = level).
+    pub ladder: &'a [Duration],
 }
 
 /// What a clock has fired so far.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Progress {
-    pub warned_percent: u32,
+    /// The largest warning threshold already fired.
+    pub warned: Duration,
     pub breached_at: Option<DateTime<Utc>>,
     pub escalation_level: u32,
 }
@@ -41,9 +42,109 @@ pub struct Progress {
 /// What a clock should do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NextFire {
-    Warning { percent: u32, at: DateTime<Utc> },
+    Warning { used: Duration, at: DateTime<Utc> },
     Breach { at: DateTime<Utc> },
     Escalation { level: u32, at: DateTime<Utc> },
+}
+
+/// A stretch during which a clock counted: from `start` to `end` (`None`: still counting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// A pause as recorded: from `paused_at` to `resumed_at` (`None`: still paused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pause {
+    pub paused_at: DateTime<Utc>,
+    pub resumed_at: Option<DateTime<Utc>>,
+}
+
+/// The runs of a clock that began counting at `start`, was paused as `pauses` say (in order)
+/// and stopped at `stopped` (met or cancelled), if it did.
+pub fn runs(start: DateTime<Utc>, pauses: &[Pause], stopped: Option<DateTime<Utc>>) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let mut open = Some(start);
+    for pause in pauses {
+        if let Some(begin) = open.take() {
+            runs.push(Run {
+                start: begin,
+                end: Some(pause.paused_at.max(begin)),
+            });
+        }
+        open = pause.resumed_at;
+    }
+    if let Some(begin) = open {
+        runs.push(Run {
+            start: begin,
+            end: stopped.map(|s| s.max(begin)),
+        });
+    }
+    runs
+}
+
+/// Time a measure counts between two instants.
+pub fn measured(
+    calendar: &BusinessCalendar,
+    business: bool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Duration {
+    if business {
+        calendar.business_time_between(from, to)
+    } else {
+        (to - from).max(Duration::zero())
+    }
+}
+
+/// The explanation of a deadline: the segments of counted time (closed runs, then the open run
+/// up to the deadline) and the deadline itself while running.
+pub fn explain_segments(
+    calendar: &BusinessCalendar,
+    business: bool,
+    target: Duration,
+    runs: &[Run],
+) -> Result<(Vec<Segment>, Option<DateTime<Utc>>), CalendarError> {
+    let mut segments = Vec::new();
+    let mut used = Duration::zero();
+    let mut due = None;
+    for run in runs {
+        match run.end {
+            Some(end) => {
+                let part = if business {
+                    calendar.segments_between(run.start, end)
+                } else if end > run.start {
+                    vec![Segment {
+                        start: run.start,
+                        end,
+                    }]
+                } else {
+                    Vec::new()
+                };
+                used += part.iter().map(Segment::duration).sum::<Duration>();
+                segments.extend(part);
+            }
+            None => {
+                let left = (target - used).max(Duration::zero());
+                let (at, part) = if business {
+                    calendar.add_business_time(run.start, left)?
+                } else {
+                    let end = run.start + left;
+                    (
+                        end,
+                        vec![Segment {
+                            start: run.start,
+                            end,
+                        }],
+                    )
+                };
+                segments.extend(part.into_iter().filter(|s| s.end > s.start));
+                due = Some(at);
+            }
+        }
+    }
+    Ok((segments, due))
 }
 
 impl NextFire {
@@ -54,6 +155,19 @@ impl NextFire {
             | NextFire::Escalation { at, .. } => *at,
         }
     }
+}
+
+/// The instant at which `amount` of counted time is reached along `segments`, if it is.
+pub fn instant_at(segments: &[Segment], amount: Duration) -> Option<DateTime<Utc>> {
+    let mut left = amount;
+    for segment in segments {
+        let length = segment.duration();
+        if length >= left {
+            return Some(segment.start + left);
+        }
+        left -= length;
+    }
+    None
 }
 
 impl ClockTiming {
@@ -105,32 +219,28 @@ impl ClockTiming {
         progress: &Progress,
     ) -> Result<Option<NextFire>, CalendarError> {
         if let Some(breached) = progress.breached_at {
-            let level = progress.escalation_level;
-            if level >= rules.max_escalation_level || self.running_since.is_none() {
+            let level = progress.escalation_level as usize;
+            // The ladder climbs while the clock still counts (not paused, met or cancelled).
+            if self.running_since.is_none() {
                 return Ok(None);
             }
-            // Level n+1 fires n intervals after the breach (level 1 fired at the breach).
-            let at = breached + rules.escalation_interval * level.max(1) as i32;
-            return Ok(Some(NextFire::Escalation {
-                level: level + 1,
-                at,
+            return Ok(rules.ladder.get(level).map(|wait| NextFire::Escalation {
+                level: level as u32 + 1,
+                at: breached + *wait,
             }));
         }
         if self.running_since.is_none() {
             return Ok(None);
         }
-        let warned = progress.warned_percent;
         let next_warning = rules
-            .warnings
+            .thresholds
             .iter()
             .copied()
-            .filter(|p| *p > warned && *p < 100)
-            .min();
-        if let Some(percent) = next_warning {
-            let amount = self.target * percent as i32 / 100;
-            if let Some((at, _)) = self.instant_when_used(calendar, amount)? {
-                return Ok(Some(NextFire::Warning { percent, at }));
-            }
+            .find(|t| *t > progress.warned && *t < self.target);
+        if let Some(used) = next_warning
+            && let Some((at, _)) = self.instant_when_used(calendar, used)?
+        {
+            return Ok(Some(NextFire::Warning { used, at }));
         }
         Ok(self.due(calendar)?.map(|(at, _)| NextFire::Breach { at }))
     }
@@ -215,14 +325,15 @@ mod tests {
     fn next_fire_walks_warnings_then_breach_then_ladder() {
         let c = cal();
         let clock = running(Duration::hours(4), at(23, 9, 0));
+        let thresholds = [Duration::hours(2), Duration::hours(3)];
+        let ladder = [Duration::zero(), Duration::hours(1), Duration::hours(2)];
         let rules = FireRules {
-            warnings: &[50, 75],
-            escalation_interval: Duration::hours(1),
-            max_escalation_level: 3,
+            thresholds: &thresholds,
+            ladder: &ladder,
         };
-        let next = |warned_percent, breached_at, escalation_level| {
+        let next = |warned_hours: i64, breached_at, escalation_level| {
             let progress = Progress {
-                warned_percent,
+                warned: Duration::hours(warned_hours),
                 breached_at,
                 escalation_level,
             };
@@ -231,37 +342,87 @@ mod tests {
         assert_eq!(
             next(0, None, 0),
             Some(NextFire::Warning {
-                percent: 50,
+                used: Duration::hours(2),
                 at: at(23, 11, 0)
             })
         );
         assert_eq!(
-            next(50, None, 0),
+            next(2, None, 0),
             Some(NextFire::Warning {
-                percent: 75,
+                used: Duration::hours(3),
                 at: at(23, 12, 0)
             })
         );
         assert_eq!(
-            next(75, None, 0),
+            next(3, None, 0),
             Some(NextFire::Breach { at: at(23, 13, 0) })
         );
         let breached = Some(at(23, 13, 0));
         assert_eq!(
-            next(75, breached, 1),
+            next(3, breached, 0),
+            Some(NextFire::Escalation {
+                level: 1,
+                at: at(23, 13, 0)
+            })
+        );
+        assert_eq!(
+            next(3, breached, 1),
             Some(NextFire::Escalation {
                 level: 2,
                 at: at(23, 14, 0)
             })
         );
         assert_eq!(
-            next(75, breached, 2),
+            next(3, breached, 2),
             Some(NextFire::Escalation {
                 level: 3,
                 at: at(23, 15, 0)
             })
         );
-        assert_eq!(next(75, breached, 3), None);
+        assert_eq!(next(3, breached, 3), None);
+    }
+
+    #[test]
+    fn explanation_of_a_paused_clock_lists_only_counted_business_time() {
+        let c = cal();
+        // 16h target from Friday 09:00; paused Friday 17:00 until Tuesday 09:00 (Monday lost).
+        let pauses = [Pause {
+            paused_at: at(20, 17, 0),
+            resumed_at: Some(at(24, 9, 0)),
+        }];
+        let runs = runs(at(20, 9, 0), &pauses, None);
+        assert_eq!(runs.len(), 2);
+        let (segments, due) = explain_segments(&c, true, Duration::hours(16), &runs).unwrap();
+        assert_eq!(due, Some(at(24, 17, 0)));
+        assert_eq!(
+            segments,
+            vec![
+                Segment {
+                    start: at(20, 9, 0),
+                    end: at(20, 17, 0)
+                },
+                Segment {
+                    start: at(24, 9, 0),
+                    end: at(24, 17, 0)
+                },
+            ]
+        );
+        // Still paused: no deadline, only what was used.
+        let paused = runs_of_open_pause();
+        let (segments, due) = explain_segments(&c, true, Duration::hours(16), &paused).unwrap();
+        assert_eq!(due, None);
+        assert_eq!(segments.len(), 1);
+    }
+
+    fn runs_of_open_pause() -> Vec<Run> {
+        runs(
+            at(20, 9, 0),
+            &[Pause {
+                paused_at: at(20, 17, 0),
+                resumed_at: None,
+            }],
+            None,
+        )
     }
 
     #[test]
