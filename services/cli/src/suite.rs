@@ -141,12 +141,12 @@ impl Suite {
             tokio::spawn(feedback_survey::run(config, survey_l, shutdown.clone())),
         ));
 
-        let config = performance_scoring::Config {
-            common: metrics_for(4, &common),
-            cases_url: urls.cases.clone(),
-            sla_url: urls.sla.clone(),
-            survey_url: urls.survey.clone(),
-        };
+        let config = performance_scoring::Config::new(
+            metrics_for(4, &common),
+            urls.cases.clone(),
+            urls.sla.clone(),
+            urls.survey.clone(),
+        );
         tasks.push((
             "performance-scoring",
             tokio::spawn(performance_scoring::run(config, scoring_l, shutdown)),

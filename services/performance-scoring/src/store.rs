@@ -1,118 +1,881 @@
-//! SQL of the `scoring` schema.
+//! SQL of the `scoring` schema: case facts, the daily aggregates and their roll-ups, teams,
+//! order volumes, scoring models, published evaluations and the rebuild.
 
-use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use std::sync::OnceLock;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
-use crate::domain::kpi::Counts;
+use crate::domain::facts::{CaseFacts, Deltas};
+use crate::domain::kpi::Counters;
+use crate::domain::model::{ModelDefinition, ScoreCard};
 
-/// Sets some facts of a case, creating its row when it is the first event seen for it.
-pub async fn upsert_opened(
+// ---------------------------------------------------------------------------------------------
+// Case facts and the aggregates they feed.
+
+const FACT_COLUMNS: &str = "department_id, owner_id, team_id, category, severity, opened_at, \
+     cancelled, resolved, ever_resolved, reopen_count, escalations, transfers, \
+     first_response_on_time, first_response_breached, resolution_met_count, resolution_late, \
+     handling_seconds, survey_invited, survey_answered, csat, nps, solved";
+
+/// Locks the facts of a case for the rest of the transaction, creating an empty row when this
+/// is the first event seen for it.
+pub async fn lock_facts(conn: &mut PgConnection, case_id: Uuid) -> Result<CaseFacts, sqlx::Error> {
+    sqlx::query("INSERT INTO scoring.case_facts (case_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(case_id)
+        .execute(&mut *conn)
+        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {FACT_COLUMNS} FROM scoring.case_facts WHERE case_id = $1 FOR UPDATE"
+    ))
+    .bind(case_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(CaseFacts {
+        department_id: row.try_get(0)?,
+        owner_id: row.try_get(1)?,
+        team_id: row.try_get(2)?,
+        category: row.try_get(3)?,
+        severity: row.try_get(4)?,
+        opened_at: row.try_get(5)?,
+        cancelled: row.try_get(6)?,
+        resolved: row.try_get(7)?,
+        ever_resolved: row.try_get(8)?,
+        reopen_count: row.try_get(9)?,
+        escalations: row.try_get(10)?,
+        transfers: row.try_get(11)?,
+        first_response_on_time: row.try_get(12)?,
+        first_response_breached: row.try_get(13)?,
+        resolution_met_count: row.try_get(14)?,
+        resolution_late: row.try_get(15)?,
+        handling_seconds: row.try_get(16)?,
+        survey_invited: row.try_get(17)?,
+        survey_answered: row.try_get(18)?,
+        csat: row.try_get(19)?,
+        nps: row.try_get(20)?,
+        solved: row.try_get(21)?,
+    })
+}
+
+pub async fn save_facts(
     conn: &mut PgConnection,
     case_id: Uuid,
-    department_id: &str,
-    owner_id: &str,
-    category: &str,
-    severity: i16,
-    opened_at: DateTime<Utc>,
+    f: &CaseFacts,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO scoring.case_facts (case_id, department_id, owner_id, category, severity, opened_at)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (case_id) DO UPDATE SET department_id = EXCLUDED.department_id,
-             owner_id = EXCLUDED.owner_id, category = EXCLUDED.category, severity = EXCLUDED.severity,
-             opened_at = EXCLUDED.opened_at, updated_at = now()",
+        "UPDATE scoring.case_facts SET department_id = $2, owner_id = $3, team_id = $4,
+             category = $5, severity = $6, opened_at = $7, cancelled = $8, resolved = $9,
+             ever_resolved = $10, reopen_count = $11, escalations = $12, transfers = $13,
+             first_response_on_time = $14, first_response_breached = $15,
+             resolution_met_count = $16, resolution_late = $17, handling_seconds = $18,
+             survey_invited = $19, survey_answered = $20, csat = $21, nps = $22, solved = $23,
+             updated_at = now()
+         WHERE case_id = $1",
     )
     .bind(case_id)
-    .bind(department_id)
-    .bind(owner_id)
-    .bind(category)
-    .bind(severity)
-    .bind(opened_at)
+    .bind(&f.department_id)
+    .bind(&f.owner_id)
+    .bind(&f.team_id)
+    .bind(&f.category)
+    .bind(f.severity)
+    .bind(f.opened_at)
+    .bind(f.cancelled)
+    .bind(f.resolved)
+    .bind(f.ever_resolved)
+    .bind(f.reopen_count)
+    .bind(f.escalations)
+    .bind(f.transfers)
+    .bind(f.first_response_on_time)
+    .bind(f.first_response_breached)
+    .bind(f.resolution_met_count)
+    .bind(f.resolution_late)
+    .bind(f.handling_seconds)
+    .bind(f.survey_invited)
+    .bind(f.survey_answered)
+    .bind(f.csat)
+    .bind(f.nps)
+    .bind(f.solved)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Runs an update of one case's facts, creating the row first if needed.
-pub async fn update_facts(
+/// The team an agent was in at `at` (None: no team).
+pub async fn team_at(
     conn: &mut PgConnection,
-    case_id: Uuid,
-    set: &str,
-    bind: FactValue,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO scoring.case_facts (case_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(case_id)
+    agent_id: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<String>, sqlx::Error> {
+    let team: Option<(String,)> = sqlx::query_as(
+        "SELECT team_id FROM scoring.team_memberships
+         WHERE agent_id = $1 AND effective_from <= $2
+         ORDER BY effective_from DESC, id DESC LIMIT 1",
+    )
+    .bind(agent_id)
+    .bind(at)
+    .fetch_optional(conn)
+    .await?;
+    Ok(team.map(|(t,)| t).filter(|t| !t.is_empty()))
+}
+
+fn upsert_counters_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let columns = Counters::COLUMNS;
+        let placeholders: Vec<String> = (0..columns.len()).map(|i| format!("${}", i + 5)).collect();
+        let updates: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{c} = scoring.daily_aggregates.{c} + EXCLUDED.{c}"))
+            .collect();
+        format!(
+            "INSERT INTO scoring.daily_aggregates
+                 (subject_kind, subject_id, department_id, day, {}, handling_histogram)
+             VALUES ($1, $2, $3, $4, {}, ${})
+             ON CONFLICT (subject_kind, subject_id, day, department_id) DO UPDATE SET {},
+                 handling_histogram = scoring.add_arrays(
+                     scoring.daily_aggregates.handling_histogram, EXCLUDED.handling_histogram)",
+            columns.join(", "),
+            placeholders.join(", "),
+            columns.len() + 5,
+            updates.join(", ")
+        )
+    })
+}
+
+/// Adds the deltas of one case change to the aggregate rows, in key order.
+pub async fn apply_deltas(conn: &mut PgConnection, deltas: &Deltas) -> Result<(), sqlx::Error> {
+    for (key, day, counters) in &deltas.counters {
+        let mut query = sqlx::query(upsert_counters_sql())
+            .bind(key.kind)
+            .bind(&key.subject_id)
+            .bind(&key.department_id)
+            .bind(day);
+        for value in counters.values() {
+            query = query.bind(value);
+        }
+        query
+            .bind(counters.handling_histogram.to_vec())
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (key, day, category, severity, cases) in &deltas.categories {
+        sqlx::query(
+            "INSERT INTO scoring.daily_categories
+                 (subject_kind, subject_id, department_id, day, category, severity, cases)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (subject_kind, subject_id, day, department_id, category, severity)
+             DO UPDATE SET cases = scoring.daily_categories.cases + EXCLUDED.cases",
+        )
+        .bind(key.kind)
+        .bind(&key.subject_id)
+        .bind(&key.department_id)
+        .bind(day)
+        .bind(category)
+        .bind(severity)
+        .bind(cases)
         .execute(&mut *conn)
         .await?;
-    let sql = format!("UPDATE scoring.case_facts SET {set}, updated_at = now() WHERE case_id = $1");
-    let query = sqlx::query(&sql).bind(case_id);
-    let query = match bind {
-        FactValue::None => query,
-        FactValue::Time(t) => query.bind(t),
-        FactValue::Bool(b) => query.bind(b),
-        FactValue::Owner(dept, owner) => query.bind(dept).bind(owner),
-        FactValue::Survey { csat, nps, solved } => query.bind(csat).bind(nps).bind(solved),
-    };
-    query.execute(conn).await?;
+    }
     Ok(())
 }
 
-pub enum FactValue {
-    None,
-    Time(DateTime<Utc>),
-    Bool(bool),
-    Owner(String, String),
-    Survey {
-        csat: Option<i16>,
-        nps: Option<i16>,
-        solved: Option<bool>,
-    },
+fn sums_select() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let sums: Vec<String> = Counters::COLUMNS
+            .iter()
+            .map(|c| format!("coalesce(sum({c}), 0)::bigint"))
+            .collect();
+        format!(
+            "{}, coalesce(scoring.sum_arrays(handling_histogram), '{{}}')",
+            sums.join(", ")
+        )
+    })
 }
 
-/// Counts over the cases opened in [start, end) of an agent or a department.
-pub async fn counts(
-    pool: &PgPool,
-    by_department: bool,
-    subject: &str,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> Result<Counts, sqlx::Error> {
-    let column = if by_department {
-        "department_id"
-    } else {
-        "owner_id"
-    };
-    let row: (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(&format!(
-        "SELECT count(*),
-                count(*) FILTER (WHERE resolved),
-                count(*) FILTER (WHERE first_response_on_time IS TRUE AND NOT first_response_breached),
-                count(*) FILTER (WHERE first_response_on_time IS NOT NULL OR first_response_breached),
-                coalesce(sum(csat), 0)::bigint,
-                count(csat),
-                count(*) FILTER (WHERE csat >= 4),
-                count(*) FILTER (WHERE nps >= 9),
-                count(*) FILTER (WHERE nps <= 6),
-                count(nps)
-         FROM scoring.case_facts
-         WHERE {column} = $1 AND opened_at >= $2 AND opened_at < $3"
+fn counters_from_row(row: &sqlx::postgres::PgRow, offset: usize) -> Result<Counters, sqlx::Error> {
+    let n = Counters::COLUMNS.len();
+    let mut values = Vec::with_capacity(n);
+    for i in 0..n {
+        values.push(row.try_get::<i64, _>(offset + i)?);
+    }
+    let histogram: Vec<i64> = row.try_get(offset + n)?;
+    Ok(Counters::from_values(&values, &histogram))
+}
+
+/// Which aggregate rows a query sums.
+#[derive(Clone, Debug)]
+pub struct Scope<'a> {
+    pub kind: i16,
+    pub subject_id: &'a str,
+    /// Only cases of this department (a supervisor reading an agent's figures).
+    pub department_id: Option<&'a str>,
+    pub first: NaiveDate,
+    pub end_exclusive: NaiveDate,
+}
+
+/// Sums the daily rows of one subject over `[first, end_exclusive)`.
+pub async fn sum_counters(pool: &PgPool, scope: &Scope<'_>) -> Result<Counters, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {} FROM scoring.daily_aggregates
+         WHERE subject_kind = $1 AND subject_id = $2 AND day >= $3 AND day < $4
+           AND ($5::text IS NULL OR department_id = $5)",
+        sums_select()
     ))
-    .bind(subject)
-    .bind(start)
-    .bind(end)
+    .bind(scope.kind)
+    .bind(scope.subject_id)
+    .bind(scope.first)
+    .bind(scope.end_exclusive)
+    .bind(scope.department_id)
     .fetch_one(pool)
     .await?;
-    let n = |v: i64| v.max(0) as u64;
-    Ok(Counts {
-        cases_opened: n(row.0),
-        cases_resolved: n(row.1),
-        first_response_on_time: n(row.2),
-        first_response_measured: n(row.3),
-        csat_sum: n(row.4),
-        csat_responses: n(row.5),
-        csat_satisfied: n(row.6),
-        nps_promoters: n(row.7),
-        nps_detractors: n(row.8),
-        nps_responses: n(row.9),
+    counters_from_row(&row, 0)
+}
+
+/// Cases per (category, severity) of one subject over the days.
+pub async fn category_counts(
+    pool: &PgPool,
+    scope: &Scope<'_>,
+) -> Result<Vec<(String, i16, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT category, severity, sum(cases)::bigint FROM scoring.daily_categories
+         WHERE subject_kind = $1 AND subject_id = $2 AND day >= $3 AND day < $4
+           AND ($5::text IS NULL OR department_id = $5)
+         GROUP BY category, severity HAVING sum(cases) <> 0
+         ORDER BY category, severity",
+    )
+    .bind(scope.kind)
+    .bind(scope.subject_id)
+    .bind(scope.first)
+    .bind(scope.end_exclusive)
+    .bind(scope.department_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Summed counters of every agent (or team) on one department's cases over the days.
+pub async fn department_subjects(
+    pool: &PgPool,
+    kind: i16,
+    department_id: &str,
+    first: NaiveDate,
+    end_exclusive: NaiveDate,
+) -> Result<Vec<(String, Counters)>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT subject_id, {} FROM scoring.daily_aggregates
+         WHERE subject_kind = $1 AND department_id = $2 AND day >= $3 AND day < $4
+         GROUP BY subject_id",
+        sums_select()
+    ))
+    .bind(kind)
+    .bind(department_id)
+    .bind(first)
+    .bind(end_exclusive)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, counters_from_row(row, 1)?)))
+        .collect()
+}
+
+/// Summed counters of every (subject, department) over the days: the input of an evaluation.
+pub async fn all_subjects(
+    conn: &mut PgConnection,
+    first: NaiveDate,
+    end_exclusive: NaiveDate,
+) -> Result<Vec<(i16, String, String, Counters)>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT subject_kind, subject_id, department_id, {} FROM scoring.daily_aggregates
+         WHERE day >= $1 AND day < $2
+         GROUP BY subject_kind, subject_id, department_id
+         ORDER BY subject_kind, subject_id, department_id",
+        sums_select()
+    ))
+    .bind(first)
+    .bind(end_exclusive)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                counters_from_row(row, 3)?,
+            ))
+        })
+        .collect()
+}
+
+/// Complaints and orders over the days with a recorded order volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrderFigures {
+    pub complaints: u64,
+    pub orders: u64,
+    pub days_with_orders: u32,
+}
+
+pub async fn order_figures(
+    pool: &PgPool,
+    first: NaiveDate,
+    end_exclusive: NaiveDate,
+) -> Result<OrderFigures, sqlx::Error> {
+    let (orders, days, complaints): (i64, i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(o.orders), 0)::bigint, count(*),
+                coalesce(sum(a.cases_opened), 0)::bigint
+         FROM scoring.order_volumes o
+         LEFT JOIN scoring.daily_aggregates a
+           ON a.subject_kind = 4 AND a.subject_id = '' AND a.department_id = '' AND a.day = o.day
+         WHERE o.day >= $1 AND o.day < $2",
+    )
+    .bind(first)
+    .bind(end_exclusive)
+    .fetch_one(pool)
+    .await?;
+    Ok(OrderFigures {
+        complaints: complaints.max(0) as u64,
+        orders: orders.max(0) as u64,
+        days_with_orders: days.max(0) as u32,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Order volumes.
+
+/// Records orders per day (a day recorded again is corrected); idempotent on `request_id`.
+pub async fn record_order_volumes(
+    pool: &PgPool,
+    request_id: &str,
+    days: &[(NaiveDate, i64)],
+    recorded_by: &str,
+) -> Result<u32, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('scoring.order_volume_requests'), hashtext($1))",
+    )
+    .bind(request_id)
+    .execute(&mut *tx)
+    .await?;
+    let seen: Option<(i32,)> = sqlx::query_as(
+        "SELECT days_recorded FROM scoring.order_volume_requests WHERE request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((n,)) = seen {
+        return Ok(n.max(0) as u32);
+    }
+    let (dates, orders): (Vec<NaiveDate>, Vec<i64>) = days.iter().copied().unzip();
+    sqlx::query(
+        "INSERT INTO scoring.order_volumes (day, orders, recorded_by)
+         SELECT d, o, $3 FROM unnest($1::date[], $2::bigint[]) AS t(d, o)
+         ON CONFLICT (day) DO UPDATE SET orders = EXCLUDED.orders,
+             recorded_at = now(), recorded_by = EXCLUDED.recorded_by",
+    )
+    .bind(&dates)
+    .bind(&orders)
+    .bind(recorded_by)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO scoring.order_volume_requests (request_id, days_recorded) VALUES ($1, $2)",
+    )
+    .bind(request_id)
+    .bind(days.len() as i32)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(days.len() as u32)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Teams.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    pub agent_id: String,
+    pub department_id: String,
+    pub team_id: String,
+    pub effective_from: DateTime<Utc>,
+    pub assigned_by: String,
+}
+
+const MEMBERSHIP_COLUMNS: &str = "agent_id, department_id, team_id, effective_from, assigned_by";
+
+fn membership(row: &sqlx::postgres::PgRow) -> Result<Membership, sqlx::Error> {
+    Ok(Membership {
+        agent_id: row.try_get(0)?,
+        department_id: row.try_get(1)?,
+        team_id: row.try_get(2)?,
+        effective_from: row.try_get(3)?,
+        assigned_by: row.try_get(4)?,
+    })
+}
+
+/// Puts an agent in a team from now on; idempotent on `request_id`.
+pub async fn assign_team(
+    pool: &PgPool,
+    request_id: &str,
+    agent_id: &str,
+    department_id: &str,
+    team_id: &str,
+    assigned_by: &str,
+) -> Result<Membership, sqlx::Error> {
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO scoring.team_memberships (request_id, agent_id, department_id, team_id, assigned_by)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING
+         RETURNING {MEMBERSHIP_COLUMNS}"
+    ))
+    .bind(request_id)
+    .bind(agent_id)
+    .bind(department_id)
+    .bind(team_id)
+    .bind(assigned_by)
+    .fetch_optional(pool)
+    .await?;
+    match inserted {
+        Some(row) => membership(&row),
+        None => {
+            let row = sqlx::query(&format!(
+                "SELECT {MEMBERSHIP_COLUMNS} FROM scoring.team_memberships WHERE request_id = $1"
+            ))
+            .bind(request_id)
+            .fetch_one(pool)
+            .await?;
+            membership(&row)
+        }
+    }
+}
+
+/// Current members of a department's teams, by agent id after `after_agent`.
+pub async fn team_members(
+    pool: &PgPool,
+    department_id: &str,
+    team_id: Option<&str>,
+    after_agent: &str,
+    limit: i64,
+) -> Result<Vec<Membership>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {MEMBERSHIP_COLUMNS} FROM (
+             SELECT DISTINCT ON (agent_id) {MEMBERSHIP_COLUMNS} FROM scoring.team_memberships
+             WHERE effective_from <= now() AND agent_id > $3
+             ORDER BY agent_id, effective_from DESC, id DESC) current
+         WHERE department_id = $1 AND team_id <> '' AND ($2::text IS NULL OR team_id = $2)
+         ORDER BY agent_id LIMIT $4"
+    ))
+    .bind(department_id)
+    .bind(team_id)
+    .bind(after_agent)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(membership).collect()
+}
+
+/// The department of a team (from its latest membership), if the team is known.
+pub async fn team_department(pool: &PgPool, team_id: &str) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT department_id FROM scoring.team_memberships WHERE team_id = $1
+         ORDER BY effective_from DESC, id DESC LIMIT 1",
+    )
+    .bind(team_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(d,)| d))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scoring models.
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredModel {
+    pub version: u32,
+    pub name: String,
+    pub definition: ModelDefinition,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+const MODEL_COLUMNS: &str = "version, name, definition, created_at, created_by";
+
+fn stored_model(row: &sqlx::postgres::PgRow) -> Result<StoredModel, sqlx::Error> {
+    let version: i32 = row.try_get(0)?;
+    let Json(definition): Json<ModelDefinition> = row.try_get(2)?;
+    Ok(StoredModel {
+        version: version.max(0) as u32,
+        name: row.try_get(1)?,
+        definition,
+        created_at: row.try_get(3)?,
+        created_by: row.try_get(4)?,
+    })
+}
+
+/// Version 1 is the default model, written on first start.
+pub async fn ensure_default_model(
+    pool: &PgPool,
+    model: &ModelDefinition,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO scoring.scoring_models (version, request_id, name, definition, created_by)
+         VALUES (1, NULL, 'default', $1, 'system') ON CONFLICT (version) DO NOTHING",
+    )
+    .bind(Json(model))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Adds the next version; idempotent on `request_id`.
+pub async fn create_model(
+    pool: &PgPool,
+    request_id: &str,
+    name: &str,
+    definition: &ModelDefinition,
+    created_by: &str,
+) -> Result<StoredModel, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('scoring.scoring_models'))")
+        .execute(&mut *tx)
+        .await?;
+    let existing = sqlx::query(&format!(
+        "SELECT {MODEL_COLUMNS} FROM scoring.scoring_models WHERE request_id = $1"
+    ))
+    .bind(request_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = existing {
+        return stored_model(&row);
+    }
+    let row = sqlx::query(&format!(
+        "INSERT INTO scoring.scoring_models (version, request_id, name, definition, created_by)
+         SELECT coalesce(max(version), 0) + 1, $1, $2, $3, $4 FROM scoring.scoring_models
+         RETURNING {MODEL_COLUMNS}"
+    ))
+    .bind(request_id)
+    .bind(name)
+    .bind(Json(definition))
+    .bind(created_by)
+    .fetch_one(&mut *tx)
+    .await?;
+    let model = stored_model(&row)?;
+    tx.commit().await?;
+    Ok(model)
+}
+
+/// A model version, or the newest when `version` is `None`.
+pub async fn model<'e, E>(
+    executor: E,
+    version: Option<u32>,
+) -> Result<Option<StoredModel>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = Postgres>,
+{
+    let row = sqlx::query(&format!(
+        "SELECT {MODEL_COLUMNS} FROM scoring.scoring_models
+         WHERE ($1::integer IS NULL OR version = $1) ORDER BY version DESC LIMIT 1"
+    ))
+    .bind(version.map(|v| v as i32))
+    .fetch_optional(executor)
+    .await?;
+    row.as_ref().map(stored_model).transpose()
+}
+
+/// Models newest first, below `before_version`.
+pub async fn models(
+    pool: &PgPool,
+    before_version: Option<u32>,
+    limit: i64,
+) -> Result<Vec<StoredModel>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {MODEL_COLUMNS} FROM scoring.scoring_models
+         WHERE ($1::integer IS NULL OR version < $1) ORDER BY version DESC LIMIT $2"
+    ))
+    .bind(before_version.map(|v| v as i32))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(stored_model).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluations.
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvaluationRecord {
+    pub id: Uuid,
+    pub year: i32,
+    pub quarter: u32,
+    pub model_version: u32,
+    pub revision: u32,
+    /// 1 scheduled, 2 on demand.
+    pub trigger: i16,
+    pub published_at: DateTime<Utc>,
+    pub run_by: String,
+    pub reason: String,
+    pub quarter_complete: bool,
+    pub subjects: u32,
+    pub subjects_graded: u32,
+    pub supersedes_id: Option<Uuid>,
+}
+
+const EVALUATION_COLUMNS: &str = "id, year, quarter, model_version, revision, trigger, \
+     published_at, run_by, reason, quarter_complete, subjects, subjects_graded, supersedes_id";
+
+fn evaluation(row: &sqlx::postgres::PgRow) -> Result<EvaluationRecord, sqlx::Error> {
+    let u = |v: i32| v.max(0) as u32;
+    Ok(EvaluationRecord {
+        id: row.try_get(0)?,
+        year: row.try_get(1)?,
+        quarter: u(i32::from(row.try_get::<i16, _>(2)?)),
+        model_version: u(row.try_get(3)?),
+        revision: u(row.try_get(4)?),
+        trigger: row.try_get(5)?,
+        published_at: row.try_get(6)?,
+        run_by: row.try_get(7)?,
+        reason: row.try_get(8)?,
+        quarter_complete: row.try_get(9)?,
+        subjects: u(row.try_get(10)?),
+        subjects_graded: u(row.try_get(11)?),
+        supersedes_id: row.try_get(12)?,
+    })
+}
+
+/// Serialises evaluation runs across replicas for the rest of the transaction.
+pub async fn lock_evaluations(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('scoring.evaluations'))")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn evaluation_by_request(
+    conn: &mut PgConnection,
+    request_id: &str,
+) -> Result<Option<EvaluationRecord>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {EVALUATION_COLUMNS} FROM scoring.evaluations WHERE request_id = $1"
+    ))
+    .bind(request_id)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(evaluation).transpose()
+}
+
+/// The latest revision of (model, quarter), if any.
+pub async fn latest_revision(
+    conn: &mut PgConnection,
+    model_version: u32,
+    year: i32,
+    quarter: u32,
+) -> Result<Option<EvaluationRecord>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {EVALUATION_COLUMNS} FROM scoring.evaluations
+         WHERE model_version = $1 AND year = $2 AND quarter = $3
+         ORDER BY revision DESC LIMIT 1"
+    ))
+    .bind(model_version as i32)
+    .bind(year)
+    .bind(quarter as i16)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(evaluation).transpose()
+}
+
+/// A complete evaluation of the quarter under any model, if one was published.
+pub async fn complete_evaluation(
+    conn: &mut PgConnection,
+    year: i32,
+    quarter: u32,
+) -> Result<Option<EvaluationRecord>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {EVALUATION_COLUMNS} FROM scoring.evaluations
+         WHERE year = $1 AND quarter = $2 AND quarter_complete
+         ORDER BY published_at DESC LIMIT 1"
+    ))
+    .bind(year)
+    .bind(quarter as i16)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(evaluation).transpose()
+}
+
+/// One published result row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResultRow {
+    pub subject_kind: i16,
+    pub subject_id: String,
+    pub department_id: String,
+    pub cases_opened: i64,
+    pub score: ScoreCard,
+}
+
+/// Publishes an evaluation and its results.
+pub async fn insert_evaluation(
+    conn: &mut PgConnection,
+    request_id: Option<&str>,
+    record: &EvaluationRecord,
+    results: &[ResultRow],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO scoring.evaluations (id, request_id, year, quarter, model_version, revision,
+             trigger, published_at, run_by, reason, quarter_complete, subjects, subjects_graded,
+             supersedes_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(record.id)
+    .bind(request_id)
+    .bind(record.year)
+    .bind(record.quarter as i16)
+    .bind(record.model_version as i32)
+    .bind(record.revision as i32)
+    .bind(record.trigger)
+    .bind(record.published_at)
+    .bind(&record.run_by)
+    .bind(&record.reason)
+    .bind(record.quarter_complete)
+    .bind(record.subjects as i32)
+    .bind(record.subjects_graded as i32)
+    .bind(record.supersedes_id)
+    .execute(&mut *conn)
+    .await?;
+    for chunk in results.chunks(5_000) {
+        let kinds: Vec<i16> = chunk.iter().map(|r| r.subject_kind).collect();
+        let ids: Vec<&str> = chunk.iter().map(|r| r.subject_id.as_str()).collect();
+        let departments: Vec<&str> = chunk.iter().map(|r| r.department_id.as_str()).collect();
+        let cases: Vec<i64> = chunk.iter().map(|r| r.cases_opened).collect();
+        let totals: Vec<Option<f64>> = chunk.iter().map(|r| r.score.total).collect();
+        let grades: Vec<i16> = chunk
+            .iter()
+            .map(|r| r.score.grade.map(|g| g.number()).unwrap_or(0))
+            .collect();
+        let scores: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|r| serde_json::to_value(&r.score).unwrap_or_default())
+            .collect();
+        sqlx::query(
+            "INSERT INTO scoring.evaluation_results (evaluation_id, subject_kind, subject_id,
+                 department_id, cases_opened, total, grade, score)
+             SELECT $1, k, s, d, c, t, g, j
+             FROM unnest($2::smallint[], $3::text[], $4::text[], $5::bigint[],
+                         $6::float8[], $7::smallint[], $8::jsonb[]) AS r(k, s, d, c, t, g, j)",
+        )
+        .bind(record.id)
+        .bind(&kinds)
+        .bind(&ids)
+        .bind(&departments)
+        .bind(&cases)
+        .bind(&totals)
+        .bind(&grades)
+        .bind(&scores)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Evaluations newest first, after the keyset `(published_at, id)`.
+pub async fn evaluations(
+    pool: &PgPool,
+    year: Option<i32>,
+    quarter: Option<u32>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<EvaluationRecord>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVALUATION_COLUMNS} FROM scoring.evaluations
+         WHERE ($1::integer IS NULL OR year = $1) AND ($2::smallint IS NULL OR quarter = $2)
+           AND ($3::timestamptz IS NULL OR (published_at, id) < ($3, $4))
+         ORDER BY published_at DESC, id DESC LIMIT $5"
+    ))
+    .bind(year)
+    .bind(quarter.map(|q| q as i16))
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(evaluation).collect()
+}
+
+pub async fn evaluation_by_id(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<EvaluationRecord>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {EVALUATION_COLUMNS} FROM scoring.evaluations WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(evaluation).transpose()
+}
+
+pub struct ResultFilter<'a> {
+    pub evaluation_id: Uuid,
+    pub kind: Option<i16>,
+    pub department_id: Option<&'a str>,
+    pub subject_id: Option<&'a str>,
+    pub after: Option<(i16, String)>,
+    pub limit: i64,
+}
+
+pub async fn evaluation_results(
+    pool: &PgPool,
+    filter: &ResultFilter<'_>,
+) -> Result<Vec<ResultRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT subject_kind, subject_id, department_id, cases_opened, score
+         FROM scoring.evaluation_results
+         WHERE evaluation_id = $1 AND ($2::smallint IS NULL OR subject_kind = $2)
+           AND ($3::text IS NULL OR department_id = $3)
+           AND ($4::text IS NULL OR subject_id = $4)
+           AND ($5::smallint IS NULL OR (subject_kind, subject_id) > ($5, $6))
+         ORDER BY subject_kind, subject_id LIMIT $7",
+    )
+    .bind(filter.evaluation_id)
+    .bind(filter.kind)
+    .bind(filter.department_id)
+    .bind(filter.subject_id)
+    .bind(filter.after.as_ref().map(|a| a.0))
+    .bind(filter.after.as_ref().map(|a| a.1.as_str()))
+    .bind(filter.limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let Json(score): Json<ScoreCard> = row.try_get(4)?;
+            Ok(ResultRow {
+                subject_kind: row.try_get(0)?,
+                subject_id: row.try_get(1)?,
+                department_id: row.try_get(2)?,
+                cases_opened: row.try_get(3)?,
+                score,
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rebuild.
+
+/// Empties the read model and rewinds every cursor, in one transaction. Consumers notice the
+/// moved cursor on their next batch and replay from the first event. Rewinding first waits for
+/// any batch in flight (it holds its cursor row) so none lands on the emptied tables.
+pub async fn rebuild_read_model(pool: &PgPool) -> Result<(u64, u32), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rewound =
+        sqlx::query("UPDATE scoring.event_cursors SET txid = 0, seq = 0, updated_at = now()")
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    let (cases,): (i64,) = sqlx::query_as("SELECT count(*) FROM scoring.case_facts")
+        .fetch_one(&mut *tx)
+        .await?;
+    sqlx::query("TRUNCATE scoring.case_facts, scoring.daily_aggregates, scoring.daily_categories")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((cases.max(0) as u64, rewound as u32))
 }
