@@ -7,7 +7,7 @@ needs a live cluster. The lint action, though, runs Helm's template engine over 
 its values.yaml: every template, the values schema, YAML well-formedness, Helm's own checks.
 To get the rendered text out of it, the chart is copied to a scratch folder with
 
-  * values.yaml replaced by the chart's values merged with the given values file (Helm's merge
+  * values.yaml replaced by the chart's values merged with the given values files (Helm's merge
     rules: maps merge, lists and scalars replace, null deletes the key), and
   * one extra template that `include`s every template file of the chart (Helm registers each
     file as a named template under its path) with the wanted release name and namespace, and
@@ -93,14 +93,14 @@ def run_lint_capturing_log(chart_dir: Path, namespace: str) -> tuple[dict, str]:
     return json.loads(result), logged
 
 
-def render(chart: Path, values_file: Path | None, release: str, namespace: str):
+def render(chart: Path, values_files: list[Path], release: str, namespace: str):
     chart_meta = yaml.safe_load((chart / "Chart.yaml").read_text())
     chart_name = chart_meta["name"]
     with tempfile.TemporaryDirectory(prefix="helm-render-") as scratch:
         work = Path(scratch) / chart_name
         shutil.copytree(chart, work, ignore=shutil.ignore_patterns("ci"))
         values = yaml.safe_load((chart / "values.yaml").read_text()) or {}
-        if values_file is not None:
+        for values_file in values_files:
             values = merge_values(values, yaml.safe_load(values_file.read_text()) or {})
         (work / "values.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
         templates = sorted(
@@ -153,7 +153,10 @@ def documents(rendered: dict[str, str], chart_name: str) -> list[tuple[str, dict
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("chart", type=Path)
-    parser.add_argument("--values", type=Path, help="values file merged over the chart's")
+    parser.add_argument(
+        "--values", type=Path, action="append", default=[],
+        help="values file merged over the chart's (repeatable; later ones win)",
+    )
     parser.add_argument("--release", default="complaints")
     parser.add_argument("--namespace", default="complaints")
     parser.add_argument("--out", type=Path, required=True, help="folder for manifests.yaml and NOTES.txt")
