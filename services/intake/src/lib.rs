@@ -2,13 +2,15 @@
 //! and announces each accepted complaint as a `ComplaintAccepted` event.
 
 pub mod api;
+pub mod consumer;
 pub mod domain;
 pub mod store;
+pub mod taxonomy;
 
 use complaints_kit::Shutdown;
 use complaints_kit::config::{self, CommonConfig, ConfigError};
 use complaints_kit::db::Migration;
-use complaints_kit::events::{EventLog, OUTBOX_MIGRATION};
+use complaints_kit::events::{CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_MIGRATION};
 use complaints_kit::server::ServiceContext;
 use complaints_proto::intake::v1::intake_service_server::IntakeServiceServer;
 use tokio::net::TcpListener;
@@ -19,9 +21,14 @@ pub const DEFAULT_PORT: u16 = 50051;
 
 pub const MIGRATIONS: &[Migration] = &[
     OUTBOX_MIGRATION,
+    CURSOR_MIGRATION,
     Migration {
         name: "0001_complaints",
         sql: include_str!("../migrations/0001_complaints.sql"),
+    },
+    Migration {
+        name: "0002_linking_taxonomy_attachments",
+        sql: include_str!("../migrations/0002_linking_taxonomy_attachments.sql"),
     },
 ];
 
@@ -32,6 +39,11 @@ pub struct Config {
     pub default_country_code: String,
     /// `ORG_TIMEZONE`, default `Asia/Shanghai`: the day in reference numbers.
     pub org_timezone: chrono_tz::Tz,
+    /// `REPEAT_CONTACT_WINDOW` (default `30d`) and `REPEAT_CONTACT_RAISES_PRIORITY` (default
+    /// `true`): how repeat contacts are recognised and whether each raises priority a level.
+    pub repeat_rules: domain::repeat::RepeatRules,
+    /// `CASES_URL`, default `http://127.0.0.1:50052`: where intake learns whether cases are open.
+    pub cases_url: String,
 }
 
 impl Config {
@@ -40,14 +52,26 @@ impl Config {
             common: CommonConfig::from_env(DEFAULT_PORT)?,
             default_country_code: config::parse_or("DEFAULT_PHONE_COUNTRY_CODE", "86".to_owned())?,
             org_timezone: config::parse_or("ORG_TIMEZONE", chrono_tz::Asia::Shanghai)?,
+            repeat_rules: domain::repeat::RepeatRules {
+                window: chrono::Duration::from_std(config::duration_or(
+                    "REPEAT_CONTACT_WINDOW",
+                    std::time::Duration::from_secs(30 * 86_400),
+                )?)
+                .unwrap_or(chrono::Duration::days(30)),
+                raises_priority: config::parse_or("REPEAT_CONTACT_RAISES_PRIORITY", true)?,
+            },
+            cases_url: config::upstream_url("CASES_URL", "http://127.0.0.1:50052")?,
         })
     }
 
+    /// Defaults for everything but the common part (cases at the default local address).
     pub fn new(common: CommonConfig) -> Self {
         Self {
             common,
             default_country_code: "86".into(),
             org_timezone: chrono_tz::Asia::Shanghai,
+            repeat_rules: Default::default(),
+            cases_url: "http://127.0.0.1:50052".into(),
         }
     }
 }
@@ -57,11 +81,26 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     let context =
         ServiceContext::start(SERVICE_NAME, &config.common, SCHEMA, MIGRATIONS, shutdown).await?;
     let events = EventLog::new(SCHEMA, SERVICE_NAME);
+    let taxonomy = taxonomy::TaxonomyCache::load(&context.pool).await?;
+    tokio::spawn(
+        taxonomy
+            .clone()
+            .refresh(context.pool.clone(), context.shutdown.clone()),
+    );
+    let cases = Consumer::new(
+        &context,
+        SCHEMA,
+        "case-management",
+        &config.cases_url,
+        std::sync::Arc::new(consumer::CaseEvents),
+    )?;
+    tokio::spawn(cases.run());
     let api = api::IntakeApi::new(
         context.pool.clone(),
         events.clone(),
         &config,
         &context.metrics,
+        taxonomy,
     );
     let routes = tonic::service::Routes::new(context.authenticated(IntakeServiceServer::new(api)))
         .add_service(events.service(&context));

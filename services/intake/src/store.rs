@@ -10,7 +10,7 @@ use crate::domain::record::NewComplaint;
 const COLUMNS: &str = "id, reference, request_fingerprint, channel, complainant_name, phone, email, customer_id, \
     customer_tier, subject, description, demand, occurred_at, order_ref, product_ref, language, category, \
     matched_terms, severity, priority, complexity, reasons, status, rejection_reason, status_note, recorded_by, \
-    received_at, version";
+    received_at, version, linked_to, repeat_contacts, attachments, taxonomy_version, overridden, case_id, case_open";
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct ComplaintRow {
@@ -42,6 +42,13 @@ pub struct ComplaintRow {
     pub recorded_by: Option<String>,
     pub received_at: DateTime<Utc>,
     pub version: i64,
+    pub linked_to: Option<Uuid>,
+    pub repeat_contacts: i32,
+    pub attachments: serde_json::Value,
+    pub taxonomy_version: i32,
+    pub overridden: bool,
+    pub case_id: Option<Uuid>,
+    pub case_open: bool,
 }
 
 /// A complaint about to be stored, with what intake decided about it.
@@ -54,6 +61,8 @@ pub struct NewComplaintRow<'a> {
     pub reference_day: &'a str,
     pub received_at: DateTime<Utc>,
     pub status: i16,
+    /// For a repeat contact: the complaint it is linked to.
+    pub linked_to: Option<Uuid>,
 }
 
 /// Inserts the complaint unless its `request_id` exists; `None` when it did.
@@ -69,14 +78,17 @@ pub async fn insert_complaint(
         reference_day,
         received_at,
         status,
+        linked_to,
     } = *row;
+    let attachments = serde_json::to_value(&complaint.attachments).unwrap_or_default();
     sqlx::query_as(&format!(
         "INSERT INTO intake.complaints (id, reference, request_id, request_fingerprint, channel, complainant_name,
              phone, email, customer_id, customer_tier, subject, description, demand, occurred_at, order_ref,
              product_ref, language, category, matched_terms, severity, priority, complexity, reasons, status,
-             recorded_by, received_at)
+             recorded_by, received_at, linked_to, attachments, taxonomy_version)
          VALUES ($1, 'CMP-' || $2 || '-' || lpad(nextval('intake.reference_seq')::text, 7, '0'), $3, $4, $5, $6,
-             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)
+             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
+             $27, $28, $29)
          ON CONFLICT (request_id) DO NOTHING
          RETURNING {COLUMNS}"
     ))
@@ -106,6 +118,9 @@ pub async fn insert_complaint(
     .bind(status)
     .bind(&complaint.recorded_by)
     .bind(received_at)
+    .bind(linked_to)
+    .bind(attachments)
+    .bind(classification.taxonomy_version as i32)
     .fetch_optional(conn)
     .await
 }
@@ -144,6 +159,12 @@ pub struct ListFilter {
     pub channel: Option<i16>,
     pub status: Option<i16>,
     pub customer_id: Option<String>,
+    pub category: Option<String>,
+    pub severity: Option<i16>,
+    pub received_from: Option<DateTime<Utc>>,
+    pub received_to: Option<DateTime<Utc>>,
+    /// Words that must all appear in subject, description or demand.
+    pub words: Vec<String>,
     pub after: Option<(DateTime<Utc>, Uuid)>,
     pub limit: i64,
 }
@@ -156,6 +177,13 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<ComplaintRow
            AND ($2::smallint IS NULL OR status = $2)
            AND ($3::text IS NULL OR customer_id = $3)
            AND ($4::timestamptz IS NULL OR (received_at, id) < ($4, $5))
+           AND ($7::text IS NULL OR category = $7)
+           AND ($8::smallint IS NULL OR severity = $8)
+           AND ($9::timestamptz IS NULL OR received_at >= $9)
+           AND ($10::timestamptz IS NULL OR received_at < $10)
+           AND (cardinality($11::text[]) = 0 OR NOT EXISTS (
+                SELECT 1 FROM unnest($11::text[]) AS w(word)
+                WHERE strpos(lower(subject || ' ' || description || ' ' || demand), w.word) = 0))
          ORDER BY received_at DESC, id DESC
          LIMIT $6"
     ))
@@ -165,6 +193,11 @@ pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<ComplaintRow
     .bind(filter.after.map(|a| a.0))
     .bind(filter.after.map(|a| a.1).unwrap_or_default())
     .bind(filter.limit)
+    .bind(&filter.category)
+    .bind(filter.severity)
+    .bind(filter.received_from)
+    .bind(filter.received_to)
+    .bind(&filter.words)
     .fetch_all(pool)
     .await
 }
@@ -188,4 +221,254 @@ pub async fn set_status(
     .bind(note)
     .fetch_one(conn)
     .await
+}
+
+/// Open, unlinked complaints of the same customer (by id, phone or email) within the window.
+pub async fn repeat_candidates(
+    conn: &mut PgConnection,
+    customer_id: Option<&str>,
+    phone: Option<&str>,
+    email: Option<&str>,
+    since: DateTime<Utc>,
+) -> Result<Vec<ComplaintRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM intake.complaints
+         WHERE case_open AND linked_to IS NULL AND status IN (1, 2) AND received_at >= $4
+           AND (customer_id = $1 OR phone = $2 OR email = $3)
+         ORDER BY received_at DESC
+         LIMIT 50"
+    ))
+    .bind(customer_id)
+    .bind(phone)
+    .bind(email)
+    .bind(since)
+    .fetch_all(conn)
+    .await
+}
+
+/// Serialises submissions of one customer so two first contacts cannot both open a case.
+pub async fn lock_customer(conn: &mut PgConnection, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('intake-customer:' || $1))")
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Counts a repeat contact on the earlier complaint and sets its (possibly raised) priority.
+pub async fn record_repeat(
+    conn: &mut PgConnection,
+    id: Uuid,
+    priority: i16,
+) -> Result<ComplaintRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE intake.complaints SET repeat_contacts = repeat_contacts + 1, priority = $2, version = version + 1
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(priority)
+    .fetch_one(conn)
+    .await
+}
+
+/// Links a complaint to an earlier one (or unlinks it with `None`), setting its status.
+pub async fn set_link(
+    conn: &mut PgConnection,
+    id: Uuid,
+    linked_to: Option<Uuid>,
+    status: i16,
+    note: &str,
+) -> Result<ComplaintRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE intake.complaints SET linked_to = $2, status = $3, status_note = $4, version = version + 1
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(linked_to)
+    .bind(status)
+    .bind(note)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn set_classification(
+    conn: &mut PgConnection,
+    id: Uuid,
+    category: &str,
+    severity: i16,
+    priority: i16,
+    complexity: i16,
+    reasons: &[String],
+) -> Result<ComplaintRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE intake.complaints SET category = $2, severity = $3, priority = $4, complexity = $5, reasons = $6,
+             overridden = true, version = version + 1
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(category)
+    .bind(severity)
+    .bind(priority)
+    .bind(complexity)
+    .bind(reasons)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn record_override(
+    conn: &mut PgConnection,
+    complaint_id: Uuid,
+    actor: &str,
+    reason: &str,
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO intake.classification_overrides (id, complaint_id, actor, reason, before, after)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(complaint_id)
+    .bind(actor)
+    .bind(reason)
+    .bind(before)
+    .bind(after)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Complaints of one customer across channels, newest first.
+pub async fn customer_history(
+    pool: &PgPool,
+    customer_id: Option<&str>,
+    phone: Option<&str>,
+    email: Option<&str>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ComplaintRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM intake.complaints
+         WHERE (customer_id = $1 OR phone = $2 OR email = $3)
+           AND ($4::timestamptz IS NULL OR (received_at, id) < ($4, $5))
+         ORDER BY received_at DESC, id DESC
+         LIMIT $6"
+    ))
+    .bind(customer_id)
+    .bind(phone)
+    .bind(email)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1).unwrap_or_default())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn customer_channels(
+    pool: &PgPool,
+    customer_id: Option<&str>,
+    phone: Option<&str>,
+    email: Option<&str>,
+) -> Result<Vec<(i16, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT channel, count(*) FROM intake.complaints
+         WHERE customer_id = $1 OR phone = $2 OR email = $3 GROUP BY channel",
+    )
+    .bind(customer_id)
+    .bind(phone)
+    .bind(email)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct TaxonomyRow {
+    pub version: i32,
+    pub rules: serde_json::Value,
+    pub request_id: Option<String>,
+    pub published_by: String,
+    pub published_at: DateTime<Utc>,
+}
+
+/// The given taxonomy version, or the newest with `None`.
+pub async fn taxonomy(
+    pool: &PgPool,
+    version: Option<i32>,
+) -> Result<Option<TaxonomyRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT version, rules, request_id, published_by, published_at FROM intake.taxonomy_versions
+         WHERE $1::integer IS NULL OR version = $1
+         ORDER BY version DESC LIMIT 1",
+    )
+    .bind(version)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn taxonomy_by_request(
+    pool: &PgPool,
+    request_id: &str,
+) -> Result<Option<TaxonomyRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT version, rules, request_id, published_by, published_at FROM intake.taxonomy_versions
+         WHERE request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Publishes rules as the next version; `None` when the request id was already used.
+pub async fn publish_taxonomy(
+    pool: &PgPool,
+    rules: &serde_json::Value,
+    request_id: Option<&str>,
+    by: &str,
+) -> Result<Option<TaxonomyRow>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // One publisher at a time, so versions are dense and never collide.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('intake-taxonomy'))")
+        .execute(&mut *tx)
+        .await?;
+    let row = sqlx::query_as(
+        "INSERT INTO intake.taxonomy_versions (version, rules, request_id, published_by)
+         SELECT coalesce(max(version), 0) + 1, $1, $2, $3 FROM intake.taxonomy_versions
+         ON CONFLICT (request_id) DO NOTHING
+         RETURNING version, rules, request_id, published_by, published_at",
+    )
+    .bind(rules)
+    .bind(request_id)
+    .bind(by)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// Remembers which case a complaint got.
+pub async fn set_case(
+    conn: &mut PgConnection,
+    complaint_id: Uuid,
+    case_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE intake.complaints SET case_id = $2 WHERE id = $1")
+        .bind(complaint_id)
+        .bind(case_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Marks whether a case (and so its complaint) is still open.
+pub async fn set_case_open(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+    open: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE intake.complaints SET case_open = $2 WHERE case_id = $1")
+        .bind(case_id)
+        .bind(open)
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -19,7 +19,9 @@ type Client =
 async fn start() -> (RunningService, testing::TestDatabase) {
     let db = testing::fresh_database().await;
     let (listener, url) = testing::ephemeral_listener().await;
-    let config = intake::Config::new(testing::common_config(&db.url));
+    let mut config = intake::Config::new(testing::common_config(&db.url));
+    // No case-management in these tests: its consumer retries quietly against a closed port.
+    config.cases_url = "http://127.0.0.1:9".into();
     (
         RunningService::spawn(listener, url, |l, s| intake::run(config, l, s)),
         db,

@@ -16,6 +16,65 @@ pub const MAX_REF: usize = 128;
 /// How far in the future `occurred_at` may lie (clock skew between systems).
 pub const FUTURE_TOLERANCE_SECONDS: i64 = 300;
 
+pub const MAX_ATTACHMENTS: usize = 10;
+pub const MAX_ATTACHMENT_BYTES: u64 = 25 * 1024 * 1024;
+
+/// File metadata; the file itself lives in object storage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    pub uri: String,
+    pub file_name: String,
+    pub content_type: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+fn check_attachment(errors: &mut FieldErrors, i: usize, raw: &Attachment) -> Attachment {
+    let field = |name: &str| format!("content.attachments[{i}].{name}");
+    let uri = raw.uri.trim();
+    if !(uri.starts_with("https://") || uri.starts_with("s3://"))
+        || uri.len() > 2048
+        || uri.chars().any(char::is_whitespace)
+    {
+        errors.add(
+            field("uri"),
+            "an https:// or s3:// URI of at most 2048 characters",
+        );
+    }
+    let file_name = normalise_text(&raw.file_name);
+    if file_name.chars().count() > 255 || has_control_chars(&file_name, false) {
+        errors.add(field("file_name"), "at most 255 printable characters");
+    }
+    let content_type = raw.content_type.trim().to_ascii_lowercase();
+    let valid_type = content_type.split_once('/').is_some_and(|(a, b)| {
+        !a.is_empty()
+            && !b.is_empty()
+            && content_type
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/.+-".contains(c))
+    });
+    if !valid_type {
+        errors.add(field("content_type"), "a MIME type such as image/jpeg");
+    }
+    if raw.size_bytes == 0 || raw.size_bytes > MAX_ATTACHMENT_BYTES {
+        errors.add(
+            field("size_bytes"),
+            format!("1 byte to {MAX_ATTACHMENT_BYTES} bytes (25 MiB)"),
+        );
+    }
+    let sha256 = raw.sha256.trim().to_ascii_lowercase();
+    if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        errors.add(field("sha256"), "64 hexadecimal characters");
+    }
+    Attachment {
+        uri: uri.to_owned(),
+        file_name,
+        content_type,
+        size_bytes: raw.size_bytes,
+        sha256,
+    }
+}
+
 /// A submission as it arrives, before any checks.
 #[derive(Clone, Debug, Default)]
 pub struct Submission {
@@ -36,6 +95,7 @@ pub struct Submission {
     pub product_ref: String,
     pub language: String,
     pub recorded_by: String,
+    pub attachments: Vec<Attachment>,
 }
 
 /// A complaint that passed every check, normalised.
@@ -56,6 +116,7 @@ pub struct NewComplaint {
     pub product_ref: Option<String>,
     pub language: String,
     pub recorded_by: Option<String>,
+    pub attachments: Vec<Attachment>,
 }
 
 /// NFC-normalised and trimmed.
@@ -192,6 +253,18 @@ pub fn fingerprint(complaint: &NewComplaint) -> String {
     for part in parts {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());
+    }
+    for attachment in &complaint.attachments {
+        for part in [
+            &attachment.uri,
+            &attachment.file_name,
+            &attachment.content_type,
+            &attachment.sha256,
+        ] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        hasher.update(attachment.size_bytes.to_le_bytes());
     }
     hasher.update(
         complaint
@@ -339,6 +412,22 @@ pub fn parse_submission(
     {
         errors.add("content.occurred_at", "lies in the future");
     }
+    if submission.attachments.len() > MAX_ATTACHMENTS {
+        errors.add(
+            "content.attachments",
+            format!(
+                "{} attachments; at most {MAX_ATTACHMENTS}",
+                submission.attachments.len()
+            ),
+        );
+    }
+    let attachments: Vec<Attachment> = submission
+        .attachments
+        .iter()
+        .take(MAX_ATTACHMENTS)
+        .enumerate()
+        .map(|(i, a)| check_attachment(&mut errors, i, a))
+        .collect();
     if matches!(channel, Some(Channel::Phone | Channel::InStore)) && recorded_by.is_empty() {
         errors.add(
             "recorded_by",
@@ -372,6 +461,7 @@ pub fn parse_submission(
         product_ref: optional(product_ref),
         language,
         recorded_by: optional(recorded_by),
+        attachments,
     })
 }
 
@@ -465,6 +555,53 @@ mod tests {
         };
         let errors = parse_submission(s, now(), "86").unwrap_err();
         assert!(errors.fields().any(|f| f == "content.description"));
+    }
+
+    #[test]
+    fn attachments_are_checked_field_by_field() {
+        let good = Attachment {
+            uri: "https://files.example.com/a.jpg".into(),
+            file_name: "发票.jpg".into(),
+            content_type: "image/JPEG".into(),
+            size_bytes: 1024,
+            sha256: "a".repeat(64),
+        };
+        let s = Submission {
+            attachments: vec![good.clone()],
+            ..valid()
+        };
+        let c = parse_submission(s, now(), "86").unwrap();
+        assert_eq!(c.attachments[0].content_type, "image/jpeg");
+        let bad = Attachment {
+            uri: "ftp://x".into(),
+            size_bytes: MAX_ATTACHMENT_BYTES + 1,
+            sha256: "xyz".into(),
+            ..good.clone()
+        };
+        let s = Submission {
+            attachments: vec![good.clone(), bad],
+            ..valid()
+        };
+        let errors = parse_submission(s, now(), "86").unwrap_err();
+        let fields: Vec<&str> = errors.fields().collect();
+        assert_eq!(
+            fields,
+            [
+                "content.attachments[1].uri",
+                "content.attachments[1].size_bytes",
+                "content.attachments[1].sha256"
+            ]
+        );
+        let s = Submission {
+            attachments: vec![good; MAX_ATTACHMENTS + 1],
+            ..valid()
+        };
+        assert!(
+            parse_submission(s, now(), "86")
+                .unwrap_err()
+                .fields()
+                .any(|f| f == "content.attachments")
+        );
     }
 
     #[test]

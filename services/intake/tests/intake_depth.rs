@@ -1,0 +1,470 @@
+//! Intake's deeper rules over gRPC against a real Postgres: repeat contacts linked to the open
+//! complaint (一次咨询、全程跟进), explicit merge and unlink, audited classification overrides,
+//! versioned taxonomy managed over gRPC, customer history across channels, search, attachments.
+
+use complaints_kit::Role;
+use complaints_kit::auth::BearerToken;
+use complaints_kit::testing::{self, RunningService};
+use complaints_proto::common::v1::{Channel, Priority, Severity};
+use complaints_proto::intake::v1::intake_service_client::IntakeServiceClient;
+use complaints_proto::intake::v1::{
+    Attachment, CategoryRule, Complainant, ComplaintContent, ComplaintStatus, GetComplaintRequest,
+    GetCustomerHistoryRequest, GetTaxonomyRequest, LinkComplaintRequest, ListComplaintsRequest,
+    OverrideClassificationRequest, PublishTaxonomyRequest, SubmitComplaintRequest,
+    UnlinkComplaintRequest,
+};
+use sqlx::PgPool;
+use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel as GrpcChannel;
+use tonic_types::StatusExt;
+
+type Client = IntakeServiceClient<InterceptedService<GrpcChannel, BearerToken>>;
+
+struct Harness {
+    service: RunningService,
+    pool: PgPool,
+}
+
+async fn start() -> Harness {
+    let db = testing::fresh_database().await;
+    let (listener, url) = testing::ephemeral_listener().await;
+    let mut config = intake::Config::new(testing::common_config(&db.url));
+    config.cases_url = "http://127.0.0.1:9".into();
+    let service = RunningService::spawn(listener, url, |l, s| intake::run(config, l, s));
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    Harness { service, pool }
+}
+
+impl Harness {
+    fn client(&self, role: Role) -> Client {
+        let token = testing::token("agent-1", role, Some("quality"));
+        IntakeServiceClient::with_interceptor(
+            testing::channel(&self.service.url),
+            BearerToken::new(&token).unwrap(),
+        )
+    }
+
+    async fn events(&self, event_type: &str) -> i64 {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM intake.event_outbox WHERE event_type = $1")
+                .bind(event_type)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+        n
+    }
+}
+
+fn contact(
+    request_id: &str,
+    customer: &str,
+    order: &str,
+    channel: Channel,
+    text: &str,
+) -> SubmitComplaintRequest {
+    SubmitComplaintRequest {
+        request_id: request_id.into(),
+        channel: channel as i32,
+        complainant: Some(Complainant {
+            name: "Wang Fang".into(),
+            phone: "13700137000".into(),
+            customer_id: customer.into(),
+            ..Default::default()
+        }),
+        content: Some(ComplaintContent {
+            description: text.into(),
+            order_ref: order.into(),
+            ..Default::default()
+        }),
+        recorded_by: if matches!(channel, Channel::Phone | Channel::InStore) {
+            "agent-7".into()
+        } else {
+            String::new()
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_repeat_contact_about_an_open_matter_is_linked_and_raises_priority() {
+    let h = start().await;
+    let mut intake = h.client(Role::Service);
+    let first = intake
+        .submit_complaint(contact("r-1", "C1", "O1", Channel::WebForm, "电视坏了"))
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    assert_eq!(
+        first.classification.as_ref().unwrap().priority,
+        Priority::P3 as i32
+    );
+    // Same customer, same order, another channel, days later in spirit.
+    let again = intake
+        .submit_complaint(contact(
+            "r-2",
+            "C1",
+            "O1",
+            Channel::Phone,
+            "我又打电话了，电视还是坏的",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    assert_eq!(again.status, ComplaintStatus::Linked as i32);
+    assert_eq!(again.linked_to_complaint_id, first.id);
+    assert_eq!(again.linked_to_reference, first.reference);
+    assert!(
+        again
+            .classification
+            .unwrap()
+            .reasons
+            .iter()
+            .any(|r| r.contains("same customer id and same order"))
+    );
+    let first_now = intake
+        .get_complaint(GetComplaintRequest {
+            complaint_id: first.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    assert_eq!(first_now.repeat_contacts, 1);
+    assert_eq!(
+        first_now.classification.unwrap().priority,
+        Priority::P2 as i32
+    );
+    // One case for the matter: one acceptance, one repeat-contact event for the earlier case.
+    assert_eq!(h.events("ComplaintAccepted").await, 1);
+    assert_eq!(h.events("ComplaintRepeatContact").await, 1);
+
+    // Another order is another matter.
+    let other = intake
+        .submit_complaint(contact(
+            "r-3",
+            "C1",
+            "O2",
+            Channel::WebForm,
+            "另一个订单也有问题",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    assert_eq!(other.status, ComplaintStatus::Received as i32);
+    assert_eq!(h.events("ComplaintAccepted").await, 2);
+    h.service.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_agent_merges_and_unlinks_contacts() {
+    let h = start().await;
+    let mut intake = h.client(Role::Service);
+    let first = intake
+        .submit_complaint(contact("m-1", "C9", "O1", Channel::Email, "broken kettle"))
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    // The customer wrote again quoting no order: not recognised automatically.
+    let mut loose = contact("m-2", "C9", "", Channel::Chat, "about my kettle again");
+    loose.content.as_mut().unwrap().order_ref.clear();
+    let second = intake
+        .submit_complaint(loose)
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    assert_eq!(second.status, ComplaintStatus::Received as i32);
+
+    let mut agent = h.client(Role::Agent);
+    let missing_reason = agent
+        .link_complaint(LinkComplaintRequest {
+            complaint_id: second.id.clone(),
+            version: second.version,
+            target_complaint_id: first.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("reason required");
+    assert_eq!(missing_reason.code(), Code::InvalidArgument);
+    let merged = agent
+        .link_complaint(LinkComplaintRequest {
+            complaint_id: second.id.clone(),
+            version: second.version,
+            target_complaint_id: first.id.clone(),
+            reason: "same kettle".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    assert_eq!(merged.status, ComplaintStatus::Linked as i32);
+    assert_eq!(merged.linked_to_complaint_id, first.id);
+    // Its own case is cancelled as a duplicate, the earlier case records the contact.
+    assert_eq!(h.events("ComplaintRejected").await, 1);
+    assert_eq!(h.events("ComplaintRepeatContact").await, 1);
+
+    let unlinked = agent
+        .unlink_complaint(UnlinkComplaintRequest {
+            complaint_id: merged.id.clone(),
+            version: merged.version,
+            reason: "different kettle after all".into(),
+        })
+        .await;
+    // It had a case of its own in real life; here intake never heard of one, so it may unlink.
+    let unlinked = unlinked.unwrap().into_inner().complaint.unwrap();
+    assert_eq!(unlinked.status, ComplaintStatus::Received as i32);
+    assert!(unlinked.linked_to_complaint_id.is_empty());
+    assert_eq!(h.events("ComplaintAccepted").await, 3);
+    let stale = agent
+        .unlink_complaint(UnlinkComplaintRequest {
+            complaint_id: merged.id,
+            version: merged.version,
+            reason: "again".into(),
+        })
+        .await
+        .expect_err("stale version");
+    assert_eq!(stale.code(), Code::Aborted);
+    h.service.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_override_is_audited_and_announced() {
+    let h = start().await;
+    let created = h
+        .client(Role::Service)
+        .submit_complaint(contact("o-1", "C2", "O5", Channel::WebForm, "hello there"))
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    assert_eq!(created.classification.as_ref().unwrap().category, "other");
+    let mut agent = h.client(Role::Agent);
+    let refused = agent
+        .override_classification(OverrideClassificationRequest {
+            complaint_id: created.id.clone(),
+            version: created.version,
+            category: "no_such_category".into(),
+            severity: 42,
+            reason: String::new(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("invalid");
+    let fields: Vec<String> = refused
+        .get_error_details()
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    assert_eq!(fields, ["reason", "category", "severity"]);
+    let overridden = agent
+        .override_classification(OverrideClassificationRequest {
+            complaint_id: created.id.clone(),
+            version: created.version,
+            category: "billing".into(),
+            severity: Severity::Major as i32,
+            reason: "customer was charged twice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    let classification = overridden.classification.unwrap();
+    assert_eq!(
+        (classification.category.as_str(), classification.severity),
+        ("billing", Severity::Major as i32)
+    );
+    assert!(overridden.classification_overridden);
+    assert!(classification.reasons.last().unwrap().contains("agent-1"));
+    let (audits,): (i64,) = sqlx::query_as("SELECT count(*) FROM intake.classification_overrides WHERE reason = 'customer was charged twice'")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(audits, 1);
+    assert_eq!(h.events("ComplaintReclassified").await, 1);
+    h.service.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_published_taxonomy_version_classifies_new_complaints() {
+    let h = start().await;
+    let mut admin = h.client(Role::Admin);
+    let active = admin
+        .get_taxonomy(GetTaxonomyRequest { version: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .taxonomy
+        .unwrap();
+    assert_eq!(active.version, 1);
+    assert!(
+        active
+            .categories
+            .iter()
+            .any(|c| c.category == "product_quality" && c.label_zh == "产品质量")
+    );
+
+    let mut rules = active.clone();
+    rules.categories.push(CategoryRule {
+        category: "packaging".into(),
+        label_zh: "包装".into(),
+        label_en: "Packaging".into(),
+        keywords: vec!["包装".into(), "packaging".into()],
+    });
+    let denied = h
+        .client(Role::Agent)
+        .publish_taxonomy(PublishTaxonomyRequest {
+            request_id: "tax-2".into(),
+            taxonomy: Some(rules.clone()),
+        })
+        .await
+        .expect_err("agents do not publish");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let published = admin
+        .publish_taxonomy(PublishTaxonomyRequest {
+            request_id: "tax-2".into(),
+            taxonomy: Some(rules.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .taxonomy
+        .unwrap();
+    assert_eq!(published.version, 2);
+    let again = admin
+        .publish_taxonomy(PublishTaxonomyRequest {
+            request_id: "tax-2".into(),
+            taxonomy: Some(rules.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .taxonomy
+        .unwrap();
+    assert_eq!(again.version, 2, "idempotent on request_id");
+    let mut broken = rules.clone();
+    broken.categories[0].keywords.clear();
+    let invalid = admin
+        .publish_taxonomy(PublishTaxonomyRequest {
+            request_id: "tax-3".into(),
+            taxonomy: Some(broken),
+        })
+        .await
+        .expect_err("invalid rules");
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    assert!(
+        invalid
+            .message()
+            .contains("taxonomy.categories[0].keywords"),
+        "{}",
+        invalid.message()
+    );
+
+    let classified = h
+        .client(Role::Service)
+        .submit_complaint(contact("t-1", "C3", "O3", Channel::App, "收到时包装破了"))
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    assert_eq!(classified.taxonomy_version, 2);
+    assert_eq!(classified.classification.unwrap().category, "packaging");
+    h.service.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn customer_history_spans_channels_and_search_filters() {
+    let h = start().await;
+    let mut intake = h.client(Role::Service);
+    intake
+        .submit_complaint(contact("h-1", "C4", "O1", Channel::Wechat, "快递延迟了"))
+        .await
+        .unwrap();
+    intake
+        .submit_complaint(contact(
+            "h-2",
+            "C4",
+            "O2",
+            Channel::InStore,
+            "门店服务态度差",
+        ))
+        .await
+        .unwrap();
+    let mut attached = contact("h-3", "C5", "O3", Channel::Email, "invoice overcharged");
+    attached.complainant.as_mut().unwrap().phone = "13800000001".into();
+    attached.content.as_mut().unwrap().attachments = vec![Attachment {
+        uri: "s3://evidence/invoice.pdf".into(),
+        file_name: "invoice.pdf".into(),
+        content_type: "application/pdf".into(),
+        size_bytes: 20_480,
+        sha256: "0f".repeat(32),
+    }];
+    let with_file = intake
+        .submit_complaint(attached)
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    assert_eq!(
+        with_file.content.unwrap().attachments[0].file_name,
+        "invoice.pdf"
+    );
+
+    let history = intake
+        .get_customer_history(GetCustomerHistoryRequest {
+            phone: "137 0013 7000".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.complaints.len(), 2);
+    assert_eq!(history.by_channel.get("CHANNEL_WECHAT"), Some(&1));
+    assert_eq!(history.by_channel.get("CHANNEL_IN_STORE"), Some(&1));
+    let nobody = intake
+        .get_customer_history(GetCustomerHistoryRequest::default())
+        .await
+        .expect_err("who?");
+    assert_eq!(nobody.code(), Code::InvalidArgument);
+
+    let found = intake
+        .list_complaints(ListComplaintsRequest {
+            query: "OVERCHARGED invoice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .complaints;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, with_file.id);
+    let delivery = intake
+        .list_complaints(ListComplaintsRequest {
+            category: "delivery".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .complaints;
+    assert_eq!(delivery.len(), 1);
+    h.service.stop().await.unwrap();
+}
