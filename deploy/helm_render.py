@@ -122,6 +122,8 @@ def render(chart: Path, values_files: list[Path], release: str, namespace: str):
                 " (helm-sdkpy does not pass the message text; a template or values.schema.json"
                 " check failed there)"
             )
+    if any(m.get("Path") == "values.yaml" and m.get("Severity", 0) >= 2 for m in result.get("Messages") or []):
+        problems.extend(explain_schema_errors(chart, values))
     rendered: dict[str, str] = {}
     for line in logged.splitlines():
         match = re.search(rf'message="{MARKER} (\S+) ([A-Za-z0-9+/=]*)"', line)
@@ -136,6 +138,22 @@ def render(chart: Path, values_files: list[Path], release: str, namespace: str):
     if missing and not problems:
         problems.append(f"templates not rendered: {missing}")
     return rendered, problems
+
+
+def explain_schema_errors(chart: Path, values: dict) -> list[str]:
+    """Helm's verdict on values.schema.json comes without its text; say which values are wrong."""
+    try:
+        import jsonschema
+    except ImportError:
+        return []
+    schema_file = chart / "values.schema.json"
+    if not schema_file.exists():
+        return []
+    validator = jsonschema.Draft7Validator(json.loads(schema_file.read_text()))
+    return [
+        f"values.schema.json: {'.'.join(str(p) for p in error.absolute_path) or '(top)'}: {error.message}"
+        for error in validator.iter_errors(values)
+    ]
 
 
 def documents(rendered: dict[str, str], chart_name: str) -> list[tuple[str, dict]]:
