@@ -7,6 +7,7 @@ use complaints_kit::auth::{self, Principal, Role};
 use complaints_kit::events::EventLog;
 use complaints_kit::grpc::{self, FieldErrors};
 use complaints_kit::pagination;
+use complaints_kit::telemetry;
 use complaints_kit::time::{from_timestamp, opt_timestamp, to_timestamp};
 use complaints_proto::events::v1::{SurveyAnswered, SurveyReturnVisitAttempted, event::Payload};
 use complaints_proto::survey::v1 as pb;
@@ -68,6 +69,17 @@ fn may_see(principal: &Principal, row: &InvitationRow) -> bool {
     principal.sees_everything()
         || principal.department.as_deref() == Some(row.department_id.as_str())
         || principal.subject == row.owner_id
+}
+
+/// The trace an answer continues: the complaint's, kept from the resolution event (a survey
+/// answer days later stays in the complaint's one trace), else the request's own.
+fn trace_of(row: &InvitationRow) -> String {
+    telemetry::record_case(&row.case_id.to_string());
+    if row.traceparent.is_empty() {
+        telemetry::current_traceparent()
+    } else {
+        row.traceparent.clone()
+    }
 }
 
 fn refusal(refusal: Refusal) -> Status {
@@ -235,7 +247,7 @@ impl SurveyApi {
             .append(
                 tx,
                 &row.case_id.to_string(),
-                "",
+                &trace_of(&row),
                 Payload::SurveyAnswered(SurveyAnswered {
                     invitation_id: row.id.to_string(),
                     case_id: row.case_id.to_string(),
@@ -666,7 +678,7 @@ impl SurveyService for SurveyApi {
                     .append(
                         &mut tx,
                         &row.case_id.to_string(),
-                        "",
+                        &trace_of(&row),
                         Payload::SurveyReturnVisitAttempted(SurveyReturnVisitAttempted {
                             invitation_id: row.id.to_string(),
                             case_id: row.case_id.to_string(),

@@ -103,6 +103,7 @@ impl SurveyEvents {
                     opted_out_at: opted_out.then_some(resolved_at),
                     answered_via: None,
                     answered_by: None,
+                    traceparent: event.traceparent.clone(),
                 };
                 let hash = token::hash(&self.token_key.token(id));
                 if store::insert_invitation(conn, &invitation, &hash).await? && !opted_out {

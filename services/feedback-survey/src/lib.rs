@@ -34,6 +34,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_templates_reminders_return_visits",
         sql: include_str!("../migrations/0002_templates_reminders_return_visits.sql"),
     },
+    Migration {
+        name: "0003_invitation_trace",
+        sql: include_str!("../migrations/0003_invitation_trace.sql"),
+    },
 ];
 
 #[derive(Clone, Debug)]

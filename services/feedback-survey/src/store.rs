@@ -11,7 +11,7 @@ pub use crate::domain::invitation::{ANSWERED, DECLINED, OPTED_OUT, SCHEDULED, SE
 
 const COLUMNS: &str = "id, case_id, cycle, status, delivery, template_id, template_version, scheduled_for, \
     sent_at, expires_at, answered_at, answers, dissatisfied, department_id, owner_id, category, \
-    version, customer_id, reminder_sent_at, opted_out_at, answered_via, answered_by";
+    version, customer_id, reminder_sent_at, opted_out_at, answered_via, answered_by, traceparent";
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct InvitationRow {
@@ -37,6 +37,8 @@ pub struct InvitationRow {
     pub opted_out_at: Option<DateTime<Utc>>,
     pub answered_via: Option<String>,
     pub answered_by: Option<String>,
+    /// W3C trace context of the complaint, from the resolution event.
+    pub traceparent: String,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -103,8 +105,8 @@ pub async fn insert_invitation(
     let result = sqlx::query(
         "INSERT INTO survey.invitations (id, case_id, cycle, status, delivery, token_hash, template_id,
              template_version, scheduled_for, department_id, owner_id, category, customer_id,
-             opted_out_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             opted_out_at, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT (case_id, cycle) DO NOTHING",
     )
     .bind(invitation.id)
@@ -121,6 +123,7 @@ pub async fn insert_invitation(
     .bind(&invitation.category)
     .bind(&invitation.customer_id)
     .bind(invitation.opted_out_at)
+    .bind(&invitation.traceparent)
     .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)

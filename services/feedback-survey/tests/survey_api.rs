@@ -127,6 +127,14 @@ async fn a_resolved_email_case_gets_a_link_whose_token_works_exactly_once() {
             _ => None,
         })
         .collect();
+    let answered_event = events
+        .iter()
+        .find(|e| matches!(e.payload, Some(Payload::SurveyAnswered(_))))
+        .unwrap();
+    assert_eq!(
+        answered_event.traceparent, case.traceparent,
+        "the answer continues the complaint's trace"
+    );
     assert_eq!(answered_events.len(), 1);
     assert_eq!(answered_events[0].case_id, case.id);
     assert_eq!(answered_events[0].csat, Some(5));

@@ -81,6 +81,8 @@ pub struct TestCase {
     pub department: String,
     pub owner: String,
     pub category: String,
+    /// The complaint's W3C trace context, carried by the upstream's events.
+    pub traceparent: String,
 }
 
 impl TestCase {
@@ -92,6 +94,11 @@ impl TestCase {
             department: "quality".into(),
             owner: "agent-li".into(),
             category: "product_quality".into(),
+            traceparent: format!(
+                "00-{}-{}-01",
+                Uuid::new_v4().simple(),
+                &Uuid::new_v4().simple().to_string()[..16]
+            ),
         }
     }
 
@@ -189,10 +196,10 @@ impl Harness {
         self.client("mail-adapter", Role::Service, None)
     }
 
-    async fn publish(&self, aggregate: &str, payload: Payload) {
+    async fn publish(&self, aggregate: &str, traceparent: &str, payload: Payload) {
         let mut tx = self.pool.begin().await.unwrap();
         self.upstream_log
-            .append(&mut tx, aggregate, "", payload)
+            .append(&mut tx, aggregate, traceparent, payload)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -203,6 +210,7 @@ impl Harness {
     pub async fn resolve(&self, case: &TestCase) -> Invitation {
         self.publish(
             &case.id,
+            &case.traceparent,
             Payload::CaseOpened(CaseOpened {
                 case_id: case.id.clone(),
                 complaint_id: Uuid::now_v7().to_string(),
@@ -218,6 +226,7 @@ impl Harness {
         .await;
         self.publish(
             &case.id,
+            &case.traceparent,
             Payload::CaseStatusChanged(CaseStatusChanged {
                 case_id: case.id.clone(),
                 from: CaseStatus::Implementing as i32,
