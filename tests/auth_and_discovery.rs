@@ -65,6 +65,7 @@ async fn codes(t: &TestSuite, token: Option<&str>) -> Vec<Code> {
                 .list_invitations(req(
                     ListInvitationsRequest {
                         case_id: uuid::Uuid::nil().to_string(),
+                        ..Default::default()
                     },
                     token,
                 ))

@@ -128,6 +128,7 @@ async fn a_breached_clock_escalates_the_case_once_per_level() {
                     period_end: Some(complaints_kit::time::to_timestamp(
                         now + chrono::Duration::days(1),
                     )),
+                    ..Default::default()
                 })
                 .await
                 .ok()?

@@ -306,6 +306,7 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
     let invitations = survey
         .list_invitations(ListInvitationsRequest {
             case_id: case.id.clone(),
+            ..Default::default()
         })
         .await
         .expect("invitations")
@@ -351,6 +352,7 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
                         period_end: Some(complaints_kit::time::to_timestamp(
                             now + chrono::Duration::days(1),
                         )),
+                        ..Default::default()
                     })
                     .await
                     .ok()?

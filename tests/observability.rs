@@ -182,7 +182,7 @@ async fn each_service_exports_metrics_that_move_with_a_lifecycle() {
     // Errors are counted by code.
     let status = t
         .intake("adapter", Role::Service, None)
-        .submit_complaint(Default::default())
+        .submit_complaint(complaints_proto::intake::v1::SubmitComplaintRequest::default())
         .await
         .expect_err("empty submission");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
