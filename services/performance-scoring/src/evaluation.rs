@@ -7,7 +7,7 @@
 
 use std::time::Duration as StdDuration;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, DurationRound, Utc};
 use chrono_tz::Tz;
 use complaints_kit::Shutdown;
 use sqlx::PgPool;
@@ -133,7 +133,8 @@ pub async fn run_evaluation(
         model_version: scoring_model.version,
         revision: previous.as_ref().map(|p| p.revision + 1).unwrap_or(1),
         trigger: request.trigger,
-        published_at: now,
+        // As stored: Postgres keeps microseconds.
+        published_at: now.duration_trunc(Duration::microseconds(1)).unwrap_or(now),
         run_by: request.run_by.to_owned(),
         reason: request.reason.to_owned(),
         quarter_complete,
@@ -188,6 +189,11 @@ pub async fn run_scheduler(
 ) {
     let grace = Duration::from_std(grace).unwrap_or(Duration::hours(1));
     loop {
+        // Wait first: after a (re)start the consumers catch up before a quarter is judged.
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.wait() => return,
+        }
         match run_due_evaluation(&pool, tz, Utc::now(), grace).await {
             Ok(Outcome::Published(r)) => {
                 tracing::info!(
@@ -198,10 +204,6 @@ pub async fn run_scheduler(
             }
             Ok(Outcome::AlreadyPublished(_)) => {}
             Err(error) => tracing::warn!(%error, "quarterly evaluation failed; will retry"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = shutdown.wait() => return,
         }
     }
 }
