@@ -24,6 +24,13 @@ USAGE:
   complaints serve SERVICE
       Runs one service (intake, case-management, sla-timer, feedback-survey or
       performance-scoring) configured from the environment, like its own binary.
+  complaints bench [--clients 16] [--duration 30s] [--rate N] [--mix 80,10,5,5]
+                   [--vip-share 0.1] [--repeat-share 0.05] [--pgbench-seconds 10]
+                   [--intake-only] [--target HOST] [--json FILE]
+      End-to-end load benchmark over gRPC. Starts the five services as separate processes on
+      a fresh database (ports 56051..56055) unless --target names a running suite; runs
+      pgbench -N with the same client count for the ratio; checks no complaint, case or clock
+      was lost or duplicated. --mix: percent submit, acknowledge, transition, query.
   complaints pg-stop
       Stops the private PostgreSQL started by `up`.
 
@@ -89,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         Some("up") => up(&args[1..]).await,
         Some("token") => token(&args[1..]),
         Some("serve") => serve(args.get(1).map(String::as_str).unwrap_or("")).await,
+        Some("bench") => bench(&args[1..]).await,
         Some("pg-stop") => {
             private_pg().stop()?;
             println!("private PostgreSQL stopped");
@@ -141,6 +149,55 @@ async fn serve(service: &str) -> anyhow::Result<()> {
             "unknown service {other:?}; expected intake, case-management, sla-timer, feedback-survey or performance-scoring"
         ),
     }
+}
+
+async fn bench(args: &[String]) -> anyhow::Result<()> {
+    let parse_f = |name: &str, default: f64| -> anyhow::Result<f64> {
+        flag(args, name)
+            .map(|v| {
+                v.parse()
+                    .with_context(|| format!("{name} must be a number"))
+            })
+            .unwrap_or(Ok(default))
+    };
+    let mix_text = flag(args, "--mix").unwrap_or_else(|| "80,10,5,5".into());
+    let parts: Vec<u32> = mix_text
+        .split(',')
+        .map(|p| p.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("--mix: four percentages")?;
+    let mix: [u32; 4] = parts
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("--mix needs four numbers"))?;
+    if mix.iter().sum::<u32>() != 100 {
+        anyhow::bail!("--mix percentages must add up to 100");
+    }
+    let database_url = match config::optional("DATABASE_URL") {
+        Some(url) => url,
+        None => {
+            let pg = private_pg();
+            tokio::task::spawn_blocking(move || pg.ensure_running()).await??
+        }
+    };
+    let options = complaints_cli::bench::BenchOptions {
+        clients: parse_f("--clients", 16.0)? as usize,
+        rate: flag(args, "--rate")
+            .map(|r| r.parse())
+            .transpose()
+            .context("--rate must be a number")?,
+        duration: config::parse_duration(&flag(args, "--duration").unwrap_or_else(|| "30s".into()))
+            .map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
+        mix,
+        vip_share: parse_f("--vip-share", 0.1)?,
+        repeat_share: parse_f("--repeat-share", 0.05)?,
+        intake_only: args.iter().any(|a| a == "--intake-only"),
+        pgbench_seconds: parse_f("--pgbench-seconds", 10.0)? as u64,
+        json: flag(args, "--json"),
+        target: flag(args, "--target"),
+        database_url,
+        secret: dev_secret()?,
+    };
+    complaints_cli::bench::run(options).await
 }
 
 fn token(args: &[String]) -> anyhow::Result<()> {

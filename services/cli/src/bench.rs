@@ -1,0 +1,815 @@
+//! `complaints bench`: an end-to-end load benchmark over real gRPC from this separate process.
+//!
+//! By default it starts the five services as separate processes (`complaints serve …`) on a fresh
+//! database, so each one's CPU and peak memory can be read from its own `/metrics`; `--target`
+//! drives a suite that is already running instead. It measures complaints accepted and fully
+//! propagated (case opened and both SLA clocks started, observed on the services' own event
+//! streams), RPC latencies, propagation delay, errors by code, and runs `pgbench -N` (the
+//! database's own simple-update ceiling on this machine, same client count) in the same run, so
+//! figures compare across machines. At the end it checks that no complaint, case or clock was lost
+//! or duplicated.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use complaints_kit::auth::{AuthConfig, BearerToken, Role};
+use complaints_proto::cases::v1::case_service_client::CaseServiceClient;
+use complaints_proto::cases::v1::{AcknowledgeCaseRequest, GetCaseRequest, TransitionCaseRequest};
+use complaints_proto::common::v1::{CaseStatus, Channel, ClockKind, CustomerTier};
+use complaints_proto::events::v1::SubscribeRequest;
+use complaints_proto::events::v1::event::Payload;
+use complaints_proto::events::v1::event_stream_client::EventStreamClient;
+use complaints_proto::intake::v1::intake_service_client::IntakeServiceClient;
+use complaints_proto::intake::v1::{Complainant, ComplaintContent, SubmitComplaintRequest};
+use complaints_proto::sla::v1::ListCaseClocksRequest;
+use complaints_proto::sla::v1::sla_service_client::SlaServiceClient;
+use tonic::transport::{Channel as GrpcChannel, Endpoint};
+
+use crate::suite::SERVICE_NAMES;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub clients: usize,
+    /// Target submissions per second across all clients; `None` for a closed loop.
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    /// Share of operations per kind, in percent: submit, acknowledge, transition, query.
+    pub mix: [u32; 4],
+    pub vip_share: f64,
+    pub repeat_share: f64,
+    /// Only intake: submissions, no propagation.
+    pub intake_only: bool,
+    pub pgbench_seconds: u64,
+    pub json: Option<String>,
+    /// `None`: spawn the services; `Some(host)`: the suite runs on host:50051..50055.
+    pub target: Option<String>,
+    pub database_url: String,
+    pub secret: String,
+}
+
+#[derive(Default)]
+struct Stats {
+    latencies: HashMap<&'static str, Vec<u32>>,
+    errors: HashMap<String, u64>,
+    submitted: HashMap<String, Instant>,
+    accepted_per_second: Vec<u64>,
+    repeats: u64,
+}
+
+#[derive(Default)]
+struct Propagation {
+    case_of: HashMap<String, String>,
+    complaint_of: HashMap<String, String>,
+    duplicated_cases: u64,
+    clocks: HashMap<String, Vec<i32>>,
+    propagated_at: HashMap<String, Instant>,
+    opened_cases: Vec<(String, u64)>,
+}
+
+const SUBJECTS: &[(&str, &str)] = &[
+    (
+        "电水壶质量问题",
+        "我买的电水壶用了两天就坏了，质量太差，要求退货退款。",
+    ),
+    (
+        "Parcel not arrived",
+        "The courier was late and my parcel has still not arrived after ten days.",
+    ),
+    (
+        "客服态度差",
+        "客服电话里态度很不耐烦，还挂了我的电话，希望道歉。",
+    ),
+    (
+        "Overcharged on invoice",
+        "I was overcharged on my last invoice and want the difference refunded.",
+    ),
+    ("售后维修太慢", "送修两周了还没有修好，售后一直敷衍。"),
+    (
+        "App crashes at checkout",
+        "The app keeps crashing at checkout, I lost my order twice.",
+    ),
+];
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+fn endpoint(url: &str) -> anyhow::Result<GrpcChannel> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Runs the benchmark and prints (and optionally writes) the report.
+pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
+    let auth = AuthConfig::development(&options.secret);
+    let mut children = Vec::new();
+    let mut scratch_db = None;
+    let host = options.target.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let base_port: u16 = if options.target.is_some() {
+        50051
+    } else {
+        56051
+    };
+    let urls: Vec<String> = (0..5)
+        .map(|i| format!("http://{host}:{}", base_port + i))
+        .collect();
+    let metrics_urls: Vec<String> = (0..5)
+        .map(|i| format!("{host}:{}", base_port + 1000 + i))
+        .collect();
+
+    if options.target.is_none() {
+        let (name, url) = create_database(&options.database_url, "bench").await?;
+        scratch_db = Some(name);
+        let services: &[&str] = if options.intake_only {
+            &SERVICE_NAMES[..1]
+        } else {
+            &SERVICE_NAMES
+        };
+        for (i, service) in services.iter().enumerate() {
+            let child = tokio::process::Command::new(std::env::current_exe()?)
+                .args(["serve", service])
+                .env("DATABASE_URL", &url)
+                .env(
+                    "GRPC_LISTEN_ADDR",
+                    format!("127.0.0.1:{}", base_port + i as u16),
+                )
+                .env(
+                    "METRICS_LISTEN_ADDR",
+                    format!("127.0.0.1:{}", base_port + 1000 + i as u16),
+                )
+                .env("JWT_HS256_SECRET", &options.secret)
+                .env("INTAKE_URL", &urls[0])
+                .env("CASES_URL", &urls[1])
+                .env("SLA_URL", &urls[2])
+                .env("SURVEY_URL", &urls[3])
+                .env("SURVEY_TOKEN_SECRET", format!("survey-{}", options.secret))
+                .env("DB_POOL_MAX_CONNECTIONS", "10")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {service}"))?;
+            children.push(child);
+        }
+        println!(
+            "started {} service process(es) on database {}",
+            services.len(),
+            scratch_db.as_deref().unwrap_or("")
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    let pgbench_tps = if options.pgbench_seconds > 0 {
+        let tps = run_pgbench(
+            &options.database_url,
+            options.clients,
+            options.pgbench_seconds,
+        )
+        .await;
+        match &tps {
+            Ok(tps) => println!(
+                "pgbench -N, {} clients, {} s: {tps:.0} transactions/s",
+                options.clients, options.pgbench_seconds
+            ),
+            Err(e) => println!("pgbench not run: {e:#}"),
+        }
+        tps.ok()
+    } else {
+        None
+    };
+
+    let service = BearerToken::new(&auth.mint(
+        "bench",
+        &[Role::Service],
+        None,
+        Duration::from_secs(86_400),
+    )?)?;
+    let admin = BearerToken::new(&auth.mint(
+        "bench-admin",
+        &[Role::Admin],
+        None,
+        Duration::from_secs(86_400),
+    )?)?;
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let propagation = Arc::new(Mutex::new(Propagation::default()));
+    let cpu_before = scrape_process(&metrics_urls).await;
+    let peak_memory = Arc::new(Mutex::new(vec![0f64; 5]));
+
+    // Observe propagation on the services' own event streams.
+    let mut watchers = Vec::new();
+    if !options.intake_only {
+        for (index, source) in [(1usize, "case-management"), (2, "sla-timer")] {
+            let channel = endpoint(&urls[index])?;
+            let mut client = EventStreamClient::with_interceptor(channel, service.clone());
+            let propagation = propagation.clone();
+            watchers.push(tokio::spawn(async move {
+                let Ok(response) = client
+                    .subscribe(SubscribeRequest {
+                        after: None,
+                        max_batch_size: 1000,
+                    })
+                    .await
+                else {
+                    eprintln!("cannot subscribe to {source}");
+                    return;
+                };
+                let mut stream = response.into_inner();
+                while let Ok(Some(batch)) = stream.message().await {
+                    let now = Instant::now();
+                    let mut p = propagation.lock().unwrap();
+                    for event in batch.events {
+                        match event.payload {
+                            Some(Payload::CaseOpened(opened)) => {
+                                if p.case_of
+                                    .insert(opened.complaint_id.clone(), opened.case_id.clone())
+                                    .is_some()
+                                {
+                                    p.duplicated_cases += 1;
+                                }
+                                p.complaint_of
+                                    .insert(opened.case_id.clone(), opened.complaint_id);
+                                p.opened_cases.push((opened.case_id, 1));
+                            }
+                            Some(Payload::ClockStarted(started)) => {
+                                let kinds = p.clocks.entry(started.case_id.clone()).or_default();
+                                kinds.push(started.kind);
+                                let first = kinds.contains(&(ClockKind::FirstResponse as i32));
+                                let resolution = kinds.contains(&(ClockKind::Resolution as i32));
+                                if first
+                                    && resolution
+                                    && let Some(complaint) =
+                                        p.complaint_of.get(&started.case_id).cloned()
+                                {
+                                    p.propagated_at.entry(complaint).or_insert(now);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }));
+        }
+    }
+
+    // Memory sampling.
+    let sampling = {
+        let peak = peak_memory.clone();
+        let metrics_urls = metrics_urls.clone();
+        tokio::spawn(async move {
+            loop {
+                let sample = scrape_process(&metrics_urls).await;
+                {
+                    let mut peak = peak.lock().unwrap();
+                    for (i, s) in sample.iter().enumerate() {
+                        if let Some((_, rss)) = s {
+                            peak[i] = peak[i].max(*rss);
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+
+    println!(
+        "load: {} clients, {}, {:?}, mix submit/ack/transition/query = {:?}",
+        options.clients,
+        options
+            .rate
+            .map(|r| format!("{r:.0} submissions/s target"))
+            .unwrap_or_else(|| "closed loop".into()),
+        options.duration,
+        options.mix
+    );
+    let started = Instant::now();
+    let deadline = started + options.duration;
+    let mut workers = Vec::new();
+    for worker in 0..options.clients {
+        let intake = IntakeServiceClient::with_interceptor(endpoint(&urls[0])?, service.clone());
+        let cases = CaseServiceClient::with_interceptor(endpoint(&urls[1])?, admin.clone());
+        let sla = SlaServiceClient::with_interceptor(endpoint(&urls[2])?, service.clone());
+        let stats = stats.clone();
+        let propagation = propagation.clone();
+        let options = options.clone();
+        workers.push(tokio::spawn(async move {
+            let mut intake = intake;
+            let mut cases = cases;
+            let mut sla = sla;
+            let mut n: u64 = 0;
+            let interval = options
+                .rate
+                .map(|r| Duration::from_secs_f64(options.clients as f64 / r.max(0.001)));
+            let mut next = Instant::now();
+            while Instant::now() < deadline {
+                if let Some(interval) = interval {
+                    next += interval;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                n += 1;
+                let roll = (worker as u64 * 7919 + n * 104_729) % 100;
+                let [submit, ack, transition, _query] = options.mix;
+                let (kind, result) = if options.intake_only || roll < submit as u64 {
+                    let seed = worker as u64 * 1_000_003 + n;
+                    let (request, repeat) = realistic_complaint(seed, &options);
+                    let t = Instant::now();
+                    let result = intake.submit_complaint(request).await;
+                    let elapsed = t.elapsed();
+                    if let Ok(response) = &result {
+                        let response = response.get_ref();
+                        if let Some(complaint) = &response.complaint {
+                            let mut s = stats.lock().unwrap();
+                            if response.created && complaint.linked_to_complaint_id.is_empty() {
+                                s.submitted.insert(complaint.id.clone(), t);
+                                let second = started.elapsed().as_secs() as usize;
+                                if s.accepted_per_second.len() <= second {
+                                    s.accepted_per_second.resize(second + 1, 0);
+                                }
+                                s.accepted_per_second[second] += 1;
+                            } else if repeat {
+                                s.repeats += 1;
+                            }
+                        }
+                    }
+                    (("SubmitComplaint", elapsed), result.map(|_| ()))
+                } else {
+                    let target = propagation.lock().unwrap().opened_cases.pop();
+                    let Some((case_id, version)) = target else {
+                        continue;
+                    };
+                    if roll < (submit + ack) as u64 {
+                        let t = Instant::now();
+                        let result = cases
+                            .acknowledge_case(AcknowledgeCaseRequest {
+                                case_id: case_id.clone(),
+                                version,
+                                note: "您好，已收到".into(),
+                            })
+                            .await;
+                        if result.is_ok() {
+                            propagation
+                                .lock()
+                                .unwrap()
+                                .opened_cases
+                                .push((case_id, version + 1));
+                        }
+                        (("AcknowledgeCase", t.elapsed()), result.map(|_| ()))
+                    } else if roll < (submit + ack + transition) as u64 {
+                        let t = Instant::now();
+                        let result = cases
+                            .transition_case(TransitionCaseRequest {
+                                case_id: case_id.clone(),
+                                version,
+                                to_status: CaseStatus::Investigating as i32,
+                                note: "investigating".into(),
+                                customer_visible: true,
+                            })
+                            .await;
+                        (("TransitionCase", t.elapsed()), result.map(|_| ()))
+                    } else {
+                        propagation
+                            .lock()
+                            .unwrap()
+                            .opened_cases
+                            .push((case_id.clone(), version));
+                        let t = Instant::now();
+                        let result = if n.is_multiple_of(2) {
+                            cases.get_case(GetCaseRequest { case_id }).await.map(|_| ())
+                        } else {
+                            sla.list_case_clocks(ListCaseClocksRequest { case_id })
+                                .await
+                                .map(|_| ())
+                        };
+                        let name = if n.is_multiple_of(2) {
+                            "GetCase"
+                        } else {
+                            "ListCaseClocks"
+                        };
+                        ((name, t.elapsed()), result)
+                    }
+                };
+                let mut s = stats.lock().unwrap();
+                s.latencies
+                    .entry(kind.0)
+                    .or_default()
+                    .push(kind.1.as_micros() as u32);
+                if let Err(status) = result {
+                    // A stale version or an illegal move in a random mix is expected traffic.
+                    let expected = matches!(kind.0, "AcknowledgeCase" | "TransitionCase")
+                        && matches!(
+                            status.code(),
+                            tonic::Code::Aborted | tonic::Code::FailedPrecondition
+                        );
+                    if !expected {
+                        *s.errors
+                            .entry(format!("{} {:?}", kind.0, status.code()))
+                            .or_default() += 1;
+                    }
+                }
+            }
+        }));
+    }
+
+    // Progress once a second.
+    let progress = {
+        let stats = stats.clone();
+        let propagation = propagation.clone();
+        tokio::spawn(async move {
+            let mut last = (0usize, 0usize);
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let accepted = stats.lock().unwrap().submitted.len();
+                let propagated = propagation.lock().unwrap().propagated_at.len();
+                println!(
+                    "  t={:>3}s accepted/s={:>6} propagated/s={:>6} total accepted={accepted} propagated={propagated}",
+                    started.elapsed().as_secs(),
+                    accepted - last.0,
+                    propagated - last.1
+                );
+                last = (accepted, propagated);
+            }
+        })
+    };
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let load_time = started.elapsed();
+    let cpu_after_load = scrape_process(&metrics_urls).await;
+
+    // Let propagation finish.
+    let drain = Instant::now();
+    if !options.intake_only {
+        while drain.elapsed() < Duration::from_secs(60) {
+            let accepted = stats.lock().unwrap().submitted.len();
+            let propagated = propagation.lock().unwrap().propagated_at.len();
+            if propagated >= accepted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    progress.abort();
+    sampling.abort();
+    for watcher in watchers {
+        watcher.abort();
+    }
+
+    let report = report(
+        &options,
+        &stats,
+        &propagation,
+        load_time,
+        pgbench_tps,
+        &cpu_before,
+        &cpu_after_load,
+        &peak_memory,
+    );
+    println!("{}", report.0);
+    if let Some(path) = &options.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.1)?)?;
+        println!("JSON report written to {path}");
+    }
+    for mut child in children {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    if let Some(name) = scratch_db {
+        drop_database(&options.database_url, &name).await;
+    }
+    if report.2 {
+        anyhow::bail!("counts do not add up: something was lost or duplicated (see above)");
+    }
+    Ok(())
+}
+
+/// A complaint that looks like real traffic: Chinese and English texts, VIP share, repeats.
+fn realistic_complaint(seed: u64, options: &BenchOptions) -> (SubmitComplaintRequest, bool) {
+    let (subject, description) = SUBJECTS[(seed % SUBJECTS.len() as u64) as usize];
+    let fraction = |salt: u64| {
+        ((seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(salt))
+            >> 33) as f64
+            / (1u64 << 31) as f64
+    };
+    let vip = fraction(1) < options.vip_share;
+    let repeat = fraction(2) < options.repeat_share && seed > 10;
+    // A repeat reuses an earlier seed's customer and order.
+    let customer_seed = if repeat { seed - 7 } else { seed };
+    let channels = [
+        Channel::WebForm,
+        Channel::Email,
+        Channel::App,
+        Channel::Wechat,
+        Channel::Chat,
+    ];
+    (
+        SubmitComplaintRequest {
+            request_id: format!("bench-{seed}-{}", std::process::id()),
+            channel: channels[(seed % channels.len() as u64) as usize] as i32,
+            complainant: Some(Complainant {
+                name: format!("Customer {customer_seed}"),
+                phone: format!("13{:09}", customer_seed % 1_000_000_000),
+                email: String::new(),
+                customer_id: format!("CUST-{customer_seed}"),
+                tier: if vip {
+                    CustomerTier::Vip
+                } else {
+                    CustomerTier::Regular
+                } as i32,
+            }),
+            content: Some(ComplaintContent {
+                subject: subject.into(),
+                description: description.into(),
+                demand: "请尽快处理 / please resolve quickly".into(),
+                order_ref: format!("ORD-{customer_seed}"),
+                ..Default::default()
+            }),
+            recorded_by: String::new(),
+        },
+        repeat,
+    )
+}
+
+/// (cpu seconds, resident bytes) of each service, from its `/metrics`.
+async fn scrape_process(hosts: &[String]) -> Vec<Option<(f64, f64)>> {
+    let mut out = Vec::new();
+    for host in hosts {
+        out.push(scrape(host).await.ok().map(|text| {
+            let value = |name: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            (
+                value("process_cpu_seconds_total "),
+                value("process_resident_memory_bytes "),
+            )
+        }));
+    }
+    out
+}
+
+async fn scrape(host: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(host))
+            .await??;
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response)).await??;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+async fn create_database(server_url: &str, prefix: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(server_url)
+        .await
+        .context("connecting to DATABASE_URL")?;
+    let name = format!("{prefix}_{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let base = server_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(server_url);
+    Ok((name.clone(), format!("{base}/{name}")))
+}
+
+async fn drop_database(server_url: &str, name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(server_url).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+/// `pgbench -N` (simple update) on a scratch database: the write ceiling of this machine.
+async fn run_pgbench(server_url: &str, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    let bin = complaints_kit::pg_private::find_bin_dir()
+        .map(|d| d.join("pgbench"))
+        .ok()
+        .filter(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "pgbench".into());
+    let (name, url) = create_database(server_url, "pgbench").await?;
+    let init = tokio::process::Command::new(&bin)
+        .args(["-i", "-q", "-s", "10", &url])
+        .output()
+        .await?;
+    if !init.status.success() {
+        drop_database(server_url, &name).await;
+        anyhow::bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let run = tokio::process::Command::new(&bin)
+        .args([
+            "-N",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            &url,
+        ])
+        .output()
+        .await?;
+    drop_database(server_url, &name).await;
+    let out = String::from_utf8_lossy(&run.stdout);
+    out.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no tps in pgbench output: {out}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    options: &BenchOptions,
+    stats: &Mutex<Stats>,
+    propagation: &Mutex<Propagation>,
+    load_time: Duration,
+    pgbench_tps: Option<f64>,
+    cpu_before: &[Option<(f64, f64)>],
+    cpu_after: &[Option<(f64, f64)>],
+    peak_memory: &Mutex<Vec<f64>>,
+) -> (String, serde_json::Value, bool) {
+    let stats = stats.lock().unwrap();
+    let p = propagation.lock().unwrap();
+    let seconds = load_time.as_secs_f64();
+    let accepted = stats.submitted.len();
+    let mut delays: Vec<u32> = stats
+        .submitted
+        .iter()
+        .filter_map(|(id, at)| {
+            p.propagated_at
+                .get(id)
+                .map(|done| done.duration_since(*at).as_micros() as u32)
+        })
+        .collect();
+    delays.sort_unstable();
+    let propagated = delays.len();
+    let accepted_rate = accepted as f64 / seconds;
+    let propagated_rate = propagated as f64 / seconds;
+    let mut out = String::new();
+    out.push_str(&format!("\n== results ({seconds:.1} s of load)\n"));
+    out.push_str(&format!(
+        "complaints accepted     {accepted:>8}  ({accepted_rate:.0}/s)\n"
+    ));
+    if !options.intake_only {
+        out.push_str(&format!(
+            "complaints propagated   {propagated:>8}  ({propagated_rate:.0}/s)\n"
+        ));
+    }
+    let ratio = pgbench_tps.map(|tps| {
+        (if options.intake_only {
+            accepted_rate
+        } else {
+            propagated_rate
+        }) / tps
+    });
+    if let (Some(tps), Some(ratio)) = (pgbench_tps, ratio) {
+        out.push_str(&format!(
+            "pgbench -N tps          {tps:>8.0}  ratio {ratio:.2} × pgbench\n"
+        ));
+    }
+    out.push_str("\nRPC                     count     p50 ms   p95 ms   p99 ms   max ms\n");
+    let mut rpcs = serde_json::Map::new();
+    let mut names: Vec<_> = stats.latencies.keys().copied().collect();
+    names.sort();
+    for name in names {
+        let mut l = stats.latencies[name].clone();
+        l.sort_unstable();
+        let (p50, p95, p99, max) = (
+            percentile(&l, 50.0),
+            percentile(&l, 95.0),
+            percentile(&l, 99.0),
+            percentile(&l, 100.0),
+        );
+        out.push_str(&format!(
+            "{name:<22} {:>6} {p50:>10.2} {p95:>8.2} {p99:>8.2} {max:>8.2}\n",
+            l.len()
+        ));
+        rpcs.insert(name.into(), serde_json::json!({"count": l.len(), "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": max}));
+    }
+    let (d50, d99, dmax) = (
+        percentile(&delays, 50.0),
+        percentile(&delays, 99.0),
+        percentile(&delays, 100.0),
+    );
+    if !options.intake_only {
+        out.push_str(&format!("\npropagation delay (submit → both clocks started): p50 {d50:.1} ms, p99 {d99:.1} ms, max {dmax:.1} ms\n"));
+    }
+    out.push_str(&format!(
+        "errors: {}\n",
+        if stats.errors.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{:?}", stats.errors)
+        }
+    ));
+    let mut services = serde_json::Map::new();
+    out.push_str("\nservice                 CPU s (load)  CPU %   peak RSS MiB\n");
+    let peak = peak_memory.lock().unwrap();
+    for (i, name) in SERVICE_NAMES.iter().enumerate() {
+        if let (Some(Some(before)), Some(Some(after))) = (cpu_before.get(i), cpu_after.get(i)) {
+            let cpu = after.0 - before.0;
+            let mib = peak[i].max(after.1) / 1_048_576.0;
+            out.push_str(&format!(
+                "{name:<22} {cpu:>12.1} {:>6.0}% {mib:>14.1}\n",
+                cpu * 100.0 / seconds
+            ));
+            services.insert((*name).into(), serde_json::json!({"cpu_seconds": cpu, "cpu_percent": cpu * 100.0 / seconds, "peak_rss_mib": mib}));
+        }
+    }
+    // Nothing lost, nothing duplicated.
+    let mut problems = Vec::new();
+    if !options.intake_only {
+        let lost: Vec<_> = stats
+            .submitted
+            .keys()
+            .filter(|id| !p.case_of.contains_key(*id))
+            .collect();
+        if !lost.is_empty() {
+            problems.push(format!("{} accepted complaints without a case", lost.len()));
+        }
+        if p.duplicated_cases > 0 {
+            problems.push(format!(
+                "{} complaints with more than one case",
+                p.duplicated_cases
+            ));
+        }
+        let bad_clocks = p
+            .clocks
+            .values()
+            .filter(|kinds| {
+                let count = |k: ClockKind| kinds.iter().filter(|x| **x == k as i32).count();
+                count(ClockKind::FirstResponse) != 1 || count(ClockKind::Resolution) != 1
+            })
+            .count();
+        if bad_clocks > 0 {
+            problems.push(format!(
+                "{bad_clocks} cases without exactly one first-response and one resolution clock"
+            ));
+        }
+        if propagated < accepted {
+            problems.push(format!(
+                "{} complaints not propagated within 60 s",
+                accepted - propagated
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "\ncounts check: {}\n",
+        if problems.is_empty() {
+            "every accepted complaint has exactly one case and one clock of each kind".to_owned()
+        } else {
+            problems.join("; ")
+        }
+    ));
+    out.push_str(&format!("repeat contacts linked: {}\n", stats.repeats));
+    let json = serde_json::json!({
+        "clients": options.clients,
+        "target_rate": options.rate,
+        "duration_s": seconds,
+        "mix": options.mix,
+        "accepted": accepted,
+        "accepted_per_s": accepted_rate,
+        "propagated": propagated,
+        "propagated_per_s": propagated_rate,
+        "accepted_per_second": stats.accepted_per_second,
+        "pgbench_tps": pgbench_tps,
+        "ratio_to_pgbench": ratio,
+        "rpc": rpcs,
+        "propagation_delay_ms": {"p50": d50, "p99": d99, "max": dmax},
+        "errors": stats.errors,
+        "services": services,
+        "problems": problems,
+    });
+    (out, json, !problems.is_empty())
+}
