@@ -168,6 +168,22 @@ async fn each_service_exports_metrics_that_move_with_a_lifecycle() {
         ),
         Some(1.0)
     );
+    assert_eq!(
+        series_value(
+            &survey_text,
+            "survey_responses_total",
+            &[("dissatisfied", "false")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series_value(
+            &survey_text,
+            "survey_csat_responses_total",
+            &[("score", "4")]
+        ),
+        Some(1.0)
+    );
     let sla = scrape(&url("sla-timer")).await;
     assert!(
         series_value(

@@ -34,6 +34,40 @@ pub struct SurveyApi {
     token_ttl: Duration,
     reminder_after: Option<Duration>,
     policy: Policy,
+    metrics: Option<AnswerMetrics>,
+}
+
+/// survey_responses_total{dissatisfied} and survey_csat_responses_total{score}.
+#[derive(Clone)]
+struct AnswerMetrics {
+    responses: prometheus::IntCounterVec,
+    csat: prometheus::IntCounterVec,
+}
+
+impl SurveyApi {
+    /// Counts answers in the service's registry.
+    pub fn with_metrics(mut self, registry: &complaints_kit::metrics::Metrics) -> Self {
+        let responses = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "survey_responses_total",
+                "Survey answers recorded, by link or return visit.",
+            ),
+            &["dissatisfied"],
+        )
+        .expect("metric");
+        let csat = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "survey_csat_responses_total",
+                "CSAT answers by score (1-5).",
+            ),
+            &["score"],
+        )
+        .expect("metric");
+        registry.register(&responses);
+        registry.register(&csat);
+        self.metrics = Some(AnswerMetrics { responses, csat });
+        self
+    }
 }
 
 impl SurveyApi {
@@ -52,6 +86,7 @@ impl SurveyApi {
             token_ttl,
             reminder_after,
             policy,
+            metrics: None,
         })
     }
 }
@@ -237,6 +272,15 @@ impl SurveyApi {
         now: DateTime<Utc>,
     ) -> Result<InvitationRow, Status> {
         let dissatisfied = self.policy.dissatisfaction.is_dissatisfied(answers);
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .responses
+                .with_label_values(&[if dissatisfied { "true" } else { "false" }])
+                .inc();
+            if let Some(score) = answers.csat {
+                metrics.csat.with_label_values(&[&score.to_string()]).inc();
+            }
+        }
         let json = serde_json::to_value(answers).map_err(|_| Status::internal("internal error"))?;
         let via_return_visit = source.via == Delivery::ReturnVisit.as_str();
         let recorded_by = source.by.unwrap_or_default().to_owned();

@@ -226,7 +226,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
         token_key,
         chrono::Duration::from_std(config.token_ttl)?,
         config.policy,
-    )?;
+    )?
+    .with_metrics(&context.metrics);
     let routes = tonic::service::Routes::new(context.authenticated(SurveyServiceServer::new(api)))
         .add_service(events.service(&context));
     context
