@@ -107,7 +107,13 @@ pub async fn run_evaluation(
         request.quarter.quarter,
     )
     .await?;
-    let rows = store::all_subjects(&mut tx, period.first, period.end_exclusive()).await?;
+    let rows = store::all_subjects(
+        &mut tx,
+        period.first,
+        period.end_exclusive(),
+        scoring_model.definition.uses_histogram(),
+    )
+    .await?;
     let results: Vec<ResultRow> = fold_subjects(rows)
         .into_iter()
         .filter(|s| s.counters.cases_opened > 0)

@@ -62,6 +62,7 @@ pub async fn leaderboard(
         department_id,
         period.first,
         period.end_exclusive(),
+        scoring_model.definition.uses_histogram(),
     )
     .await?;
     let scored = subjects

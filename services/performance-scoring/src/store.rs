@@ -181,18 +181,32 @@ pub async fn apply_deltas(conn: &mut PgConnection, deltas: &Deltas) -> Result<()
     Ok(())
 }
 
-fn sums_select() -> &'static str {
-    static SQL: OnceLock<String> = OnceLock::new();
-    SQL.get_or_init(|| {
+/// The summed counters; the histogram only when asked, as summing arrays costs ~10 µs a row
+/// (a leaderboard sums thousands of rows; only a model scoring the p90 needs it).
+fn sums_select_with(histogram: bool) -> &'static str {
+    static WITH: OnceLock<String> = OnceLock::new();
+    static WITHOUT: OnceLock<String> = OnceLock::new();
+    let build = |histogram: bool| {
         let sums: Vec<String> = Counters::COLUMNS
             .iter()
             .map(|c| format!("coalesce(sum({c}), 0)::bigint"))
             .collect();
-        format!(
-            "{}, coalesce(scoring.sum_arrays(handling_histogram), '{{}}')",
-            sums.join(", ")
-        )
-    })
+        let h = if histogram {
+            "coalesce(scoring.sum_arrays(handling_histogram), '{}')"
+        } else {
+            "'{}'::bigint[]"
+        };
+        format!("{}, {h}", sums.join(", "))
+    };
+    if histogram {
+        WITH.get_or_init(|| build(true))
+    } else {
+        WITHOUT.get_or_init(|| build(false))
+    }
+}
+
+fn sums_select() -> &'static str {
+    sums_select_with(true)
 }
 
 fn counters_from_row(row: &sqlx::postgres::PgRow, offset: usize) -> Result<Counters, sqlx::Error> {
@@ -262,12 +276,13 @@ pub async fn department_subjects(
     department_id: &str,
     first: NaiveDate,
     end_exclusive: NaiveDate,
+    with_histogram: bool,
 ) -> Result<Vec<(String, Counters)>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT subject_id, {} FROM scoring.daily_aggregates
          WHERE subject_kind = $1 AND department_id = $2 AND day >= $3 AND day < $4
          GROUP BY subject_id",
-        sums_select()
+        sums_select_with(with_histogram)
     ))
     .bind(kind)
     .bind(department_id)
@@ -285,13 +300,14 @@ pub async fn all_subjects(
     conn: &mut PgConnection,
     first: NaiveDate,
     end_exclusive: NaiveDate,
+    with_histogram: bool,
 ) -> Result<Vec<(i16, String, String, Counters)>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT subject_kind, subject_id, department_id, {} FROM scoring.daily_aggregates
          WHERE day >= $1 AND day < $2
          GROUP BY subject_kind, subject_id, department_id
          ORDER BY subject_kind, subject_id, department_id",
-        sums_select()
+        sums_select_with(with_histogram)
     ))
     .bind(first)
     .bind(end_exclusive)

@@ -62,6 +62,15 @@ pub struct ModelIndicator {
     pub weight: f64,
 }
 
+impl ModelDefinition {
+    /// Whether scoring needs the handling-time histogram (only the p90 does).
+    pub fn uses_histogram(&self) -> bool {
+        self.indicators
+            .iter()
+            .any(|i| i.indicator == Indicator::HandlingTimeP90Hours)
+    }
+}
+
 /// Minimum total scores of grades A–D; below D is E.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
