@@ -112,8 +112,15 @@ async fn apply_pending(
         schema: schema.to_owned(),
         source,
     };
+    // Create the schema only when missing: `CREATE SCHEMA IF NOT EXISTS` checks the CREATE right
+    // on the database even when the schema exists, and a service's role in production owns its
+    // schema but has no right to create others.
     let bootstrap = format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = '{schema}') THEN
+                 CREATE SCHEMA {schema};
+             END IF;
+         END $$;
          CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
              name text PRIMARY KEY,
              checksum text NOT NULL,
