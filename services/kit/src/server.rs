@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -180,7 +179,12 @@ impl ServiceContext {
             .tcp_nodelay(true)
             .layer(GrpcMetricsLayer::new(self.metrics.clone()))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining);
+            // `Server::tcp_nodelay` only applies to listeners tonic binds itself; without
+            // TCP_NODELAY on accepted sockets, small responses wait for delayed ACKs (~40 ms).
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                draining,
+            );
         let grace = self.shutdown_grace;
         let shutdown = self.shutdown.clone();
         tokio::select! {
