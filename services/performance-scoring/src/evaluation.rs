@@ -67,10 +67,49 @@ pub enum EvaluationError {
     Database(#[from] sqlx::Error),
 }
 
+/// `scoring_evaluation_runs_total{outcome}`; registered in the service's registry at start.
+static RUNS: std::sync::OnceLock<prometheus::IntCounterVec> = std::sync::OnceLock::new();
+
+/// Registers the evaluation-runs counter (all outcomes start at 0, so alerts see the series).
+pub fn register_metrics(metrics: &complaints_kit::metrics::Metrics) {
+    let runs = RUNS.get_or_init(|| {
+        prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "scoring_evaluation_runs_total",
+                "Quarterly evaluation runs by outcome.",
+            ),
+            &["outcome"],
+        )
+        .expect("metric")
+    });
+    for outcome in ["published", "already_published", "failed"] {
+        runs.with_label_values(&[outcome]);
+    }
+    metrics.register(runs);
+}
+
+/// Runs an evaluation (scheduled or on demand) and counts its outcome.
+pub async fn run_evaluation(
+    pool: &PgPool,
+    tz: Tz,
+    now: DateTime<Utc>,
+    request: &EvaluationRequest<'_>,
+) -> Result<Outcome, EvaluationError> {
+    let outcome = evaluate(pool, tz, now, request).await;
+    if let Some(runs) = RUNS.get() {
+        let label = match &outcome {
+            Ok(outcome) => outcome.label(),
+            Err(_) => "failed",
+        };
+        runs.with_label_values(&[label]).inc();
+    }
+    outcome
+}
+
 /// Runs one evaluation. A scheduled run publishes only if no complete evaluation of the quarter
 /// exists; an on-demand run publishes the next revision of (model, quarter), superseding the
 /// previous one, unless its `request_id` was seen before.
-pub async fn run_evaluation(
+async fn evaluate(
     pool: &PgPool,
     tz: Tz,
     now: DateTime<Utc>,

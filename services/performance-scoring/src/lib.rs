@@ -94,6 +94,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     let context =
         ServiceContext::start(SERVICE_NAME, &config.common, SCHEMA, MIGRATIONS, shutdown).await?;
     store::ensure_default_model(&context.pool, &domain::model::default_model()).await?;
+    evaluation::register_metrics(&context.metrics);
     let handler = Arc::new(consumer::ScoringEvents {
         org_timezone: config.org_timezone,
     });
