@@ -89,6 +89,8 @@ impl CaseApi {
             }
             .into());
         }
+        complaints_kit::telemetry::link_current_to(&case.traceparent);
+        complaints_kit::telemetry::record_case(&case.id.to_string());
         let saved = workflow::apply_change(
             &mut tx,
             &self.events,

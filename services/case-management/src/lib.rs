@@ -33,6 +33,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_coordination_and_ledger",
         sql: include_str!("../migrations/0002_coordination_and_ledger.sql"),
     },
+    Migration {
+        name: "0003_case_trace",
+        sql: include_str!("../migrations/0003_case_trace.sql"),
+    },
 ];
 
 pub use domain::policy::{CasePolicy, DissatisfactionAction};

@@ -8,7 +8,8 @@ use crate::domain::routing::{AgentLoad, Department};
 
 const CASE_COLUMNS: &str = "id, complaint_id, complaint_reference, status, department_id, owner_id, category, \
     severity, priority, complexity, channel, customer_tier, customer_id, escalation_level, received_at, \
-    opened_at, acknowledged_at, resolved_at, closed_at, version, product_ref, order_ref, problem_id, under_review";
+    opened_at, acknowledged_at, resolved_at, closed_at, version, product_ref, order_ref, problem_id, under_review, \
+    traceparent";
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct CaseRow {
@@ -36,6 +37,7 @@ pub struct CaseRow {
     pub order_ref: String,
     pub problem_id: Option<Uuid>,
     pub under_review: bool,
+    pub traceparent: String,
 }
 
 #[derive(Clone, Debug)]
@@ -235,7 +237,7 @@ pub async fn insert_case(
     sqlx::query_as(&format!(
         "INSERT INTO cases.cases ({CASE_COLUMNS})
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                 $21, $22, $23, $24)
+                 $21, $22, $23, $24, $25)
          ON CONFLICT (complaint_id) DO NOTHING
          RETURNING {CASE_COLUMNS}"
     ))
@@ -263,6 +265,7 @@ pub async fn insert_case(
     .bind(&case.order_ref)
     .bind(case.problem_id)
     .bind(case.under_review)
+    .bind(&case.traceparent)
     .fetch_optional(conn)
     .await
 }

@@ -102,6 +102,7 @@ pub async fn open_case(
         .and_then(complaints_kit::time::from_timestamp)
         .unwrap_or(now);
     let case = CaseRow {
+        traceparent: traceparent.to_owned(),
         id: Uuid::now_v7(),
         complaint_id,
         complaint_reference: accepted.reference.clone(),
@@ -208,6 +209,13 @@ pub async fn apply_change(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<CaseRow, WorkflowError> {
+    // Changes made later still belong to the complaint's trace.
+    let case_trace = case.traceparent.clone();
+    let traceparent = if traceparent.is_empty() {
+        case_trace.as_str()
+    } else {
+        traceparent
+    };
     let aggregate = case.id.to_string();
     match change {
         Change::Acknowledge { note } => {
@@ -526,6 +534,13 @@ pub async fn reclassify(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<CaseRow>, WorkflowError> {
+    // Changes made later still belong to the complaint's trace.
+    let case_trace = case.traceparent.clone();
+    let traceparent = if traceparent.is_empty() {
+        case_trace.as_str()
+    } else {
+        traceparent
+    };
     let before = format!(
         "{} / {} / {} / {}",
         case.category, case.severity, case.priority, case.complexity
@@ -595,6 +610,13 @@ pub async fn record_repeat_contact(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<CaseRow, WorkflowError> {
+    // Changes made later still belong to the complaint's trace.
+    let case_trace = case.traceparent.clone();
+    let traceparent = if traceparent.is_empty() {
+        case_trace.as_str()
+    } else {
+        traceparent
+    };
     store::append_timeline(
         &mut *conn,
         &TimelineEntry {
@@ -654,6 +676,13 @@ pub async fn create_sub_task(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<(SubTaskRow, bool), WorkflowError> {
+    // Changes made later still belong to the complaint's trace.
+    let case_trace = case.traceparent.clone();
+    let traceparent = if traceparent.is_empty() {
+        case_trace.as_str()
+    } else {
+        traceparent
+    };
     if let Some(existing) = store::sub_task_by_request(&mut *conn, &new.request_id).await? {
         if existing.case_id != case.id {
             return Err(WorkflowError::InvalidField(
@@ -767,6 +796,13 @@ pub async fn update_sub_task(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<SubTaskRow, WorkflowError> {
+    // Changes made later still belong to the complaint's trace.
+    let case_trace = case.traceparent.clone();
+    let traceparent = if traceparent.is_empty() {
+        case_trace.as_str()
+    } else {
+        traceparent
+    };
     let from = SubTaskStatus::try_from(task.status as i32).unwrap_or(SubTaskStatus::Unspecified);
     let allowed = coordination::sub_task_next(from);
     if !allowed.contains(&to) {
@@ -825,6 +861,13 @@ pub async fn open_dissatisfaction_review(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<(), WorkflowError> {
+    // Changes made later still belong to the complaint's trace.
+    let case_trace = case.traceparent.clone();
+    let traceparent = if traceparent.is_empty() {
+        case_trace.as_str()
+    } else {
+        traceparent
+    };
     let new = NewSubTask {
         request_id: format!("dissatisfaction-review:{invitation_id}"),
         department_id: case.department_id.clone(),
@@ -868,6 +911,13 @@ pub async fn log_contact(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<(TimelineRow, bool), WorkflowError> {
+    // Changes made later still belong to the complaint's trace.
+    let case_trace = case.traceparent.clone();
+    let traceparent = if traceparent.is_empty() {
+        case_trace.as_str()
+    } else {
+        traceparent
+    };
     if let Some(existing) = store::timeline_by_request(&mut *conn, request_id).await? {
         if existing.case_id != case.id {
             return Err(WorkflowError::InvalidField(
@@ -935,6 +985,12 @@ pub async fn escalate(
         actor,
         traceparent,
     } = *request;
+    let case_trace = case.traceparent.clone();
+    let traceparent = if traceparent.is_empty() {
+        case_trace.as_str()
+    } else {
+        traceparent
+    };
     let department = store::department(&mut *conn, &case.department_id)
         .await?
         .map(|d| d.routing())

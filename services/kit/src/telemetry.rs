@@ -124,6 +124,16 @@ pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
     }
 }
 
+/// Links the current span to the trace `traceparent` names (e.g. an agent's call to the
+/// complaint it changes), so the two traces can be followed from each other.
+pub fn link_current_to(traceparent: &str) {
+    let context = context_from_traceparent(traceparent);
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        tracing::Span::current().add_link(span_context);
+    }
+}
+
 /// The trace id of a span, for logs (empty without tracing).
 pub fn trace_id(span: &tracing::Span) -> String {
     let context = span.context();
