@@ -112,6 +112,35 @@ async fn a_breached_clock_escalates_the_case_once_per_level() {
             .unwrap();
     assert_eq!(undelivered, 0);
 
+    // SREs see the breach.
+    let metrics_url = t
+        .suite
+        .urls
+        .metrics
+        .iter()
+        .find(|(n, _)| *n == "sla-timer")
+        .unwrap()
+        .1
+        .clone();
+    let sla_metrics = e2e_tests::scrape(&metrics_url).await;
+    assert_eq!(
+        e2e_tests::series_value(
+            &sla_metrics,
+            "sla_breaches_total",
+            &[
+                ("kind", "first_response"),
+                ("severity", "general"),
+                ("department", "quality")
+            ]
+        ),
+        Some(1.0),
+        "{sla_metrics}"
+    );
+    assert!(
+        e2e_tests::series_value(&sla_metrics, "sla_firing_lag_seconds_count", &[]).unwrap_or(0.0)
+            >= 1.0
+    );
+
     // The breach counts against the department's first-response on-time rate.
     let now = chrono::Utc::now();
     let scoring = t.scoring("quality-lead", Role::Quality);

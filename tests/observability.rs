@@ -185,6 +185,27 @@ async fn each_service_exports_metrics_that_move_with_a_lifecycle() {
         Some(1.0)
     );
     let sla = scrape(&url("sla-timer")).await;
+    for series in [
+        "sla_open_clocks",
+        "sla_breaches_total",
+        "sla_warnings_total",
+        "sla_cases_at_risk",
+        "sla_firing_lag_seconds_count",
+    ] {
+        assert!(
+            series_value(&sla, series, &[]).is_some(),
+            "{series} missing from the SLA timer's metrics"
+        );
+    }
+    let scoring = scrape(&url("performance-scoring")).await;
+    assert_eq!(
+        series_value(
+            &scoring,
+            "scoring_evaluation_runs_total",
+            &[("outcome", "published")]
+        ),
+        Some(0.0)
+    );
     assert!(
         series_value(
             &sla,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod consumer;
 pub mod domain;
 pub mod engine;
+pub mod metrics;
 pub mod scheduler;
 pub mod store;
 
@@ -118,10 +119,17 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
     for consumer in consumers {
         tokio::spawn(consumer.run());
     }
+    let sla_metrics = metrics::SlaMetrics::register(&context.metrics);
+    tokio::spawn(sla_metrics.clone().refresh_gauges(
+        context.pool.clone(),
+        Duration::from_secs(15),
+        context.shutdown.clone(),
+    ));
     tokio::spawn(scheduler::run_clock_scheduler(
         engine.clone(),
         context.pool.clone(),
         config.scheduler_poll,
+        sla_metrics,
         context.shutdown.clone(),
     ));
     let cases = CaseServiceClient::with_interceptor(

@@ -14,23 +14,31 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::engine::Engine;
+use crate::metrics::SlaMetrics;
 use crate::store;
 
 pub const FIRE_BATCH: i64 = 500;
 
-/// Fires due clocks until shutdown.
-pub async fn run_clock_scheduler(engine: Engine, pool: PgPool, poll: Duration, shutdown: Shutdown) {
+/// Fires due clocks until shutdown, recording what fired.
+pub async fn run_clock_scheduler(
+    engine: Engine,
+    pool: PgPool,
+    poll: Duration,
+    metrics: SlaMetrics,
+    shutdown: Shutdown,
+) {
     while !shutdown.is_triggered() {
-        match engine.fire_due(&pool, Utc::now(), FIRE_BATCH).await {
-            Ok((claimed, lags)) => {
-                if let Some(max) = lags.iter().max() {
+        match engine.fire_due_report(&pool, Utc::now(), FIRE_BATCH).await {
+            Ok(report) => {
+                metrics.record(&report);
+                if let Some(max) = report.fired.iter().map(|f| f.lag).max() {
                     tracing::debug!(
-                        fired = lags.len(),
+                        fired = report.fired.len(),
                         max_lag_ms = max.num_milliseconds(),
                         "clocks fired"
                     );
                 }
-                if claimed as i64 == FIRE_BATCH {
+                if report.claimed as i64 == FIRE_BATCH {
                     continue;
                 }
             }
