@@ -103,7 +103,13 @@ async fn real_events_reach_the_scorecard_and_a_rebuild_gives_the_same_figures() 
         .into_inner()
         .evaluation
         .expect("evaluation");
-    assert!(!evaluation.quarter_complete, "run before the quarter ended: provisional");
-    assert!(evaluation.subjects >= 3, "organisation, department and agent(s)");
+    assert!(
+        !evaluation.quarter_complete,
+        "run before the quarter ended: provisional"
+    );
+    assert!(
+        evaluation.subjects >= 3,
+        "organisation, department and agent(s)"
+    );
     t.stop().await;
 }
