@@ -62,9 +62,9 @@ async fn real_events_reach_the_scorecard_and_a_rebuild_gives_the_same_figures() 
         }
     })
     .await;
-    let rate = before.resolution_rate.clone().expect("rate");
+    let rate = before.resolution_rate.expect("rate");
     assert_eq!((rate.numerator, rate.denominator), (1, 2));
-    let on_time = before.resolution_on_time_rate.clone().expect("rate");
+    let on_time = before.resolution_on_time_rate.expect("rate");
     assert_eq!((on_time.numerator, on_time.denominator), (1, 1));
     assert_eq!(
         before.score.as_ref().expect("score").grade,

@@ -93,7 +93,7 @@ pub async fn open_case(
     let need = routing::Need {
         senior: routing::needs_senior(tier, severity),
         skill: Some(routing::skill_for(&accepted.category, &policy.skill_map)),
-        language: None,
+        language: Some(accepted.language.as_str()).filter(|l| !l.is_empty()),
     };
     let owner = routing::choose_owner(&department, &loads, &need);
     let received_at = accepted

@@ -208,6 +208,50 @@ async fn a_complaint_is_one_trace_across_all_five_services() {
         }
     })
     .await;
+    // Hours pass without a first response: the breach fires later, still in the complaint's trace.
+    eventually("the clocks", Duration::from_secs(20), || {
+        let db_url = db.url.clone();
+        let case_id = case.id.clone();
+        async move {
+            let pool = sqlx::PgPool::connect(&db_url).await.ok()?;
+            let moved = sqlx::query(
+                "UPDATE sla.clocks SET running_since = running_since - interval '30 days',
+                     started_at = started_at - interval '30 days', next_fire_at = now()
+                 WHERE case_id = $1 AND kind = 1",
+            )
+            .bind(uuid::Uuid::parse_str(&case_id).ok()?)
+            .execute(&pool)
+            .await
+            .ok()?
+            .rows_affected();
+            (moved == 1).then_some(())
+        }
+    })
+    .await;
+    let case = eventually("the escalation", Duration::from_secs(20), || {
+        let mut cases = cases.clone();
+        let complaint_id = complaint.id.clone();
+        async move {
+            // Every overdue level of the ladder fires; wait until the case stops changing.
+            let first = cases
+                .get_case_by_complaint(GetCaseByComplaintRequest {
+                    complaint_id: complaint_id.clone(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .case?;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let case = cases
+                .get_case_by_complaint(GetCaseByComplaintRequest { complaint_id })
+                .await
+                .ok()?
+                .into_inner()
+                .case?;
+            (case.escalation_level >= 1 && case.version == first.version).then_some(case)
+        }
+    })
+    .await;
     let admin = BearerToken::new(&testing::token("supervisor", Role::Admin, None)).unwrap();
     let mut admin_cases = CaseServiceClient::with_interceptor(testing::channel(&url(1)), admin);
     let mut current = case.clone();
@@ -249,9 +293,17 @@ async fn a_complaint_is_one_trace_across_all_five_services() {
                 let in_trace: Vec<Collected> =
                     spans.into_iter().filter(|s| s.trace_id == root).collect();
                 let services: HashSet<&str> = in_trace.iter().map(|s| s.service.as_str()).collect();
-                SERVICES
+                let breach = in_trace
                     .iter()
-                    .all(|s| services.contains(s))
+                    .any(|s| s.service == "sla-timer" && s.name == "fire SLA clock");
+                // The escalation it caused is announced in the same trace.
+                let escalated = in_trace
+                    .iter()
+                    .any(|s| s.service == "sla-timer" && s.name == "process CaseEscalated");
+                let invited = in_trace.iter().any(|s| {
+                    s.service == "feedback-survey" && s.name == "process CaseStatusChanged"
+                });
+                (SERVICES.iter().all(|s| services.contains(s)) && breach && escalated && invited)
                     .then_some(in_trace)
             }
         },

@@ -311,6 +311,7 @@ fn accepted_event(row: &ComplaintRow) -> Payload {
         received_at: Some(to_timestamp(row.received_at)),
         order_ref: row.order_ref.clone().unwrap_or_default(),
         product_ref: row.product_ref.clone().unwrap_or_default(),
+        language: row.language.clone(),
     })
 }
 

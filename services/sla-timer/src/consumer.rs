@@ -48,6 +48,7 @@ impl ClockEvents {
                     received_at,
                 };
                 store::upsert_case(conn, &case).await?;
+                store::set_case_trace(conn, case_id, &event.traceparent).await?;
                 // The first response counts from receipt, resolution too: the customer's wait
                 // started when they complained, not when we opened the case.
                 engine

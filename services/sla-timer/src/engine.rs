@@ -698,12 +698,29 @@ impl Engine {
         }
         let calendars = self.calendars_now(&mut tx).await?;
         let mut fired = Vec::new();
+        let case_ids: Vec<Uuid> = clocks.iter().map(|c| c.case_id).collect();
+        let traces = store::case_traces(&mut tx, &case_ids).await?;
         for clock in clocks {
             let calendar = match calendars.get(&clock.calendar_id) {
                 Some(c) => c.clone(),
                 None => self.calendar(&mut tx, &clock.calendar_id, false).await?,
             };
-            fired.extend(self.fire_clock(&mut tx, &calendar, clock, now).await?);
+            // Firing hours after intake is still part of the complaint's trace.
+            let span = tracing::info_span!(
+                "sla.fire",
+                otel.name = "fire SLA clock",
+                case.id = %clock.case_id,
+                sla.clock.id = %clock.id,
+            );
+            if let Some(trace) = traces.get(&clock.case_id) {
+                complaints_kit::telemetry::continue_trace(&span, trace);
+            }
+            use tracing::Instrument as _;
+            fired.extend(
+                self.fire_clock(&mut tx, &calendar, clock, now)
+                    .instrument(span)
+                    .await?,
+            );
         }
         tx.commit().await?;
         // `now` may be a test's; the real time spent firing is added to its lateness.

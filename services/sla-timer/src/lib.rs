@@ -38,6 +38,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_policies_calendars",
         sql: include_str!("../migrations/0002_policies_calendars.sql"),
     },
+    Migration {
+        name: "0003_case_trace",
+        sql: include_str!("../migrations/0003_case_trace.sql"),
+    },
 ];
 
 #[derive(Clone, Debug)]

@@ -131,6 +131,33 @@ pub async fn upsert_case(conn: &mut PgConnection, case: &CaseRow) -> Result<(), 
     Ok(())
 }
 
+/// Remembers the trace of a case's complaint.
+pub async fn set_case_trace(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+    traceparent: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE sla.cases SET traceparent = $2 WHERE case_id = $1")
+        .bind(case_id)
+        .bind(traceparent)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The complaint traces of some cases.
+pub async fn case_traces(
+    conn: &mut PgConnection,
+    case_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, String>, sqlx::Error> {
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT case_id, traceparent FROM sla.cases WHERE case_id = ANY($1)")
+            .bind(case_ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
 pub async fn case(conn: &mut PgConnection, case_id: Uuid) -> Result<Option<CaseRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT case_id, department_id, owner_id, category, severity, priority, complexity, customer_tier,
