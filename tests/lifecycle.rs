@@ -384,3 +384,67 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
     assert_eq!(final_case.status, CaseStatus::Resolved as i32);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_complaint_submitted_concurrently_makes_one_complaint_and_one_case() {
+    let t = TestSuite::start().await;
+    let intake = t.intake("web-adapter", Role::Service, None);
+    let request = SubmitComplaintRequest {
+        request_id: "retry-storm-1".into(),
+        channel: Channel::App as i32,
+        complainant: Some(Complainant {
+            name: "Zhao Lei".into(),
+            email: "zhao.lei@example.com".into(),
+            ..Default::default()
+        }),
+        content: Some(ComplaintContent {
+            description: "快递一直没收到".into(),
+            ..Default::default()
+        }),
+        recorded_by: String::new(),
+    };
+    let attempts: Vec<_> = (0..16)
+        .map(|_| {
+            let mut intake = intake.clone();
+            let request = request.clone();
+            tokio::spawn(async move { intake.submit_complaint(request).await })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for attempt in attempts {
+        let complaint = attempt
+            .await
+            .unwrap()
+            .expect("every attempt succeeds")
+            .into_inner()
+            .complaint
+            .unwrap();
+        ids.insert(complaint.id);
+    }
+    assert_eq!(ids.len(), 1);
+    let complaint_id = ids.into_iter().next().unwrap();
+    let cases = t.cases("probe", Role::Service, None);
+    eventually("the case", WAIT, || {
+        let mut cases = cases.clone();
+        let complaint_id = complaint_id.clone();
+        async move {
+            cases
+                .get_case_by_complaint(GetCaseByComplaintRequest { complaint_id })
+                .await
+                .ok()
+        }
+    })
+    .await;
+    // Give consumers time to (wrongly) open more, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = cases
+        .clone()
+        .list_cases(complaints_proto::cases::v1::ListCasesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .cases;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].complaint_id, complaint_id);
+    t.stop().await;
+}
