@@ -484,7 +484,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         let _ = child.wait().await;
     }
     if let Some(name) = scratch_db {
-        drop_database(&options.database_url, &name).await;
+        if complaints_kit::config::optional("BENCH_KEEP_DATABASE").is_some() {
+            println!("database {name} kept for inspection (BENCH_KEEP_DATABASE)");
+        } else {
+            drop_database(&options.database_url, &name).await;
+        }
     }
     if report.2 {
         anyhow::bail!("counts do not add up: something was lost or duplicated (see above)");
