@@ -24,7 +24,7 @@ import yaml
 SERVICES = ["intake", "case-management", "sla-timer", "feedback-survey", "performance-scoring"]
 # Who calls whom (ARCHITECTURE.md; the runtime contract of issue 9): caller -> callees.
 CALLS = {
-    "intake": set(),
+    "intake": {"case-management"},
     "case-management": {"intake", "feedback-survey"},
     "sla-timer": {"case-management", "feedback-survey"},
     "feedback-survey": {"case-management"},
