@@ -297,9 +297,14 @@ async fn a_complaint_is_one_trace_across_all_five_services() {
                     .iter()
                     .any(|s| s.service == "sla-timer" && s.name == "fire SLA clock");
                 // The escalation it caused is announced in the same trace.
+                // The escalation call and what it caused are in the same trace.
                 let escalated = in_trace
                     .iter()
-                    .any(|s| s.service == "sla-timer" && s.name == "process CaseEscalated");
+                    .any(|s| s.service == "sla-timer" && s.name == "process CaseEscalated")
+                    && in_trace.iter().any(|s| {
+                        s.service == "case-management"
+                            && s.name == "complaints.cases.v1.CaseService/Escalate"
+                    });
                 let invited = in_trace.iter().any(|s| {
                     s.service == "feedback-survey" && s.name == "process CaseStatusChanged"
                 });

@@ -74,13 +74,26 @@ pub async fn run_escalation_dispatcher(
 async fn deliver_batch(pool: &PgPool, cases: &mut CasesClient) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     let pending = store::claim_pending_escalations(&mut tx, Utc::now(), 20).await?;
+    let case_ids: Vec<uuid::Uuid> = pending.iter().map(|e| e.case_id).collect();
+    let traces = store::case_traces(&mut tx, &case_ids).await?;
     for escalation in pending {
         let request = EscalateRequest {
             case_id: escalation.case_id.to_string(),
             escalation_id: escalation.escalation_id.clone(),
             reason: escalation.reason.clone(),
         };
-        match cases.escalate(request).await {
+        // The call carries the complaint's trace, so the escalation is part of it.
+        let span = tracing::info_span!(
+            "sla.escalate",
+            otel.name = "deliver SLA escalation",
+            case.id = %escalation.case_id,
+            sla.escalation.level = escalation.level,
+        );
+        if let Some(trace) = traces.get(&escalation.case_id) {
+            complaints_kit::telemetry::continue_trace(&span, trace);
+        }
+        use tracing::Instrument as _;
+        match cases.escalate(request).instrument(span).await {
             Ok(response) => {
                 store::mark_escalation_delivered(&mut tx, &escalation.escalation_id).await?;
                 tracing::info!(
