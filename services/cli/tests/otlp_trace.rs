@@ -296,7 +296,6 @@ async fn a_complaint_is_one_trace_across_all_five_services() {
                 let breach = in_trace
                     .iter()
                     .any(|s| s.service == "sla-timer" && s.name == "fire SLA clock");
-                // The escalation it caused is announced in the same trace.
                 // The escalation call and what it caused are in the same trace.
                 let escalated = in_trace
                     .iter()
