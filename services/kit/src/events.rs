@@ -67,6 +67,8 @@ pub const CURSOR_MIGRATION: Migration = Migration {
 };
 
 pub const DEFAULT_BATCH: u32 = 500;
+/// Most events a consumer applies in one transaction.
+const APPLY_CHUNK: usize = 32;
 const MAX_BATCH: u32 = 2000;
 const POLL_FALLBACK: Duration = Duration::from_millis(200);
 /// How often an idle stream tells its consumer it is caught up.
@@ -468,6 +470,9 @@ pub trait EventHandler: Send + Sync + 'static {
 
 /// Follows one producer's stream into one handler.
 pub struct Consumer<H> {
+    /// Shared by consumers whose transactions update the same rows: they then apply one at a
+    /// time instead of waiting on each other's row locks inside long transactions.
+    serial: Option<Arc<tokio::sync::Mutex<()>>>,
     name: &'static str,
     metrics: Arc<crate::metrics::Metrics>,
     schema: String,
@@ -502,6 +507,7 @@ impl<H: EventHandler> Consumer<H> {
         handler: Arc<H>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
+            serial: None,
             name: context.name,
             metrics: context.metrics.clone(),
             schema: schema.to_owned(),
@@ -512,6 +518,12 @@ impl<H: EventHandler> Consumer<H> {
             handler,
             shutdown: context.shutdown.clone(),
         })
+    }
+
+    /// Applies this consumer's transactions one at a time with the others sharing `serial`.
+    pub fn serialised_with(mut self, serial: Arc<tokio::sync::Mutex<()>>) -> Self {
+        self.serial = Some(serial);
+        self
     }
 
     /// Runs until shutdown, reconnecting with back-off on any failure.
@@ -555,8 +567,20 @@ impl<H: EventHandler> Consumer<H> {
                 anyhow::bail!("the producer closed the stream");
             };
             let before = cursor;
-            cursor = self.apply_batch(cursor, &batch.events).await?;
-            self.handler.after_commit();
+            // Short transactions: a consumer's transaction holds back the release of every
+            // event committed after it began (positions are released below the oldest running
+            // writer), so a long batch would stall every stream in the cluster.
+            if batch.events.is_empty() {
+                cursor = self.apply_batch(cursor, &batch.events).await?;
+            }
+            for chunk in batch.events.chunks(APPLY_CHUNK) {
+                let _turn = match &self.serial {
+                    Some(serial) => Some(serial.lock().await),
+                    None => None,
+                };
+                cursor = self.apply_batch(cursor, chunk).await?;
+                self.handler.after_commit();
+            }
             self.record_progress(&batch, before, cursor);
         }
     }

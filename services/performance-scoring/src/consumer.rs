@@ -183,6 +183,8 @@ pub async fn supervise(
     handler: Arc<ScoringEvents>,
     restart: Arc<Notify>,
 ) -> anyhow::Result<()> {
+    // The three streams update the same daily aggregate rows: one transaction at a time.
+    let serial = Arc::new(tokio::sync::Mutex::new(()));
     loop {
         let (trigger, generation) = Shutdown::new();
         let mut consumer_context = context.clone();
@@ -195,7 +197,8 @@ pub async fn supervise(
                 source,
                 url,
                 handler.clone(),
-            )?;
+            )?
+            .serialised_with(serial.clone());
             tasks.push(tokio::spawn(consumer.run()));
         }
         let restarting = tokio::select! {

@@ -722,6 +722,7 @@ impl SlaService for SlaApi {
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
+        self.engine.policies.invalidate();
         if !inserted {
             // Either the same request raced us, or the id is taken.
             if let Some(row) = store::policy_by_request(&self.pool, &request_id)
@@ -783,6 +784,7 @@ impl SlaService for SlaApi {
         policy.version = current.version + 1;
         let updated_at = store::update_policy(&mut tx, &policy).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
+        self.engine.policies.invalidate();
         // Clocks already running keep the version they were planned with; new clocks and
         // reclassified cases take this one.
         Ok(Response::new(pb::UpdatePolicyResponse {

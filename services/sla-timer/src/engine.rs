@@ -29,12 +29,26 @@ pub struct CalendarCache {
 }
 
 /// The policies as loaded, with the fingerprint (count, sum of versions) they were loaded at.
-type PolicySnapshot = ((i64, i64), Arc<Vec<Policy>>);
+/// The policies, the fingerprint they were loaded under, and when it was last checked.
+type PolicySnapshot = ((i64, i64), Arc<Vec<Policy>>, std::time::Instant);
+
+/// How long the policy set is trusted without asking the database again. Changes made through
+/// this replica invalidate it at once; other replicas' changes are seen within this time.
+const POLICY_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// All policies, reloaded when any was created or updated.
 #[derive(Clone, Default)]
 pub struct PolicyCache {
     inner: Arc<Mutex<Option<PolicySnapshot>>>,
+}
+
+impl PolicyCache {
+    /// Forgets the cached policies (after a change through this replica).
+    pub fn invalidate(&self) {
+        if let Ok(mut guard) = self.inner.lock() {
+            *guard = None;
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -215,11 +229,18 @@ impl Engine {
     }
 
     pub async fn policies(&self, conn: &mut PgConnection) -> anyhow::Result<Arc<Vec<Policy>>> {
-        let fingerprint = store::policies_fingerprint(conn).await?;
         if let Ok(guard) = self.policies.inner.lock()
-            && let Some((seen, policies)) = guard.as_ref()
+            && let Some((_, policies, checked)) = guard.as_ref()
+            && checked.elapsed() < POLICY_RECHECK
+        {
+            return Ok(policies.clone());
+        }
+        let fingerprint = store::policies_fingerprint(conn).await?;
+        if let Ok(mut guard) = self.policies.inner.lock()
+            && let Some((seen, policies, checked)) = guard.as_mut()
             && *seen == fingerprint
         {
+            *checked = std::time::Instant::now();
             return Ok(policies.clone());
         }
         let policies: Arc<Vec<Policy>> = Arc::new(
@@ -230,7 +251,7 @@ impl Engine {
                 .collect(),
         );
         if let Ok(mut guard) = self.policies.inner.lock() {
-            *guard = Some((fingerprint, policies.clone()));
+            *guard = Some((fingerprint, policies.clone(), std::time::Instant::now()));
         }
         Ok(policies)
     }
