@@ -267,14 +267,7 @@ impl CaseService for CaseApi {
         let mut rows = store::list(&self.pool, &filter)
             .await
             .map_err(|e| grpc::storage(&e))?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|r| pagination::encode(&(r.opened_at, r.id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = pagination::next_page(&mut rows, limit, |r| (r.opened_at, r.id));
         Ok(Response::new(pb::ListCasesResponse {
             cases: rows.into_iter().map(case_to_proto).collect(),
             next_page_token,
@@ -391,14 +384,7 @@ impl CaseService for CaseApi {
         let mut rows = store::timeline(&self.pool, id, after, limit + 1)
             .await
             .map_err(|e| grpc::storage(&e))?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|r| pagination::encode(&(r.at, r.id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = pagination::next_page(&mut rows, limit, |r| (r.at, r.id));
         Ok(Response::new(pb::ListTimelineResponse {
             entries: rows
                 .into_iter()
@@ -962,14 +948,7 @@ impl CaseService for CaseApi {
             store::list_sub_tasks(&self.pool, case_id, department.as_deref(), after, limit + 1)
                 .await
                 .map_err(|e| grpc::storage(&e))?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|r| pagination::encode(&(r.created_at, r.id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = pagination::next_page(&mut rows, limit, |r| (r.created_at, r.id));
         Ok(Response::new(pb::ListSubTasksResponse {
             sub_tasks: rows.into_iter().map(sub_task_to_proto).collect(),
             next_page_token,

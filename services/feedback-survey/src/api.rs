@@ -424,14 +424,7 @@ impl SurveyService for SurveyApi {
         let mut rows = store::list_invitations(&self.pool, &filter)
             .await
             .map_err(storage)?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|r| pagination::encode(&(r.scheduled_for, r.id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = pagination::next_page(&mut rows, limit, |r| (r.scheduled_for, r.id));
         Ok(Response::new(pb::ListInvitationsResponse {
             invitations: self.encode(rows).await?,
             next_page_token,
@@ -877,14 +870,8 @@ impl SurveyService for SurveyApi {
         let mut rows = store::list_templates(&self.pool, template_id, after, limit + 1)
             .await
             .map_err(storage)?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|r| pagination::encode(&(r.template_id.clone(), r.version)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            pagination::next_page(&mut rows, limit, |r| (r.template_id.clone(), r.version));
         let mut templates = Vec::with_capacity(rows.len());
         for row in &rows {
             templates.push(template_to_proto(row, &template_of_row(row)?));

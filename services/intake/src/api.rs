@@ -500,14 +500,7 @@ impl IntakeService for IntakeApi {
         let mut rows = store::list(&self.pool, &filter)
             .await
             .map_err(|e| grpc::storage(&e))?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|r| pagination::encode(&(r.received_at, r.id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = pagination::next_page(&mut rows, limit, |r| (r.received_at, r.id));
         Ok(Response::new(pb::ListComplaintsResponse {
             complaints: rows.into_iter().map(|r| to_proto(r, &principal)).collect(),
             next_page_token,
@@ -883,14 +876,7 @@ impl IntakeService for IntakeApi {
         let mut rows = store::customer_history(&self.pool, c, p, e, after, limit + 1)
             .await
             .map_err(|e| grpc::storage(&e))?;
-        let next_page_token = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last()
-                .map(|r| pagination::encode(&(r.received_at, r.id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = pagination::next_page(&mut rows, limit, |r| (r.received_at, r.id));
         let by_channel = store::customer_channels(&self.pool, c, p, e)
             .await
             .map_err(|e| grpc::storage(&e))?

@@ -28,6 +28,21 @@ pub fn encode<T: serde::Serialize>(position: &T) -> String {
     URL_SAFE_NO_PAD.encode(json)
 }
 
+/// Trims rows fetched with `limit + 1` to `limit` and returns the next page's token ("" on the
+/// last page), made from the keyset position of the last row kept.
+pub fn next_page<T, K: serde::Serialize>(
+    rows: &mut Vec<T>,
+    limit: i64,
+    key: impl Fn(&T) -> K,
+) -> String {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit.max(0) as usize);
+        rows.last().map(|r| encode(&key(r))).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 /// Decodes a page token; empty means the first page.
 pub fn decode<T: serde::de::DeserializeOwned>(token: &str) -> Result<Option<T>, Status> {
     if token.is_empty() {
@@ -54,5 +69,11 @@ mod tests {
         assert!(decode::<(String, i32)>("!!!").is_err());
         assert!(page_size(201).is_err());
         assert_eq!(page_size(0).unwrap(), 50);
+        let mut rows = vec![1, 2, 3];
+        let token = next_page(&mut rows, 2, |r| *r);
+        assert_eq!(rows, vec![1, 2]);
+        assert_eq!(decode::<i32>(&token).unwrap(), Some(2));
+        let mut last = vec![1, 2];
+        assert_eq!(next_page(&mut last, 2, |r| *r), "");
     }
 }

@@ -822,12 +822,7 @@ impl SlaService for SlaApi {
         let mut rows = store::list_policies(&self.pool, after.as_deref(), limit + 1)
             .await
             .map_err(db)?;
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => pagination::encode(&last.id),
-            _ => String::new(),
-        };
+        let next_page_token = pagination::next_page(&mut rows, limit, |last| last.id.clone());
         Ok(Response::new(pb::ListPoliciesResponse {
             policies: rows
                 .iter()
@@ -983,12 +978,7 @@ impl SlaService for SlaApi {
         let mut rows = store::list_calendars(&self.pool, after.as_deref(), limit + 1)
             .await
             .map_err(db)?;
-        let more = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => pagination::encode(&last.id),
-            _ => String::new(),
-        };
+        let next_page_token = pagination::next_page(&mut rows, limit, |last| last.id.clone());
         let mut calendars = Vec::with_capacity(rows.len());
         for row in &rows {
             let calendar = calendar_from_row(row).map_err(internal)?;
