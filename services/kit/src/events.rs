@@ -630,17 +630,18 @@ impl<H: EventHandler> Consumer<H> {
             .consumer_applied
             .with_label_values(&labels)
             .inc_by(applied as u64);
-        let lag = if batch.caught_up {
-            0.0
-        } else {
-            // More is waiting: the next unapplied event is at least as old as the last applied.
-            batch
-                .events
-                .last()
-                .and_then(|e| e.occurred_at.as_ref())
+        // How far behind the producer this consumer runs: the age of the newest event it just
+        // applied (anything still waiting is at least that old). A batch that was "caught up"
+        // when the producer read it may wait behind a slow consumer, so only an empty heartbeat
+        // proves there is nothing to apply.
+        let lag = match batch.events.last() {
+            None => 0.0,
+            Some(last) => last
+                .occurred_at
+                .as_ref()
                 .and_then(crate::time::from_timestamp)
                 .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0)
-                .unwrap_or(0.0)
+                .unwrap_or(0.0),
         };
         self.metrics
             .consumer_lag_seconds
