@@ -227,7 +227,7 @@ def main() -> int:
     for name, process in processes.items():
         body = wait_for(f"http://127.0.0.1:{ports[name] + 1000}/metrics", 60, process)
         if body is None:
-            fail(f"{name} did not serve /metrics with the rendered environment: {(logs / f'{name}.log').read_text()[-2000:]}")
+            fail(f"{name} did not serve /metrics with the rendered environment: {(logs / f'{name}.log').read_text()[:3000]}")
     time.sleep(1)
     for name, process in processes.items():
         started = time.monotonic()

@@ -117,7 +117,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let base_port: u16 = if options.target.is_some() {
         50051
     } else {
-        56051
+        46051
     };
     let urls: Vec<String> = (0..5)
         .map(|i| format!("http://{host}:{}", base_port + i))
