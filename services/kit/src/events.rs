@@ -604,8 +604,11 @@ impl<H: EventHandler> Consumer<H> {
             messaging.message.id = %event.event_id,
             complaint.id = tracing::field::Empty,
             case.id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
         crate::telemetry::continue_trace(&span, &event.traceparent);
+        crate::telemetry::record_ids(&span);
         let id_field = if self.source == "intake" {
             "complaint.id"
         } else {

@@ -368,6 +368,7 @@ fn server_span(service: &str, method: &str, headers: &http::HeaderMap) -> tracin
         complaint.id = tracing::field::Empty,
         case.id = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     let parent =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
@@ -376,10 +377,7 @@ fn server_span(service: &str, method: &str, headers: &http::HeaderMap) -> tracin
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
         let _ = span.set_parent(parent);
     }
-    let trace_id = crate::telemetry::trace_id(&span);
-    if !trace_id.is_empty() {
-        span.record("trace_id", trace_id.as_str());
-    }
+    crate::telemetry::record_ids(&span);
     span
 }
 

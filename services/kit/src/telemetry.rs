@@ -145,6 +145,17 @@ pub fn trace_id(span: &tracing::Span) -> String {
     }
 }
 
+/// Records the span's OpenTelemetry trace and span ids on its `trace_id` / `span_id` fields, so
+/// JSON logs written inside it carry them.
+pub fn record_ids(span: &tracing::Span) {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", span_context.trace_id().to_string().as_str());
+        span.record("span_id", span_context.span_id().to_string().as_str());
+    }
+}
+
 /// Records the complaint a request or event is about on the current span.
 pub fn record_complaint(id: &str) {
     tracing::Span::current().record("complaint.id", id);
@@ -172,6 +183,55 @@ mod tests {
         assert_eq!(super::mask("+8613800138000"), "+************0");
         assert_eq!(super::mask("张三"), "**");
         assert_eq!(super::mask(""), "");
+    }
+
+    /// Collects what a fmt layer writes.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_logs_carry_the_trace_and_span_ids() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(move || writer.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "grpc.server",
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty
+            );
+            super::record_ids(&span);
+            let _entered = span.enter();
+            tracing::info!(case_id = "c-1", "case opened");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let trace_id = line["span"]["trace_id"].as_str().unwrap_or_default();
+        let span_id = line["span"]["span_id"].as_str().unwrap_or_default();
+        assert_eq!(trace_id.len(), 32, "{text}");
+        assert_eq!(span_id.len(), 16, "{text}");
+        assert_eq!(line["message"], "case opened");
     }
 
     #[test]
