@@ -5,7 +5,7 @@ use complaints_kit::Role;
 use complaints_kit::testing::eventually;
 use complaints_proto::cases::v1::{GetCaseRequest, ListTimelineRequest};
 use complaints_proto::common::v1::{CaseStatus, ClockKind};
-use complaints_proto::scoring::v1::{GetScorecardRequest, SubjectKind};
+use complaints_proto::scoring::v1::SubjectKind;
 use complaints_proto::sla::v1::{ClockState, ListCaseClocksRequest};
 use complaints_proto::survey::v1::{
     Answer, ClaimDueInvitationsRequest, SubmitSurveyResponseRequest, answer::Value,
@@ -142,23 +142,15 @@ async fn a_breached_clock_escalates_the_case_once_per_level() {
     );
 
     // The breach counts against the department's first-response on-time rate.
-    let now = chrono::Utc::now();
     let scoring = t.scoring("quality-lead", Role::Quality);
     eventually("the breach to reach the scorecard", WAIT, || {
         let mut scoring = scoring.clone();
         async move {
             let card = scoring
-                .get_scorecard(GetScorecardRequest {
-                    subject_kind: SubjectKind::Department as i32,
-                    subject_id: "quality".into(),
-                    period_start: Some(complaints_kit::time::to_timestamp(
-                        now - chrono::Duration::days(1),
-                    )),
-                    period_end: Some(complaints_kit::time::to_timestamp(
-                        now + chrono::Duration::days(1),
-                    )),
-                    ..Default::default()
-                })
+                .get_scorecard(e2e_tests::scorecard_around_now(
+                    SubjectKind::Department,
+                    "quality",
+                ))
                 .await
                 .ok()?
                 .into_inner()

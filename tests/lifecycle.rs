@@ -14,7 +14,7 @@ use complaints_proto::common::v1::{CaseStatus, Channel, ClockKind, CustomerTier}
 use complaints_proto::intake::v1::{
     Complainant, ComplaintContent, GetComplaintRequest, SubmitComplaintRequest,
 };
-use complaints_proto::scoring::v1::{GetScorecardRequest, SubjectKind};
+use complaints_proto::scoring::v1::SubjectKind;
 use complaints_proto::sla::v1::{ClockState, ListCaseClocksRequest};
 use complaints_proto::survey::v1::{
     Answer, ClaimDueInvitationsRequest, InvitationStatus, ListInvitationsRequest,
@@ -334,7 +334,6 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
 
     // 6. Performance scoring shows the numbers for the agent and the department.
     let scoring = t.scoring("quality-lead", Role::Quality);
-    let now = chrono::Utc::now();
     for (kind, subject) in [
         (SubjectKind::Agent, "agent-li"),
         (SubjectKind::Department, "quality"),
@@ -343,17 +342,7 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
             let mut scoring = scoring.clone();
             async move {
                 let card = scoring
-                    .get_scorecard(GetScorecardRequest {
-                        subject_kind: kind as i32,
-                        subject_id: subject.into(),
-                        period_start: Some(complaints_kit::time::to_timestamp(
-                            now - chrono::Duration::days(1),
-                        )),
-                        period_end: Some(complaints_kit::time::to_timestamp(
-                            now + chrono::Duration::days(1),
-                        )),
-                        ..Default::default()
-                    })
+                    .get_scorecard(e2e_tests::scorecard_around_now(kind, subject))
                     .await
                     .ok()?
                     .into_inner()

@@ -203,3 +203,22 @@ pub fn series_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A scorecard request for the cases opened from yesterday to tomorrow (the test's cases).
+pub fn scorecard_around_now(
+    kind: complaints_proto::scoring::v1::SubjectKind,
+    subject: &str,
+) -> complaints_proto::scoring::v1::GetScorecardRequest {
+    let now = chrono::Utc::now();
+    complaints_proto::scoring::v1::GetScorecardRequest {
+        subject_kind: kind as i32,
+        subject_id: subject.into(),
+        period_start: Some(complaints_kit::time::to_timestamp(
+            now - chrono::Duration::days(1),
+        )),
+        period_end: Some(complaints_kit::time::to_timestamp(
+            now + chrono::Duration::days(1),
+        )),
+        ..Default::default()
+    }
+}

@@ -40,6 +40,18 @@ pub struct CaseRow {
     pub traceparent: String,
 }
 
+impl CaseRow {
+    /// The trace an event about this case belongs to: the caller's, else the complaint's (so
+    /// changes made days after intake stay in the complaint's trace).
+    pub fn trace_for(&self, given: &str) -> String {
+        if given.is_empty() {
+            self.traceparent.clone()
+        } else {
+            given.to_owned()
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct TimelineEntry {
     pub case_id: Uuid,

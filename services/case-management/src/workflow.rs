@@ -209,13 +209,7 @@ pub async fn apply_change(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<CaseRow, WorkflowError> {
-    // Changes made later still belong to the complaint's trace.
-    let case_trace = case.traceparent.clone();
-    let traceparent = if traceparent.is_empty() {
-        case_trace.as_str()
-    } else {
-        traceparent
-    };
+    let traceparent = &case.trace_for(traceparent);
     let aggregate = case.id.to_string();
     match change {
         Change::Acknowledge { note } => {
@@ -534,13 +528,7 @@ pub async fn reclassify(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<CaseRow>, WorkflowError> {
-    // Changes made later still belong to the complaint's trace.
-    let case_trace = case.traceparent.clone();
-    let traceparent = if traceparent.is_empty() {
-        case_trace.as_str()
-    } else {
-        traceparent
-    };
+    let traceparent = &case.trace_for(traceparent);
     let before = format!(
         "{} / {} / {} / {}",
         case.category, case.severity, case.priority, case.complexity
@@ -610,13 +598,7 @@ pub async fn record_repeat_contact(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<CaseRow, WorkflowError> {
-    // Changes made later still belong to the complaint's trace.
-    let case_trace = case.traceparent.clone();
-    let traceparent = if traceparent.is_empty() {
-        case_trace.as_str()
-    } else {
-        traceparent
-    };
+    let traceparent = &case.trace_for(traceparent);
     store::append_timeline(
         &mut *conn,
         &TimelineEntry {
@@ -676,13 +658,7 @@ pub async fn create_sub_task(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<(SubTaskRow, bool), WorkflowError> {
-    // Changes made later still belong to the complaint's trace.
-    let case_trace = case.traceparent.clone();
-    let traceparent = if traceparent.is_empty() {
-        case_trace.as_str()
-    } else {
-        traceparent
-    };
+    let traceparent = &case.trace_for(traceparent);
     if let Some(existing) = store::sub_task_by_request(&mut *conn, &new.request_id).await? {
         if existing.case_id != case.id {
             return Err(WorkflowError::InvalidField(
@@ -796,13 +772,7 @@ pub async fn update_sub_task(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<SubTaskRow, WorkflowError> {
-    // Changes made later still belong to the complaint's trace.
-    let case_trace = case.traceparent.clone();
-    let traceparent = if traceparent.is_empty() {
-        case_trace.as_str()
-    } else {
-        traceparent
-    };
+    let traceparent = &case.trace_for(traceparent);
     let from = SubTaskStatus::try_from(task.status as i32).unwrap_or(SubTaskStatus::Unspecified);
     let allowed = coordination::sub_task_next(from);
     if !allowed.contains(&to) {
@@ -861,13 +831,7 @@ pub async fn open_dissatisfaction_review(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<(), WorkflowError> {
-    // Changes made later still belong to the complaint's trace.
-    let case_trace = case.traceparent.clone();
-    let traceparent = if traceparent.is_empty() {
-        case_trace.as_str()
-    } else {
-        traceparent
-    };
+    let traceparent = &case.trace_for(traceparent);
     let new = NewSubTask {
         request_id: format!("dissatisfaction-review:{invitation_id}"),
         department_id: case.department_id.clone(),
@@ -911,13 +875,7 @@ pub async fn log_contact(
     traceparent: &str,
     now: DateTime<Utc>,
 ) -> Result<(TimelineRow, bool), WorkflowError> {
-    // Changes made later still belong to the complaint's trace.
-    let case_trace = case.traceparent.clone();
-    let traceparent = if traceparent.is_empty() {
-        case_trace.as_str()
-    } else {
-        traceparent
-    };
+    let traceparent = &case.trace_for(traceparent);
     if let Some(existing) = store::timeline_by_request(&mut *conn, request_id).await? {
         if existing.case_id != case.id {
             return Err(WorkflowError::InvalidField(
@@ -985,12 +943,7 @@ pub async fn escalate(
         actor,
         traceparent,
     } = *request;
-    let case_trace = case.traceparent.clone();
-    let traceparent = if traceparent.is_empty() {
-        case_trace.as_str()
-    } else {
-        traceparent
-    };
+    let traceparent = &case.trace_for(traceparent);
     let department = store::department(&mut *conn, &case.department_id)
         .await?
         .map(|d| d.routing())
