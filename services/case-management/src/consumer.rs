@@ -6,9 +6,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use chrono::Utc;
-use complaints_kit::events::{EventHandler, EventLog};
+use complaints_kit::events::{EventHandler, EventLog, Incoming};
 use complaints_proto::common::v1::{CaseStatus, Priority, Severity};
-use complaints_proto::events::v1::{Event, event::Payload};
+use complaints_proto::events::v1::{ComplaintAccepted, Event, event::Payload};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -29,18 +29,7 @@ impl CaseEvents {
         let now = Utc::now();
         match &event.payload {
             Some(Payload::ComplaintAccepted(accepted)) => {
-                if let Some(case) = workflow::open_case(
-                    conn,
-                    &self.events,
-                    accepted,
-                    &self.policy,
-                    &event.traceparent,
-                    now,
-                )
-                .await?
-                {
-                    tracing::info!(case_id = %case.id, complaint_id = %accepted.complaint_id, department = %case.department_id, "case opened");
-                }
+                self.open_cases(conn, &[(accepted, event)]).await?;
             }
             Some(Payload::ComplaintRejected(rejected)) => {
                 let Ok(complaint_id) = Uuid::parse_str(&rejected.complaint_id) else {
@@ -181,6 +170,26 @@ impl CaseEvents {
     }
 }
 
+impl CaseEvents {
+    /// Opens the cases of a run of accepted complaints with set-based statements.
+    async fn open_cases(
+        &self,
+        conn: &mut PgConnection,
+        run: &[(&ComplaintAccepted, &Event)],
+    ) -> anyhow::Result<()> {
+        let accepted: Vec<(&ComplaintAccepted, &str)> = run
+            .iter()
+            .map(|(accepted, event)| (*accepted, event.traceparent.as_str()))
+            .collect();
+        let opened =
+            workflow::open_cases(conn, &self.events, &accepted, &self.policy, Utc::now()).await?;
+        for (i, case) in opened {
+            tracing::info!(case_id = %case.id, complaint_id = %accepted[i].0.complaint_id, department = %case.department_id, "case opened");
+        }
+        Ok(())
+    }
+}
+
 impl EventHandler for CaseEvents {
     fn apply<'a>(
         &'a self,
@@ -190,8 +199,32 @@ impl EventHandler for CaseEvents {
         Box::pin(self.on_event(tx, event))
     }
 
+    fn in_sets(&self, event: &Event) -> bool {
+        accepted_of(event).is_some()
+    }
+
+    /// Opens the cases of a run of accepted complaints with set-based statements.
+    fn apply_set<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        run: &'a [Incoming<'a>],
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        let complaints: Vec<(&ComplaintAccepted, &Event)> = run
+            .iter()
+            .filter_map(|i| accepted_of(i.event).map(|a| (a, i.event)))
+            .collect();
+        Box::pin(async move { self.open_cases(tx, &complaints).await })
+    }
+
     fn after_commit(&self) {
         self.events.committed();
         self.changes.notify();
+    }
+}
+
+fn accepted_of(event: &Event) -> Option<&ComplaintAccepted> {
+    match &event.payload {
+        Some(Payload::ComplaintAccepted(accepted)) => Some(accepted),
+        _ => None,
     }
 }

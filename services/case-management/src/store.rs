@@ -1,7 +1,7 @@
 //! SQL of the `cases` schema.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use crate::domain::routing::{AgentLoad, Department};
@@ -193,6 +193,19 @@ pub async fn agents(
     .await
 }
 
+/// The agents of the given departments, with their open cases.
+pub async fn agents_in(
+    conn: &mut PgConnection,
+    department_ids: &[String],
+) -> Result<Vec<AgentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{AGENT_SELECT} WHERE a.department_id = ANY($1) ORDER BY a.id"
+    ))
+    .bind(department_ids)
+    .fetch_all(conn)
+    .await
+}
+
 pub async fn insert_agent(
     conn: &mut PgConnection,
     request_id: &str,
@@ -280,6 +293,47 @@ pub async fn insert_case(
     .bind(&case.traceparent)
     .fetch_optional(conn)
     .await
+}
+
+/// Inserts cases with one statement, skipping complaints that already have one; returns the
+/// complaint ids of the cases inserted.
+pub async fn insert_cases(
+    conn: &mut PgConnection,
+    cases: &[CaseRow],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if cases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = QueryBuilder::new(format!("INSERT INTO cases.cases ({CASE_COLUMNS}) "));
+    query.push_values(cases, |mut row, case| {
+        row.push_bind(case.id)
+            .push_bind(case.complaint_id)
+            .push_bind(&case.complaint_reference)
+            .push_bind(case.status)
+            .push_bind(&case.department_id)
+            .push_bind(&case.owner_id)
+            .push_bind(&case.category)
+            .push_bind(case.severity)
+            .push_bind(case.priority)
+            .push_bind(case.complexity)
+            .push_bind(case.channel)
+            .push_bind(case.customer_tier)
+            .push_bind(&case.customer_id)
+            .push_bind(case.escalation_level)
+            .push_bind(case.received_at)
+            .push_bind(case.opened_at)
+            .push_bind(case.acknowledged_at)
+            .push_bind(case.resolved_at)
+            .push_bind(case.closed_at)
+            .push_bind(case.version)
+            .push_bind(&case.product_ref)
+            .push_bind(&case.order_ref)
+            .push_bind(case.problem_id)
+            .push_bind(case.under_review)
+            .push_bind(&case.traceparent);
+    });
+    query.push(" ON CONFLICT (complaint_id) DO NOTHING RETURNING complaint_id");
+    query.build_query_scalar().fetch_all(conn).await
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<CaseRow>, sqlx::Error> {
@@ -372,6 +426,32 @@ pub async fn append_timeline(
     .bind(entry.customer_visible)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Appends several timeline entries with one statement.
+pub async fn append_timeline_all(
+    conn: &mut PgConnection,
+    entries: &[TimelineEntry],
+) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut query = QueryBuilder::new(
+        "INSERT INTO cases.timeline (id, case_id, at, actor, kind, from_value, to_value, note, customer_visible) ",
+    );
+    query.push_values(entries, |mut row, entry| {
+        row.push_bind(Uuid::now_v7())
+            .push_bind(entry.case_id)
+            .push_bind(entry.at)
+            .push_bind(&entry.actor)
+            .push_bind(entry.kind)
+            .push_bind(&entry.from_value)
+            .push_bind(&entry.to_value)
+            .push_bind(&entry.note)
+            .push_bind(entry.customer_visible);
+    });
+    query.build().execute(conn).await?;
     Ok(())
 }
 

@@ -64,111 +64,157 @@ fn ts(at: DateTime<Utc>) -> Option<prost_types::Timestamp> {
     Some(to_timestamp(at))
 }
 
-/// Opens the case of an accepted complaint; `None` if it already has one.
-pub async fn open_case(
+/// Opens a case for each accepted complaint, in order, with a few statements for the whole
+/// run: routing data is read once, owners are chosen in memory (each choice counts towards the
+/// load the next one sees), and cases, timeline entries and `CaseOpened` events are inserted
+/// as multi-row statements. A complaint that already has a case is skipped. Returns the cases
+/// opened, each with the index of its complaint in `accepted`.
+pub async fn open_cases(
     conn: &mut PgConnection,
     events: &EventLog,
-    accepted: &ComplaintAccepted,
+    accepted: &[(&ComplaintAccepted, &str)],
     policy: &CasePolicy,
-    traceparent: &str,
     now: DateTime<Utc>,
-) -> Result<Option<CaseRow>, WorkflowError> {
-    let complaint_id = Uuid::parse_str(&accepted.complaint_id)
-        .map_err(|_| WorkflowError::Precondition("complaint id is not a UUID".into()))?;
+) -> Result<Vec<(usize, CaseRow)>, WorkflowError> {
+    if accepted.is_empty() {
+        return Ok(Vec::new());
+    }
     let departments: Vec<routing::Department> = store::departments(&mut *conn)
         .await?
         .iter()
         .map(|d| d.routing())
         .collect();
-    let department = routing::department_for(&departments, &accepted.category)
-        .cloned()
-        .ok_or_else(|| WorkflowError::Precondition("no department is configured".into()))?;
-    let loads: Vec<routing::AgentLoad> = store::agents(&mut *conn, Some(&department.id))
+    let mut chosen = Vec::with_capacity(accepted.len());
+    for (complaint, _) in accepted {
+        let complaint_id = Uuid::parse_str(&complaint.complaint_id)
+            .map_err(|_| WorkflowError::Precondition("complaint id is not a UUID".into()))?;
+        let department = routing::department_for(&departments, &complaint.category)
+            .ok_or_else(|| WorkflowError::Precondition("no department is configured".into()))?;
+        chosen.push((complaint_id, department));
+    }
+    let mut wanted: Vec<String> = chosen.iter().map(|(_, d)| d.id.clone()).collect();
+    wanted.sort();
+    wanted.dedup();
+    // (department, load) of every agent of the departments involved.
+    let mut loads: Vec<(String, routing::AgentLoad)> = store::agents_in(&mut *conn, &wanted)
         .await?
         .iter()
-        .map(|a| a.load())
+        .map(|a| (a.department_id.clone(), a.load()))
         .collect();
-    let tier = CustomerTier::try_from(accepted.customer_tier).unwrap_or(CustomerTier::Regular);
-    let severity = Severity::try_from(accepted.severity).unwrap_or(Severity::General);
-    let need = routing::Need {
-        senior: routing::needs_senior(tier, severity),
-        skill: Some(routing::skill_for(&accepted.category, &policy.skill_map)),
-        language: Some(accepted.language.as_str()).filter(|l| !l.is_empty()),
-    };
-    let owner = routing::choose_owner(&department, &loads, &need);
-    let received_at = accepted
-        .received_at
-        .as_ref()
-        .and_then(complaints_kit::time::from_timestamp)
-        .unwrap_or(now);
-    let case = CaseRow {
-        traceparent: traceparent.to_owned(),
-        id: Uuid::now_v7(),
-        complaint_id,
-        complaint_reference: accepted.reference.clone(),
-        status: CaseStatus::Accepted as i16,
-        department_id: department.id.clone(),
-        owner_id: owner.clone(),
-        category: accepted.category.clone(),
-        severity: accepted.severity as i16,
-        priority: accepted.priority as i16,
-        complexity: accepted.complexity as i16,
-        channel: accepted.channel as i16,
-        customer_tier: accepted.customer_tier as i16,
-        customer_id: accepted.customer_id.clone(),
-        escalation_level: 0,
-        received_at,
-        opened_at: now,
-        acknowledged_at: None,
-        resolved_at: None,
-        closed_at: None,
-        version: 1,
-        product_ref: accepted.product_ref.trim().to_owned(),
-        order_ref: accepted.order_ref.trim().to_owned(),
-        problem_id: None,
-        under_review: false,
-    };
-    let Some(case) = store::insert_case(&mut *conn, &case).await? else {
-        return Ok(None);
-    };
-    store::append_timeline(
-        &mut *conn,
-        &TimelineEntry {
+    let mut cases = Vec::with_capacity(accepted.len());
+    let mut seen = std::collections::HashSet::new();
+    for ((complaint, traceparent), (complaint_id, department)) in accepted.iter().zip(&chosen) {
+        if !seen.insert(*complaint_id) {
+            continue;
+        }
+        let in_department: Vec<routing::AgentLoad> = loads
+            .iter()
+            .filter(|(d, _)| *d == department.id)
+            .map(|(_, load)| load.clone())
+            .collect();
+        let tier = CustomerTier::try_from(complaint.customer_tier).unwrap_or(CustomerTier::Regular);
+        let severity = Severity::try_from(complaint.severity).unwrap_or(Severity::General);
+        let need = routing::Need {
+            senior: routing::needs_senior(tier, severity),
+            skill: Some(routing::skill_for(&complaint.category, &policy.skill_map)),
+            language: Some(complaint.language.as_str()).filter(|l| !l.is_empty()),
+        };
+        let owner = routing::choose_owner(department, &in_department, &need);
+        if let Some((_, load)) = loads.iter_mut().find(|(_, a)| a.id == owner) {
+            load.open_cases += 1;
+        }
+        let received_at = complaint
+            .received_at
+            .as_ref()
+            .and_then(complaints_kit::time::from_timestamp)
+            .unwrap_or(now);
+        cases.push(CaseRow {
+            traceparent: (*traceparent).to_owned(),
+            id: Uuid::now_v7(),
+            complaint_id: *complaint_id,
+            complaint_reference: complaint.reference.clone(),
+            status: CaseStatus::Accepted as i16,
+            department_id: department.id.clone(),
+            owner_id: owner,
+            category: complaint.category.clone(),
+            severity: complaint.severity as i16,
+            priority: complaint.priority as i16,
+            complexity: complaint.complexity as i16,
+            channel: complaint.channel as i16,
+            customer_tier: complaint.customer_tier as i16,
+            customer_id: complaint.customer_id.clone(),
+            escalation_level: 0,
+            received_at,
+            opened_at: now,
+            acknowledged_at: None,
+            resolved_at: None,
+            closed_at: None,
+            version: 1,
+            product_ref: complaint.product_ref.trim().to_owned(),
+            order_ref: complaint.order_ref.trim().to_owned(),
+            problem_id: None,
+            under_review: false,
+        });
+    }
+    let inserted: std::collections::HashSet<Uuid> = store::insert_cases(&mut *conn, &cases)
+        .await?
+        .into_iter()
+        .collect();
+    let index_of: std::collections::HashMap<Uuid, usize> = chosen
+        .iter()
+        .enumerate()
+        .map(|(i, (complaint_id, _))| (*complaint_id, i))
+        .collect();
+    let opened: Vec<(usize, CaseRow)> = cases
+        .into_iter()
+        .filter(|c| inserted.contains(&c.complaint_id))
+        .map(|c| (index_of[&c.complaint_id], c))
+        .collect();
+    let timeline: Vec<TimelineEntry> = opened
+        .iter()
+        .map(|(i, case)| TimelineEntry {
             case_id: case.id,
             at: now,
             actor: "case-management".into(),
             kind: "opened",
             from_value: String::new(),
-            to_value: format!("{} / {}", department.id, owner),
-            note: format!("Complaint {} received; case opened", accepted.reference),
+            to_value: format!("{} / {}", case.department_id, case.owner_id),
+            note: format!(
+                "Complaint {} received; case opened",
+                accepted[*i].0.reference
+            ),
             customer_visible: true,
-        },
-    )
-    .await?;
-    events
-        .append(
-            &mut *conn,
-            &case.id.to_string(),
-            traceparent,
-            Payload::CaseOpened(CaseOpened {
-                case_id: case.id.to_string(),
-                complaint_id: accepted.complaint_id.clone(),
-                complaint_reference: accepted.reference.clone(),
-                department_id: case.department_id.clone(),
-                owner_id: case.owner_id.clone(),
-                category: case.category.clone(),
-                severity: accepted.severity,
-                priority: accepted.priority,
-                complexity: accepted.complexity,
-                channel: accepted.channel,
-                customer_tier: accepted.customer_tier,
-                received_at: ts(received_at),
-                opened_at: ts(now),
-                customer_id: case.customer_id.clone(),
-            }),
-        )
-        .await?;
-    Ok(Some(case))
+        })
+        .collect();
+    store::append_timeline_all(&mut *conn, &timeline).await?;
+    let opened_events = opened
+        .iter()
+        .map(|(i, case)| {
+            let (complaint, traceparent) = accepted[*i];
+            (
+                case.id.to_string(),
+                traceparent.to_owned(),
+                Payload::CaseOpened(CaseOpened {
+                    case_id: case.id.to_string(),
+                    complaint_id: complaint.complaint_id.clone(),
+                    complaint_reference: complaint.reference.clone(),
+                    department_id: case.department_id.clone(),
+                    owner_id: case.owner_id.clone(),
+                    category: case.category.clone(),
+                    severity: complaint.severity,
+                    priority: complaint.priority,
+                    complexity: complaint.complexity,
+                    channel: complaint.channel,
+                    customer_tier: complaint.customer_tier,
+                    received_at: ts(case.received_at),
+                    opened_at: ts(now),
+                    customer_id: case.customer_id.clone(),
+                }),
+            )
+        })
+        .collect();
+    events.append_all(&mut *conn, opened_events).await?;
+    Ok(opened)
 }
 
 /// A change someone asks for.

@@ -6,10 +6,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use chrono::{Duration, Utc};
-use complaints_kit::events::{EventHandler, EventLog};
+use complaints_kit::events::{EventHandler, EventLog, Incoming};
 use complaints_kit::time::from_timestamp;
 use complaints_proto::common::v1::CaseStatus;
-use complaints_proto::events::v1::{Event, SurveyInvitationIssued, event::Payload};
+use complaints_proto::events::v1::{CaseOpened, Event, SurveyInvitationIssued, event::Payload};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -30,18 +30,7 @@ impl SurveyEvents {
     async fn on_event(&self, conn: &mut PgConnection, event: &Event) -> anyhow::Result<()> {
         match &event.payload {
             Some(Payload::CaseOpened(opened)) => {
-                store::upsert_case(
-                    conn,
-                    &CaseRow {
-                        case_id: Uuid::parse_str(&opened.case_id)?,
-                        department_id: opened.department_id.clone(),
-                        owner_id: opened.owner_id.clone(),
-                        category: opened.category.clone(),
-                        channel: opened.channel as i16,
-                        customer_id: opened.customer_id.clone(),
-                    },
-                )
-                .await?;
+                store::upsert_cases(conn, &[case_of(opened)?]).await?;
             }
             Some(Payload::CaseAssigned(assigned)) => {
                 let case_id = Uuid::parse_str(&assigned.case_id)?;
@@ -135,7 +124,40 @@ impl EventHandler for SurveyEvents {
         Box::pin(self.on_event(tx, event))
     }
 
+    fn in_sets(&self, event: &Event) -> bool {
+        matches!(event.payload, Some(Payload::CaseOpened(_)))
+    }
+
+    /// Records a run of opened cases with one statement.
+    fn apply_set<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        run: &'a [Incoming<'a>],
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut cases = Vec::with_capacity(run.len());
+            for incoming in run {
+                if let Some(Payload::CaseOpened(opened)) = &incoming.event.payload {
+                    cases.push(case_of(opened)?);
+                }
+            }
+            store::upsert_cases(tx, &cases).await?;
+            Ok(())
+        })
+    }
+
     fn after_commit(&self) {
         self.events.committed();
     }
+}
+
+fn case_of(opened: &CaseOpened) -> anyhow::Result<CaseRow> {
+    Ok(CaseRow {
+        case_id: Uuid::parse_str(&opened.case_id)?,
+        department_id: opened.department_id.clone(),
+        owner_id: opened.owner_id.clone(),
+        category: opened.category.clone(),
+        channel: opened.channel as i16,
+        customer_id: opened.customer_id.clone(),
+    })
 }

@@ -61,20 +61,40 @@ pub struct AttemptRow {
 }
 
 pub async fn upsert_case(conn: &mut PgConnection, case: &CaseRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO survey.cases (case_id, department_id, owner_id, category, channel, customer_id)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (case_id) DO UPDATE SET department_id = EXCLUDED.department_id,
+    upsert_cases(conn, std::slice::from_ref(case)).await
+}
+
+/// Records several cases with one statement (a case given twice keeps its last facts).
+pub async fn upsert_cases(conn: &mut PgConnection, cases: &[CaseRow]) -> Result<(), sqlx::Error> {
+    let mut last = std::collections::HashMap::new();
+    for (i, case) in cases.iter().enumerate() {
+        last.insert(case.case_id, i);
+    }
+    let rows: Vec<&CaseRow> = cases
+        .iter()
+        .enumerate()
+        .filter(|(i, case)| last[&case.case_id] == *i)
+        .map(|(_, case)| case)
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut query = sqlx::QueryBuilder::new(
+        "INSERT INTO survey.cases (case_id, department_id, owner_id, category, channel, customer_id) ",
+    );
+    query.push_values(rows, |mut row, case| {
+        row.push_bind(case.case_id)
+            .push_bind(&case.department_id)
+            .push_bind(&case.owner_id)
+            .push_bind(&case.category)
+            .push_bind(case.channel)
+            .push_bind(&case.customer_id);
+    });
+    query.push(
+        " ON CONFLICT (case_id) DO UPDATE SET department_id = EXCLUDED.department_id,
              owner_id = EXCLUDED.owner_id, updated_at = now()",
-    )
-    .bind(case.case_id)
-    .bind(&case.department_id)
-    .bind(&case.owner_id)
-    .bind(&case.category)
-    .bind(case.channel)
-    .bind(&case.customer_id)
-    .execute(conn)
-    .await?;
+    );
+    query.build().execute(conn).await?;
     Ok(())
 }
 

@@ -32,7 +32,13 @@ pub struct IntakeApi {
     org_timezone: chrono_tz::Tz,
     repeat_rules: RepeatRules,
     taxonomy: TaxonomyCache,
+    /// Reference numbers taken from the sequence a block at a time (a restart skips what was
+    /// left of its block: references have gaps, never duplicates).
+    reference_numbers: std::sync::Mutex<std::collections::VecDeque<i64>>,
 }
+
+/// How many reference numbers a replica takes from the sequence at once.
+const REFERENCE_BLOCK: i64 = 20;
 
 impl IntakeApi {
     pub fn new(
@@ -59,7 +65,30 @@ impl IntakeApi {
             org_timezone: config.org_timezone,
             repeat_rules: config.repeat_rules.clone(),
             taxonomy,
+            reference_numbers: Default::default(),
         }
+    }
+
+    /// The next reference number: from this replica's block, or a new block.
+    async fn reference_number(&self, tx: &mut sqlx::PgConnection) -> Result<i64, Status> {
+        if let Some(n) = self.take_reference_number() {
+            return Ok(n);
+        }
+        let mut block = store::reserve_reference_numbers(tx, REFERENCE_BLOCK)
+            .await
+            .map_err(|e| grpc::storage(&e))?
+            .into_iter();
+        let first = block
+            .next()
+            .ok_or_else(|| Status::internal("the reference sequence returned no number"))?;
+        if let Ok(mut queue) = self.reference_numbers.lock() {
+            queue.extend(block);
+        }
+        Ok(first)
+    }
+
+    fn take_reference_number(&self) -> Option<i64> {
+        self.reference_numbers.lock().ok()?.pop_front()
     }
 
     /// Locks a complaint for a change, checking its version.
@@ -315,6 +344,26 @@ fn accepted_event(row: &ComplaintRow) -> Payload {
     })
 }
 
+/// The `ComplaintAccepted` of a complaint about to be stored.
+fn accepted_event_of(new: &store::NewComplaintRow<'_>) -> Payload {
+    let (complaint, classification) = (new.complaint, new.classification);
+    Payload::ComplaintAccepted(ComplaintAccepted {
+        complaint_id: new.id.to_string(),
+        reference: new.reference.to_owned(),
+        channel: complaint.channel as i32,
+        customer_id: complaint.customer_id.clone().unwrap_or_default(),
+        customer_tier: complaint.tier as i32,
+        category: classification.category.clone(),
+        severity: classification.severity as i32,
+        priority: classification.priority as i32,
+        complexity: classification.complexity as i32,
+        received_at: Some(to_timestamp(new.received_at)),
+        order_ref: complaint.order_ref.clone().unwrap_or_default(),
+        product_ref: complaint.product_ref.clone().unwrap_or_default(),
+        language: complaint.language.clone(),
+    })
+}
+
 #[tonic::async_trait]
 impl IntakeService for IntakeApi {
     async fn submit_complaint(
@@ -345,13 +394,8 @@ impl IntakeService for IntakeApi {
             .to_string();
 
         let mut tx = self.pool.begin().await.map_err(|e| grpc::storage(&e))?;
-        // A replay of a request returns what the first one created.
-        if let Some(existing) = store::find_by_request_id(&mut tx, &complaint.request_id)
-            .await
-            .map_err(|e| grpc::storage(&e))?
-        {
-            return replay(existing, &fingerprint, &complaint.request_id, &principal);
-        }
+        // A replay of a request is found by the insert below (its request id conflicts) and
+        // returns what the first one created; nothing is written before that insert.
         let repeat = self.repeat_of(&mut tx, &complaint, now).await?;
         let (status, linked_to) = match &repeat {
             Some((root, why)) => {
@@ -362,21 +406,27 @@ impl IntakeService for IntakeApi {
             }
             None => (pb::ComplaintStatus::Received, None),
         };
+        let reference = format!("CMP-{day}-{:07}", self.reference_number(&mut tx).await?);
         let new_row = store::NewComplaintRow {
             id: Uuid::now_v7(),
+            reference: &reference,
             complaint: &complaint,
             fingerprint: &fingerprint,
             classification: &classification,
-            reference_day: &day,
             received_at: now,
             status: status as i16,
             linked_to,
         };
-        let Some(row) = store::insert_complaint(&mut tx, &new_row)
+        // A first contact is announced in the statement that stores it.
+        let announcement = repeat.is_none().then(|| {
+            self.events
+                .encode(&new_row.id.to_string(), "", accepted_event_of(&new_row))
+        });
+        let Some(row) = store::insert_complaint(&mut tx, &new_row, announcement.as_ref())
             .await
             .map_err(|e| grpc::storage(&e))?
         else {
-            // The same request committed concurrently.
+            // A replay, or the same request committed concurrently.
             let existing = store::find_by_request_id(&mut tx, &complaint.request_id)
                 .await
                 .map_err(|e| grpc::storage(&e))?
@@ -384,33 +434,28 @@ impl IntakeService for IntakeApi {
             return replay(existing, &fingerprint, &complaint.request_id, &principal);
         };
         let mut linked_reference = String::new();
-        match repeat {
-            Some((root, _)) => {
-                let current = Priority::try_from(root.priority as i32).unwrap_or(Priority::P3);
-                let raised = (self.repeat_rules.raises_priority && current != Priority::P1)
-                    .then(|| classify::raise(current));
-                let root = store::record_repeat(&mut tx, root.id, raised.unwrap_or(current) as i16)
-                    .await
-                    .map_err(|e| grpc::storage(&e))?;
-                self.events
-                    .append(
-                        &mut tx,
-                        &root.id.to_string(),
-                        "",
-                        repeat_event(&root, &row, raised, now),
-                    )
-                    .await
-                    .map_err(|e| grpc::storage(&e))?;
-                linked_reference = root.reference;
-            }
-            None => {
-                self.events
-                    .append(&mut tx, &row.id.to_string(), "", accepted_event(&row))
-                    .await
-                    .map_err(|e| grpc::storage(&e))?;
-            }
+        if let Some((root, _)) = repeat {
+            let current = Priority::try_from(root.priority as i32).unwrap_or(Priority::P3);
+            let raised = (self.repeat_rules.raises_priority && current != Priority::P1)
+                .then(|| classify::raise(current));
+            let root = store::record_repeat(&mut tx, root.id, raised.unwrap_or(current) as i16)
+                .await
+                .map_err(|e| grpc::storage(&e))?;
+            self.events
+                .append(
+                    &mut tx,
+                    &root.id.to_string(),
+                    "",
+                    repeat_event(&root, &row, raised, now),
+                )
+                .await
+                .map_err(|e| grpc::storage(&e))?;
+            linked_reference = root.reference;
         }
         tx.commit().await.map_err(|e| grpc::storage(&e))?;
+        if let Some(event) = &announcement {
+            self.events.produced(event.event_type);
+        }
         complaints_kit::telemetry::record_complaint(&row.id.to_string());
         self.events.committed();
         self.accepted

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use complaints_kit::events::EventHandler;
+use complaints_kit::events::{EventHandler, Incoming};
 use complaints_proto::common::v1::CaseStatus;
 use complaints_proto::events::v1::{Event, event::Payload};
 use sqlx::PgConnection;
@@ -16,14 +16,10 @@ pub struct CaseEvents;
 
 async fn on_event(conn: &mut PgConnection, event: &Event) -> anyhow::Result<()> {
     match &event.payload {
-        Some(Payload::CaseOpened(opened)) => {
-            let (Ok(complaint_id), Ok(case_id)) = (
-                Uuid::parse_str(&opened.complaint_id),
-                Uuid::parse_str(&opened.case_id),
-            ) else {
-                return Ok(());
-            };
-            store::set_case(conn, complaint_id, case_id).await?;
+        Some(Payload::CaseOpened(_)) => {
+            if let Some(pair) = opened_of(event) {
+                store::set_cases(conn, &[pair]).await?;
+            }
         }
         Some(Payload::CaseStatusChanged(change)) => {
             let Ok(case_id) = Uuid::parse_str(&change.case_id) else {
@@ -43,6 +39,17 @@ async fn on_event(conn: &mut PgConnection, event: &Event) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// (complaint, case) of a `CaseOpened` event.
+fn opened_of(event: &Event) -> Option<(Uuid, Uuid)> {
+    match &event.payload {
+        Some(Payload::CaseOpened(opened)) => Some((
+            Uuid::parse_str(&opened.complaint_id).ok()?,
+            Uuid::parse_str(&opened.case_id).ok()?,
+        )),
+        _ => None,
+    }
+}
+
 impl EventHandler for CaseEvents {
     fn apply<'a>(
         &'a self,
@@ -50,5 +57,22 @@ impl EventHandler for CaseEvents {
         event: &'a Event,
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
         Box::pin(on_event(tx, event))
+    }
+
+    fn in_sets(&self, event: &Event) -> bool {
+        opened_of(event).is_some()
+    }
+
+    /// Records the cases of a run of opened cases with one statement.
+    fn apply_set<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        run: &'a [Incoming<'a>],
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        let pairs: Vec<(Uuid, Uuid)> = run.iter().filter_map(|i| opened_of(i.event)).collect();
+        Box::pin(async move {
+            store::set_cases(tx, &pairs).await?;
+            Ok(())
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! SQL of the `intake` schema.
 
 use chrono::{DateTime, Utc};
+use complaints_kit::events::EncodedEvent;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -55,45 +56,64 @@ pub struct ComplaintRow {
 pub struct NewComplaintRow<'a> {
     pub id: Uuid,
     pub complaint: &'a NewComplaint,
+    /// `CMP-YYYYMMDD-NNNNNNN`: the day in the organisation's time zone and a number of the
+    /// reference sequence.
+    pub reference: &'a str,
     pub fingerprint: &'a str,
     pub classification: &'a Classification,
-    /// `YYYYMMDD` in the organisation's time zone, for the reference number.
-    pub reference_day: &'a str,
     pub received_at: DateTime<Utc>,
     pub status: i16,
     /// For a repeat contact: the complaint it is linked to.
     pub linked_to: Option<Uuid>,
 }
 
-/// Inserts the complaint unless its `request_id` exists; `None` when it did.
+/// Takes `n` reference numbers from the sequence (handed out by the caller one at a time).
+pub async fn reserve_reference_numbers(
+    conn: &mut PgConnection,
+    n: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT nextval('intake.reference_seq') FROM generate_series(1, $1)")
+        .bind(n)
+        .fetch_all(conn)
+        .await
+}
+
+/// Inserts the complaint unless its `request_id` exists (`None` when it did), and with it, in
+/// the same statement, the event that announces it (written only if the complaint was).
 pub async fn insert_complaint(
     conn: &mut PgConnection,
     row: &NewComplaintRow<'_>,
+    event: Option<&EncodedEvent>,
 ) -> Result<Option<ComplaintRow>, sqlx::Error> {
     let NewComplaintRow {
         id,
+        reference,
         complaint,
         fingerprint,
         classification,
-        reference_day,
         received_at,
         status,
         linked_to,
     } = *row;
     let attachments = serde_json::to_value(&complaint.attachments).unwrap_or_default();
     sqlx::query_as(&format!(
-        "INSERT INTO intake.complaints (id, reference, request_id, request_fingerprint, channel, complainant_name,
-             phone, email, customer_id, customer_tier, subject, description, demand, occurred_at, order_ref,
-             product_ref, language, category, matched_terms, severity, priority, complexity, reasons, status,
-             recorded_by, received_at, linked_to, attachments, taxonomy_version)
-         VALUES ($1, 'CMP-' || $2 || '-' || lpad(nextval('intake.reference_seq')::text, 7, '0'), $3, $4, $5, $6,
-             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26,
-             $27, $28, $29)
-         ON CONFLICT (request_id) DO NOTHING
-         RETURNING {COLUMNS}"
+        "WITH complaint AS (
+             INSERT INTO intake.complaints (id, reference, request_id, request_fingerprint, channel,
+                 complainant_name, phone, email, customer_id, customer_tier, subject, description, demand,
+                 occurred_at, order_ref, product_ref, language, category, matched_terms, severity, priority,
+                 complexity, reasons, status, recorded_by, received_at, linked_to, attachments,
+                 taxonomy_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+                 $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+             ON CONFLICT (request_id) DO NOTHING
+             RETURNING {COLUMNS}),
+         announced AS (
+             INSERT INTO intake.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
+             SELECT $30, $31, $32, $33, $34 FROM complaint WHERE $30::uuid IS NOT NULL)
+         SELECT {COLUMNS} FROM complaint"
     ))
     .bind(id)
-    .bind(reference_day)
+    .bind(reference)
     .bind(&complaint.request_id)
     .bind(fingerprint)
     .bind(complaint.channel as i16)
@@ -121,6 +141,11 @@ pub async fn insert_complaint(
     .bind(linked_to)
     .bind(attachments)
     .bind(classification.taxonomy_version as i32)
+    .bind(event.map(|e| e.event_id))
+    .bind(event.map(|e| e.aggregate_id.as_str()))
+    .bind(event.map(|e| e.event_type))
+    .bind(event.map(|e| e.occurred_at))
+    .bind(event.map(|e| e.payload.as_slice()))
     .fetch_optional(conn)
     .await
 }
@@ -459,17 +484,18 @@ pub async fn publish_taxonomy(
     Ok(row)
 }
 
-/// Remembers which case a complaint got.
-pub async fn set_case(
-    conn: &mut PgConnection,
-    complaint_id: Uuid,
-    case_id: Uuid,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE intake.complaints SET case_id = $2 WHERE id = $1")
-        .bind(complaint_id)
-        .bind(case_id)
-        .execute(conn)
-        .await?;
+/// Remembers which case each complaint got: (complaint, case) pairs, one statement.
+pub async fn set_cases(conn: &mut PgConnection, pairs: &[(Uuid, Uuid)]) -> Result<(), sqlx::Error> {
+    let (complaints, cases): (Vec<Uuid>, Vec<Uuid>) = pairs.iter().copied().unzip();
+    sqlx::query(
+        "UPDATE intake.complaints c SET case_id = p.case_id
+         FROM unnest($1::uuid[], $2::uuid[]) AS p(complaint_id, case_id)
+         WHERE c.id = p.complaint_id",
+    )
+    .bind(&complaints)
+    .bind(&cases)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

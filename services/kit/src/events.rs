@@ -71,6 +71,9 @@ pub const DEFAULT_BATCH: u32 = 500;
 const APPLY_CHUNK: usize = 32;
 const MAX_BATCH: u32 = 2000;
 const POLL_FALLBACK: Duration = Duration::from_millis(200);
+/// How long a woken stream waits for more commits before reading, when idle and when busy.
+const SETTLE_IDLE: Duration = Duration::from_millis(2);
+const SETTLE_BUSY: Duration = Duration::from_millis(10);
 /// How often an idle stream tells its consumer it is caught up.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -100,6 +103,17 @@ pub fn payload_name(payload: &Payload) -> &'static str {
     }
 }
 
+/// An encoded event and the columns stored beside it in the outbox.
+#[derive(Clone, Debug)]
+pub struct EncodedEvent {
+    pub event_id: uuid::Uuid,
+    pub aggregate_id: String,
+    pub event_type: &'static str,
+    pub occurred_at: chrono::DateTime<Utc>,
+    /// The whole `Event`, protobuf-encoded.
+    pub payload: Vec<u8>,
+}
+
 /// The producer side: appends events inside the caller's transaction and serves them.
 #[derive(Clone)]
 pub struct EventLog {
@@ -113,6 +127,7 @@ struct EventLogInner {
     notify_peers: tokio::sync::Notify,
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     insert_sql: String,
+    insert_many_sql: String,
     fetch_sql: String,
     committed: watch::Sender<u64>,
 }
@@ -130,6 +145,14 @@ impl EventLog {
                     "INSERT INTO {schema}.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
                      VALUES ($1, $2, $3, $4, $5)"
                 ),
+                // Sequence numbers follow the order given (ordinality).
+                insert_many_sql: format!(
+                    "INSERT INTO {schema}.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
+                     SELECT e.id, e.aggregate, e.kind, e.at, e.payload
+                     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bytea[])
+                          WITH ORDINALITY AS e(id, aggregate, kind, at, payload, n)
+                     ORDER BY e.n"
+                ),
                 fetch_sql: format!(
                     "SELECT txid, seq, payload FROM {schema}.event_outbox
                      WHERE (txid, seq) > ($1, $2)
@@ -142,6 +165,47 @@ impl EventLog {
         }
     }
 
+    /// An event ready for the outbox, for a caller that inserts it as part of its own
+    /// statement (e.g. a data-modifying CTE beside the row it announces); call
+    /// [`EventLog::produced`] once it is written.
+    pub fn encode(&self, aggregate_id: &str, traceparent: &str, payload: Payload) -> EncodedEvent {
+        let event_id = uuid::Uuid::now_v7();
+        let occurred_at = Utc::now();
+        let event_type = payload_name(&payload);
+        // Without an explicit trace, the event continues the trace of the work writing it.
+        let traceparent = if traceparent.is_empty() {
+            crate::telemetry::current_traceparent()
+        } else {
+            traceparent.to_owned()
+        };
+        let event = Event {
+            event_id: event_id.to_string(),
+            position: None,
+            aggregate_id: aggregate_id.to_owned(),
+            occurred_at: Some(crate::time::to_timestamp(occurred_at)),
+            traceparent,
+            producer: self.inner.producer.to_owned(),
+            payload: Some(payload),
+        };
+        EncodedEvent {
+            event_id,
+            aggregate_id: aggregate_id.to_owned(),
+            event_type,
+            occurred_at,
+            payload: event.encode_to_vec(),
+        }
+    }
+
+    /// Counts an event written (the `events_produced_total` series).
+    pub fn produced(&self, event_type: &'static str) {
+        if let Some(metrics) = self.inner.metrics.get() {
+            metrics
+                .events_produced
+                .with_label_values(&[self.inner.producer, event_type])
+                .inc();
+        }
+    }
+
     /// Writes an event in the caller's transaction; it becomes visible when that commits.
     /// Call [`EventLog::committed`] after the commit to wake subscribers at once.
     pub async fn append(
@@ -151,41 +215,52 @@ impl EventLog {
         traceparent: &str,
         payload: Payload,
     ) -> Result<uuid::Uuid, sqlx::Error> {
-        let event_id = uuid::Uuid::now_v7();
-        let occurred_at = Utc::now();
-        let event_type = payload_name(&payload);
-        // Without an explicit trace, the event continues the trace of the work writing it.
-        let current;
-        let traceparent = if traceparent.is_empty() {
-            current = crate::telemetry::current_traceparent();
-            current.as_str()
-        } else {
-            traceparent
-        };
-        let event = Event {
-            event_id: event_id.to_string(),
-            position: None,
-            aggregate_id: aggregate_id.to_owned(),
-            occurred_at: Some(crate::time::to_timestamp(occurred_at)),
-            traceparent: traceparent.to_owned(),
-            producer: self.inner.producer.to_owned(),
-            payload: Some(payload),
-        };
+        let event = self.encode(aggregate_id, traceparent, payload);
         sqlx::query(&self.inner.insert_sql)
-            .bind(event_id)
-            .bind(aggregate_id)
-            .bind(event_type)
-            .bind(occurred_at)
-            .bind(event.encode_to_vec())
+            .bind(event.event_id)
+            .bind(&event.aggregate_id)
+            .bind(event.event_type)
+            .bind(event.occurred_at)
+            .bind(&event.payload)
             .execute(conn)
             .await?;
-        if let Some(metrics) = self.inner.metrics.get() {
-            metrics
-                .events_produced
-                .with_label_values(&[self.inner.producer, event_type])
-                .inc();
+        self.produced(event.event_type);
+        Ok(event.event_id)
+    }
+
+    /// Writes several events in the caller's transaction with one statement, in the order
+    /// given: (aggregate id, traceparent, payload) each, as [`EventLog::append`] would.
+    pub async fn append_all(
+        &self,
+        conn: &mut PgConnection,
+        events: Vec<(String, String, Payload)>,
+    ) -> Result<Vec<uuid::Uuid>, sqlx::Error> {
+        if events.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(event_id)
+        let encoded: Vec<EncodedEvent> = events
+            .into_iter()
+            .map(|(aggregate_id, traceparent, payload)| {
+                self.encode(&aggregate_id, &traceparent, payload)
+            })
+            .collect();
+        let ids: Vec<uuid::Uuid> = encoded.iter().map(|e| e.event_id).collect();
+        let aggregates: Vec<&str> = encoded.iter().map(|e| e.aggregate_id.as_str()).collect();
+        let types: Vec<&str> = encoded.iter().map(|e| e.event_type).collect();
+        let times: Vec<chrono::DateTime<Utc>> = encoded.iter().map(|e| e.occurred_at).collect();
+        let payloads: Vec<&[u8]> = encoded.iter().map(|e| e.payload.as_slice()).collect();
+        sqlx::query(&self.inner.insert_many_sql)
+            .bind(&ids)
+            .bind(&aggregates)
+            .bind(&types)
+            .bind(&times)
+            .bind(&payloads)
+            .execute(conn)
+            .await?;
+        for event in &encoded {
+            self.produced(event.event_type);
+        }
+        Ok(ids)
     }
 
     /// Wakes the subscription streams after a commit that wrote events.
@@ -417,6 +492,7 @@ impl EventStream for EventStreamService {
                     }
                 };
                 let full = events.len() as i64 == limit;
+                let busy = !events.is_empty();
                 if let Some(last) = events.last().and_then(|e| e.position) {
                     position = (last.transaction_id as i64, last.sequence as i64);
                     let response = SubscribeResponse {
@@ -442,8 +518,10 @@ impl EventStream for EventStreamService {
                 }
                 tokio::select! {
                     _ = wake.changed() => {
-                        // Let transactions that committed together settle into one batch.
-                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        // Let transactions that commit close together settle into one batch:
+                        // briefly when the stream was idle (latency), longer while events keep
+                        // coming (one read per batch instead of one per commit).
+                        tokio::time::sleep(if busy { SETTLE_BUSY } else { SETTLE_IDLE }).await;
                     }
                     _ = tokio::time::sleep(POLL_FALLBACK) => {}
                     _ = tx.closed() => return,
@@ -464,8 +542,79 @@ pub trait EventHandler: Send + Sync + 'static {
         event: &'a Event,
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
 
+    /// Whether the handler applies `event` together with its neighbours of the same kind
+    /// through [`EventHandler::apply_set`] (its hot event kinds).
+    fn in_sets(&self, _event: &Event) -> bool {
+        false
+    }
+
+    /// Applies a run of consecutive events for which [`EventHandler::in_sets`] holds, in
+    /// order, with set-based statements: a few round trips per run instead of several per
+    /// event. Runs inside a span linked to every event's trace.
+    fn apply_set<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        run: &'a [Incoming<'a>],
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        Box::pin(apply_each(self, tx, run))
+    }
+
     /// Runs after a batch committed (e.g. to wake this service's own subscribers).
     fn after_commit(&self) {}
+}
+
+/// An event to apply, with the span of its processing (a child of the trace it carries).
+pub struct Incoming<'e> {
+    pub event: &'e Event,
+    pub span: tracing::Span,
+}
+
+/// Applies `events` one by one through [`EventHandler::apply`], each in its span; an error
+/// names the event it failed on.
+pub async fn apply_each<H: EventHandler + ?Sized>(
+    handler: &H,
+    tx: &mut PgConnection,
+    events: &[Incoming<'_>],
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use tracing::Instrument as _;
+    for incoming in events {
+        handler
+            .apply(tx, incoming.event)
+            .instrument(incoming.span.clone())
+            .await
+            .with_context(|| format!("applying event {}", incoming.event.event_id))?;
+    }
+    Ok(())
+}
+
+/// The span of applying a run of events with set-based statements: a child of the first
+/// event's span, linked to the spans of the others, so each complaint's trace reaches the
+/// statements that applied it.
+fn batch_span(run: &[Incoming<'_>]) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let parent = run.first().map(|i| i.span.id()).unwrap_or(None);
+    let event_type = run
+        .first()
+        .and_then(|i| i.event.payload.as_ref())
+        .map(payload_name)
+        .unwrap_or("Unknown");
+    let span = tracing::info_span!(
+        parent: parent,
+        "event.batch",
+        otel.name = %format!("process {event_type} ×{}", run.len()),
+        messaging.operation.type = "process",
+        messaging.batch.message_count = run.len(),
+    );
+    for incoming in run.iter().skip(1) {
+        let context = incoming.span.context();
+        let linked = context.span().span_context().clone();
+        if linked.is_valid() {
+            span.add_link(linked);
+        }
+    }
+    span
 }
 
 /// Follows one producer's stream into one handler.
@@ -490,11 +639,8 @@ enum BatchError {
     CursorMoved,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-    #[error("handler failed on event {event_id}: {source}")]
-    Handler {
-        event_id: String,
-        source: anyhow::Error,
-    },
+    #[error("handler failed: {0:#}")]
+    Handler(anyhow::Error),
 }
 
 impl<H: EventHandler> Consumer<H> {
@@ -686,6 +832,7 @@ impl<H: EventHandler> Consumer<H> {
             return Err(BatchError::CursorMoved);
         }
         let mut last = cursor;
+        let mut fresh = Vec::with_capacity(events.len());
         for event in events {
             let Some(position) = event.position else {
                 continue;
@@ -694,17 +841,24 @@ impl<H: EventHandler> Consumer<H> {
             if position <= last {
                 continue;
             }
-            let span = self.event_span(event);
-            use tracing::Instrument as _;
-            self.handler
-                .apply(&mut tx, event)
-                .instrument(span)
-                .await
-                .map_err(|source| BatchError::Handler {
-                    event_id: event.event_id.clone(),
-                    source,
-                })?;
+            fresh.push(Incoming {
+                event,
+                span: self.event_span(event),
+            });
             last = position;
+        }
+        let handler = &*self.handler;
+        for run in fresh.chunk_by(|a, b| handler.in_sets(a.event) == handler.in_sets(b.event)) {
+            if handler.in_sets(run[0].event) {
+                use tracing::Instrument as _;
+                handler
+                    .apply_set(&mut tx, run)
+                    .instrument(batch_span(run))
+                    .await
+            } else {
+                apply_each(handler, &mut tx, run).await
+            }
+            .map_err(BatchError::Handler)?;
         }
         sqlx::query(&format!(
             "UPDATE {}.event_cursors SET txid = $2, seq = $3, updated_at = now() WHERE source = $1",

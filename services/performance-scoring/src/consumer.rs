@@ -7,9 +7,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use chrono::Utc;
 use chrono_tz::Tz;
-use complaints_kit::events::{Consumer, EventHandler};
+use complaints_kit::events::{Consumer, EventHandler, Incoming};
 use complaints_kit::server::ServiceContext;
 use complaints_kit::shutdown::Shutdown;
 use complaints_kit::time::{from_pb_duration, from_timestamp};
@@ -19,42 +20,71 @@ use sqlx::PgConnection;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::domain::facts::{CaseFacts, deltas};
+use crate::domain::facts::{CaseFacts, combined, deltas};
 use crate::store;
 
 pub struct ScoringEvents {
     pub org_timezone: Tz,
 }
 
-/// Applies `change` to the facts of a case and moves its contribution accordingly.
-async fn change_case(
+/// What an event changes in the facts of one case.
+type Change<'a> = Box<dyn FnOnce(&mut CaseFacts) + Send + 'a>;
+
+/// Applies changes to the facts of cases, in order, and moves their contributions: the facts
+/// of every case involved are locked and read at once, changed in memory, saved with one
+/// statement, and the aggregates move by the sum of every case's change (one row update per
+/// aggregate key however many events touched it).
+async fn change_cases(
     conn: &mut PgConnection,
     tz: Tz,
-    case_id: &str,
-    change: impl FnOnce(&mut CaseFacts),
+    changes: Vec<(Uuid, Change<'_>)>,
 ) -> anyhow::Result<()> {
-    let case_id = Uuid::parse_str(case_id)?;
-    let before = store::lock_facts(conn, case_id).await?;
-    let mut after = before.clone();
-    change(&mut after);
-    if after.owner_id != before.owner_id || after.opened_at != before.opened_at {
-        // A case belongs to the team its owner was in when it was opened.
-        after.team_id = match (after.owner_id.as_deref(), after.opened_at) {
-            (Some(owner), Some(opened_at)) if !owner.is_empty() => {
-                store::team_at(conn, owner, opened_at).await?
-            }
-            _ => None,
-        };
-    }
-    if after == before {
+    if changes.is_empty() {
         return Ok(());
     }
-    store::save_facts(conn, case_id, &after).await?;
-    let d = deltas(
-        before.contribution(tz).as_ref(),
-        after.contribution(tz).as_ref(),
-    );
-    store::apply_deltas(conn, &d).await?;
+    let ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
+    let before = store::lock_facts_all(conn, &ids).await?;
+    let mut after = before.clone();
+    for (case_id, change) in changes {
+        let facts = after
+            .get_mut(&case_id)
+            .ok_or_else(|| anyhow::anyhow!("facts of case {case_id} were not locked"))?;
+        change(facts);
+    }
+    // A case belongs to the team its owner was in when it was opened.
+    let mut regrouped = Vec::new();
+    let mut asks = Vec::new();
+    for (case_id, facts) in after.iter_mut() {
+        let old = &before[case_id];
+        if facts.owner_id == old.owner_id && facts.opened_at == old.opened_at {
+            continue;
+        }
+        match (facts.owner_id.as_deref(), facts.opened_at) {
+            (Some(owner), Some(opened_at)) if !owner.is_empty() => {
+                regrouped.push(*case_id);
+                asks.push((owner.to_owned(), opened_at));
+            }
+            _ => facts.team_id = None,
+        }
+    }
+    for (case_id, team) in regrouped.iter().zip(store::teams_at(conn, &asks).await?) {
+        if let Some(facts) = after.get_mut(case_id) {
+            facts.team_id = team;
+        }
+    }
+    let mut changed: Vec<(Uuid, CaseFacts)> = after
+        .into_iter()
+        .filter(|(case_id, facts)| before[case_id] != *facts)
+        .collect();
+    changed.sort_by_key(|(case_id, _)| *case_id);
+    store::save_facts_all(conn, &changed).await?;
+    let moved = combined(changed.iter().map(|(case_id, facts)| {
+        deltas(
+            before[case_id].contribution(tz).as_ref(),
+            facts.contribution(tz).as_ref(),
+        )
+    }));
+    store::apply_deltas(conn, &moved).await?;
     Ok(())
 }
 
@@ -62,104 +92,114 @@ fn text(value: &str) -> Option<String> {
     Some(value.to_owned()).filter(|v| !v.is_empty())
 }
 
-async fn on_event(conn: &mut PgConnection, tz: Tz, event: &Event) -> anyhow::Result<()> {
+/// The case an event is about and what it changes in that case's facts (`None`: nothing).
+fn change_of(event: &Event) -> anyhow::Result<Option<(Uuid, Change<'_>)>> {
     let now = Utc::now();
-    match &event.payload {
+    let (case_id, change): (&str, Change<'_>) = match &event.payload {
         Some(Payload::CaseOpened(o)) => {
             let opened_at = o.opened_at.as_ref().and_then(from_timestamp).unwrap_or(now);
-            change_case(conn, tz, &o.case_id, |f| {
-                f.department_id = text(&o.department_id);
-                f.owner_id = text(&o.owner_id);
-                f.category = text(&o.category);
-                f.severity = Some(o.severity as i16);
-                f.opened_at = Some(opened_at);
-            })
-            .await?;
+            (
+                &o.case_id,
+                Box::new(move |f: &mut CaseFacts| {
+                    f.department_id = text(&o.department_id);
+                    f.owner_id = text(&o.owner_id);
+                    f.category = text(&o.category);
+                    f.severity = Some(o.severity as i16);
+                    f.opened_at = Some(opened_at);
+                }),
+            )
         }
         Some(Payload::CaseAssigned(a)) => {
             let moved =
                 !a.previous_department_id.is_empty() && a.previous_department_id != a.department_id;
-            change_case(conn, tz, &a.case_id, |f| {
-                f.department_id = text(&a.department_id);
-                f.owner_id = text(&a.owner_id);
-                if moved {
-                    f.transfers += 1;
-                }
-            })
-            .await?;
+            (
+                &a.case_id,
+                Box::new(move |f: &mut CaseFacts| {
+                    f.department_id = text(&a.department_id);
+                    f.owner_id = text(&a.owner_id);
+                    if moved {
+                        f.transfers += 1;
+                    }
+                }),
+            )
         }
-        Some(Payload::CaseReclassified(r)) => {
-            change_case(conn, tz, &r.case_id, |f| {
+        Some(Payload::CaseReclassified(r)) => (
+            &r.case_id,
+            Box::new(move |f: &mut CaseFacts| {
                 if !r.category.is_empty() {
                     f.category = Some(r.category.clone());
                 }
                 if r.severity != 0 {
                     f.severity = Some(r.severity as i16);
                 }
-            })
-            .await?;
-        }
+            }),
+        ),
         Some(Payload::CaseStatusChanged(c)) => {
             let to = CaseStatus::try_from(c.to).unwrap_or(CaseStatus::Unspecified);
-            change_case(conn, tz, &c.case_id, |f| match to {
-                CaseStatus::Resolved => {
-                    f.resolved = true;
-                    f.ever_resolved = true;
-                }
-                CaseStatus::Reopened => {
-                    f.resolved = false;
-                    f.reopen_count += 1;
-                }
-                CaseStatus::Cancelled => f.cancelled = true,
-                _ => {}
-            })
-            .await?;
+            (
+                &c.case_id,
+                Box::new(move |f: &mut CaseFacts| match to {
+                    CaseStatus::Resolved => {
+                        f.resolved = true;
+                        f.ever_resolved = true;
+                    }
+                    CaseStatus::Reopened => {
+                        f.resolved = false;
+                        f.reopen_count += 1;
+                    }
+                    CaseStatus::Cancelled => f.cancelled = true,
+                    _ => {}
+                }),
+            )
         }
         Some(Payload::CaseEscalated(e)) => {
-            change_case(conn, tz, &e.case_id, |f| f.escalations += 1).await?;
+            (&e.case_id, Box::new(|f: &mut CaseFacts| f.escalations += 1))
         }
-        Some(Payload::ClockMet(m)) if m.kind == ClockKind::FirstResponse as i32 => {
-            change_case(conn, tz, &m.case_id, |f| {
-                f.first_response_on_time = Some(m.on_time)
-            })
-            .await?;
-        }
+        Some(Payload::ClockMet(m)) if m.kind == ClockKind::FirstResponse as i32 => (
+            &m.case_id,
+            Box::new(move |f: &mut CaseFacts| f.first_response_on_time = Some(m.on_time)),
+        ),
         Some(Payload::ClockMet(m)) if m.kind == ClockKind::Resolution as i32 => {
             let elapsed = m
                 .elapsed
                 .as_ref()
                 .map(|d| from_pb_duration(d).num_seconds().max(0))
                 .unwrap_or(0);
-            change_case(conn, tz, &m.case_id, |f| {
-                f.resolution_met_count += 1;
-                f.handling_seconds += elapsed;
-                if !m.on_time {
-                    f.resolution_late = true;
-                }
-            })
-            .await?;
+            (
+                &m.case_id,
+                Box::new(move |f: &mut CaseFacts| {
+                    f.resolution_met_count += 1;
+                    f.handling_seconds += elapsed;
+                    if !m.on_time {
+                        f.resolution_late = true;
+                    }
+                }),
+            )
         }
-        Some(Payload::ClockBreached(b)) if b.kind == ClockKind::FirstResponse as i32 => {
-            change_case(conn, tz, &b.case_id, |f| f.first_response_breached = true).await?;
-        }
-        Some(Payload::ClockBreached(b)) if b.kind == ClockKind::Resolution as i32 => {
-            change_case(conn, tz, &b.case_id, |f| f.resolution_late = true).await?;
-        }
-        Some(Payload::SurveyInvitationIssued(i)) => {
-            change_case(conn, tz, &i.case_id, |f| f.survey_invited = true).await?;
-        }
-        Some(Payload::SurveyAnswered(s)) => {
-            change_case(conn, tz, &s.case_id, |f| {
+        Some(Payload::ClockBreached(b)) if b.kind == ClockKind::FirstResponse as i32 => (
+            &b.case_id,
+            Box::new(|f: &mut CaseFacts| f.first_response_breached = true),
+        ),
+        Some(Payload::ClockBreached(b)) if b.kind == ClockKind::Resolution as i32 => (
+            &b.case_id,
+            Box::new(|f: &mut CaseFacts| f.resolution_late = true),
+        ),
+        Some(Payload::SurveyInvitationIssued(i)) => (
+            &i.case_id,
+            Box::new(|f: &mut CaseFacts| f.survey_invited = true),
+        ),
+        Some(Payload::SurveyAnswered(s)) => (
+            &s.case_id,
+            Box::new(move |f: &mut CaseFacts| {
                 f.survey_answered = true;
                 f.csat = s.csat.map(|v| v.min(5) as i16);
                 f.nps = s.nps.map(|v| v.min(10) as i16);
                 f.solved = s.solved;
-            })
-            .await?;
-        }
-        _ => {}
-    }
-    Ok(())
+            }),
+        ),
+        _ => return Ok(None),
+    };
+    Ok(Some((Uuid::parse_str(case_id)?, change)))
 }
 
 impl EventHandler for ScoringEvents {
@@ -168,7 +208,31 @@ impl EventHandler for ScoringEvents {
         tx: &'a mut PgConnection,
         event: &'a Event,
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
-        Box::pin(on_event(tx, self.org_timezone, event))
+        Box::pin(async move {
+            let changes = change_of(event)?.into_iter().collect();
+            change_cases(tx, self.org_timezone, changes).await
+        })
+    }
+
+    /// Every event changes facts of one case, so a whole batch is one set-based change.
+    fn in_sets(&self, _event: &Event) -> bool {
+        true
+    }
+
+    fn apply_set<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        run: &'a [Incoming<'a>],
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut changes = Vec::with_capacity(run.len());
+            for incoming in run {
+                let change = change_of(incoming.event)
+                    .with_context(|| format!("event {}", incoming.event.event_id))?;
+                changes.extend(change);
+            }
+            change_cases(tx, self.org_timezone, changes).await
+        })
     }
 }
 

@@ -20,163 +20,189 @@ const FACT_COLUMNS: &str = "department_id, owner_id, team_id, category, severity
      first_response_on_time, first_response_breached, resolution_met_count, resolution_late, \
      handling_seconds, survey_invited, survey_answered, csat, nps, solved";
 
-/// Locks the facts of a case for the rest of the transaction, creating an empty row when this
-/// is the first event seen for it.
-pub async fn lock_facts(conn: &mut PgConnection, case_id: Uuid) -> Result<CaseFacts, sqlx::Error> {
-    sqlx::query("INSERT INTO scoring.case_facts (case_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(case_id)
-        .execute(&mut *conn)
-        .await?;
-    let row = sqlx::query(&format!(
-        "SELECT {FACT_COLUMNS} FROM scoring.case_facts WHERE case_id = $1 FOR UPDATE"
-    ))
-    .bind(case_id)
-    .fetch_one(conn)
-    .await?;
+fn facts_from_row(row: &sqlx::postgres::PgRow, at: usize) -> Result<CaseFacts, sqlx::Error> {
     Ok(CaseFacts {
-        department_id: row.try_get(0)?,
-        owner_id: row.try_get(1)?,
-        team_id: row.try_get(2)?,
-        category: row.try_get(3)?,
-        severity: row.try_get(4)?,
-        opened_at: row.try_get(5)?,
-        cancelled: row.try_get(6)?,
-        resolved: row.try_get(7)?,
-        ever_resolved: row.try_get(8)?,
-        reopen_count: row.try_get(9)?,
-        escalations: row.try_get(10)?,
-        transfers: row.try_get(11)?,
-        first_response_on_time: row.try_get(12)?,
-        first_response_breached: row.try_get(13)?,
-        resolution_met_count: row.try_get(14)?,
-        resolution_late: row.try_get(15)?,
-        handling_seconds: row.try_get(16)?,
-        survey_invited: row.try_get(17)?,
-        survey_answered: row.try_get(18)?,
-        csat: row.try_get(19)?,
-        nps: row.try_get(20)?,
-        solved: row.try_get(21)?,
+        department_id: row.try_get(at)?,
+        owner_id: row.try_get(at + 1)?,
+        team_id: row.try_get(at + 2)?,
+        category: row.try_get(at + 3)?,
+        severity: row.try_get(at + 4)?,
+        opened_at: row.try_get(at + 5)?,
+        cancelled: row.try_get(at + 6)?,
+        resolved: row.try_get(at + 7)?,
+        ever_resolved: row.try_get(at + 8)?,
+        reopen_count: row.try_get(at + 9)?,
+        escalations: row.try_get(at + 10)?,
+        transfers: row.try_get(at + 11)?,
+        first_response_on_time: row.try_get(at + 12)?,
+        first_response_breached: row.try_get(at + 13)?,
+        resolution_met_count: row.try_get(at + 14)?,
+        resolution_late: row.try_get(at + 15)?,
+        handling_seconds: row.try_get(at + 16)?,
+        survey_invited: row.try_get(at + 17)?,
+        survey_answered: row.try_get(at + 18)?,
+        csat: row.try_get(at + 19)?,
+        nps: row.try_get(at + 20)?,
+        solved: row.try_get(at + 21)?,
     })
 }
 
-pub async fn save_facts(
+/// Locks the facts of several cases (in id order, so writers never deadlock), creating empty
+/// rows for cases seen for the first time.
+pub async fn lock_facts_all(
     conn: &mut PgConnection,
-    case_id: Uuid,
-    f: &CaseFacts,
-) -> Result<(), sqlx::Error> {
+    case_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, CaseFacts>, sqlx::Error> {
+    let mut ids = case_ids.to_vec();
+    ids.sort();
+    ids.dedup();
     sqlx::query(
-        "UPDATE scoring.case_facts SET department_id = $2, owner_id = $3, team_id = $4,
-             category = $5, severity = $6, opened_at = $7, cancelled = $8, resolved = $9,
-             ever_resolved = $10, reopen_count = $11, escalations = $12, transfers = $13,
-             first_response_on_time = $14, first_response_breached = $15,
-             resolution_met_count = $16, resolution_late = $17, handling_seconds = $18,
-             survey_invited = $19, survey_answered = $20, csat = $21, nps = $22, solved = $23,
-             updated_at = now()
-         WHERE case_id = $1",
+        "INSERT INTO scoring.case_facts (case_id)
+         SELECT id FROM unnest($1::uuid[]) AS t(id) ORDER BY id
+         ON CONFLICT DO NOTHING",
     )
-    .bind(case_id)
-    .bind(&f.department_id)
-    .bind(&f.owner_id)
-    .bind(&f.team_id)
-    .bind(&f.category)
-    .bind(f.severity)
-    .bind(f.opened_at)
-    .bind(f.cancelled)
-    .bind(f.resolved)
-    .bind(f.ever_resolved)
-    .bind(f.reopen_count)
-    .bind(f.escalations)
-    .bind(f.transfers)
-    .bind(f.first_response_on_time)
-    .bind(f.first_response_breached)
-    .bind(f.resolution_met_count)
-    .bind(f.resolution_late)
-    .bind(f.handling_seconds)
-    .bind(f.survey_invited)
-    .bind(f.survey_answered)
-    .bind(f.csat)
-    .bind(f.nps)
-    .bind(f.solved)
-    .execute(conn)
+    .bind(&ids)
+    .execute(&mut *conn)
     .await?;
+    let rows = sqlx::query(&format!(
+        "SELECT case_id, {FACT_COLUMNS} FROM scoring.case_facts WHERE case_id = ANY($1)
+         ORDER BY case_id FOR UPDATE"
+    ))
+    .bind(&ids)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, facts_from_row(row, 1)?)))
+        .collect()
+}
+
+/// Saves the facts of several (locked) cases with one statement.
+pub async fn save_facts_all(
+    conn: &mut PgConnection,
+    facts: &[(Uuid, CaseFacts)],
+) -> Result<(), sqlx::Error> {
+    if facts.is_empty() {
+        return Ok(());
+    }
+    let mut query = sqlx::QueryBuilder::new(format!(
+        "UPDATE scoring.case_facts f SET ({FACT_COLUMNS}, updated_at) =
+             (v.{}, now())
+         FROM (",
+        FACT_COLUMNS.replace(", ", ", v.")
+    ));
+    query.push_values(facts, |mut row, (case_id, f)| {
+        row.push_bind(*case_id)
+            .push_bind(&f.department_id)
+            .push_bind(&f.owner_id)
+            .push_bind(&f.team_id)
+            .push_bind(&f.category)
+            .push_bind(f.severity)
+            .push_bind(f.opened_at)
+            .push_bind(f.cancelled)
+            .push_bind(f.resolved)
+            .push_bind(f.ever_resolved)
+            .push_bind(f.reopen_count)
+            .push_bind(f.escalations)
+            .push_bind(f.transfers)
+            .push_bind(f.first_response_on_time)
+            .push_bind(f.first_response_breached)
+            .push_bind(f.resolution_met_count)
+            .push_bind(f.resolution_late)
+            .push_bind(f.handling_seconds)
+            .push_bind(f.survey_invited)
+            .push_bind(f.survey_answered)
+            .push_bind(f.csat)
+            .push_bind(f.nps)
+            .push_bind(f.solved);
+    });
+    query.push(format!(
+        ") AS v(case_id, {FACT_COLUMNS}) WHERE f.case_id = v.case_id"
+    ));
+    query.build().execute(conn).await?;
     Ok(())
 }
 
-/// The team an agent was in at `at` (None: no team).
-pub async fn team_at(
+/// The teams agents were in at given instants, in the order asked (None: no team).
+pub async fn teams_at(
     conn: &mut PgConnection,
-    agent_id: &str,
-    at: DateTime<Utc>,
-) -> Result<Option<String>, sqlx::Error> {
-    let team: Option<(String,)> = sqlx::query_as(
-        "SELECT team_id FROM scoring.team_memberships
-         WHERE agent_id = $1 AND effective_from <= $2
-         ORDER BY effective_from DESC, id DESC LIMIT 1",
+    asks: &[(String, DateTime<Utc>)],
+) -> Result<Vec<Option<String>>, sqlx::Error> {
+    if asks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (agents, ats): (Vec<&str>, Vec<DateTime<Utc>>) =
+        asks.iter().map(|(a, t)| (a.as_str(), *t)).unzip();
+    let rows: Vec<(Option<String>,)> = sqlx::query_as(
+        "SELECT (SELECT m.team_id FROM scoring.team_memberships m
+                 WHERE m.agent_id = q.agent AND m.effective_from <= q.at
+                 ORDER BY m.effective_from DESC, m.id DESC LIMIT 1)
+         FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS q(agent, at, n)
+         ORDER BY q.n",
     )
-    .bind(agent_id)
-    .bind(at)
-    .fetch_optional(conn)
+    .bind(&agents)
+    .bind(&ats)
+    .fetch_all(conn)
     .await?;
-    Ok(team.map(|(t,)| t).filter(|t| !t.is_empty()))
+    Ok(rows
+        .into_iter()
+        .map(|(t,)| t.filter(|t| !t.is_empty()))
+        .collect())
 }
 
-fn upsert_counters_sql() -> &'static str {
-    static SQL: OnceLock<String> = OnceLock::new();
-    SQL.get_or_init(|| {
+/// Adds summed deltas to the aggregate rows: one statement for the counters and one for the
+/// categories, rows in key order (so concurrent writers lock them in the same order).
+pub async fn apply_deltas(conn: &mut PgConnection, deltas: &Deltas) -> Result<(), sqlx::Error> {
+    if !deltas.counters.is_empty() {
         let columns = Counters::COLUMNS;
-        let placeholders: Vec<String> = (0..columns.len()).map(|i| format!("${}", i + 5)).collect();
+        let mut query = sqlx::QueryBuilder::new(format!(
+            "INSERT INTO scoring.daily_aggregates
+                 (subject_kind, subject_id, department_id, day, {}, handling_histogram) ",
+            columns.join(", ")
+        ));
+        query.push_values(&deltas.counters, |mut row, (key, day, counters)| {
+            row.push_bind(key.kind)
+                .push_bind(&key.subject_id)
+                .push_bind(&key.department_id)
+                .push_bind(*day);
+            for value in counters.values() {
+                row.push_bind(value);
+            }
+            row.push_bind(counters.handling_histogram.to_vec());
+        });
         let updates: Vec<String> = columns
             .iter()
             .map(|c| format!("{c} = scoring.daily_aggregates.{c} + EXCLUDED.{c}"))
             .collect();
-        format!(
-            "INSERT INTO scoring.daily_aggregates
-                 (subject_kind, subject_id, department_id, day, {}, handling_histogram)
-             VALUES ($1, $2, $3, $4, {}, ${})
-             ON CONFLICT (subject_kind, subject_id, day, department_id) DO UPDATE SET {},
+        query.push(format!(
+            " ON CONFLICT (subject_kind, subject_id, day, department_id) DO UPDATE SET {},
                  handling_histogram = scoring.add_arrays(
                      scoring.daily_aggregates.handling_histogram, EXCLUDED.handling_histogram)",
-            columns.join(", "),
-            placeholders.join(", "),
-            columns.len() + 5,
             updates.join(", ")
-        )
-    })
-}
-
-/// Adds the deltas of one case change to the aggregate rows, in key order.
-pub async fn apply_deltas(conn: &mut PgConnection, deltas: &Deltas) -> Result<(), sqlx::Error> {
-    for (key, day, counters) in &deltas.counters {
-        let mut query = sqlx::query(upsert_counters_sql())
-            .bind(key.kind)
-            .bind(&key.subject_id)
-            .bind(&key.department_id)
-            .bind(day);
-        for value in counters.values() {
-            query = query.bind(value);
-        }
-        query
-            .bind(counters.handling_histogram.to_vec())
-            .execute(&mut *conn)
-            .await?;
+        ));
+        query.build().execute(&mut *conn).await?;
     }
-    for (key, day, category, severity, cases) in &deltas.categories {
-        sqlx::query(
+    if !deltas.categories.is_empty() {
+        let mut query = sqlx::QueryBuilder::new(
             "INSERT INTO scoring.daily_categories
-                 (subject_kind, subject_id, department_id, day, category, severity, cases)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (subject_kind, subject_id, day, department_id, category, severity)
+                 (subject_kind, subject_id, department_id, day, category, severity, cases) ",
+        );
+        query.push_values(
+            &deltas.categories,
+            |mut row, (key, day, category, severity, cases)| {
+                row.push_bind(key.kind)
+                    .push_bind(&key.subject_id)
+                    .push_bind(&key.department_id)
+                    .push_bind(*day)
+                    .push_bind(category)
+                    .push_bind(*severity)
+                    .push_bind(*cases);
+            },
+        );
+        query.push(
+            " ON CONFLICT (subject_kind, subject_id, day, department_id, category, severity)
              DO UPDATE SET cases = scoring.daily_categories.cases + EXCLUDED.cases",
-        )
-        .bind(key.kind)
-        .bind(&key.subject_id)
-        .bind(&key.department_id)
-        .bind(day)
-        .bind(category)
-        .bind(severity)
-        .bind(cases)
-        .execute(&mut *conn)
-        .await?;
+        );
+        query.build().execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -8,14 +8,14 @@ use std::future::Future;
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
-use complaints_kit::events::EventHandler;
+use complaints_kit::events::{EventHandler, Incoming};
 use complaints_kit::time::from_timestamp;
 use complaints_proto::common::v1::{CaseStatus, ClockKind};
-use complaints_proto::events::v1::{Event, event::Payload};
+use complaints_proto::events::v1::{CaseOpened, Event, event::Payload};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::engine::{Engine, active_of_kind};
+use crate::engine::{ClockStart, Engine, active_of_kind};
 use crate::store::{self, CaseRow};
 
 pub struct ClockEvents {
@@ -33,30 +33,7 @@ impl ClockEvents {
         let engine = &self.engine;
         match &event.payload {
             Some(Payload::CaseOpened(opened)) => {
-                let case_id = Uuid::parse_str(&opened.case_id)?;
-                let received_at = when(&opened.received_at, now);
-                let case = CaseRow {
-                    case_id,
-                    department_id: opened.department_id.clone(),
-                    owner_id: opened.owner_id.clone(),
-                    category: opened.category.clone(),
-                    severity: opened.severity as i16,
-                    priority: opened.priority as i16,
-                    complexity: opened.complexity as i16,
-                    customer_tier: opened.customer_tier as i16,
-                    channel: opened.channel as i16,
-                    received_at,
-                };
-                store::upsert_case(conn, &case).await?;
-                store::set_case_trace(conn, case_id, &event.traceparent).await?;
-                // The first response counts from receipt, resolution too: the customer's wait
-                // started when they complained, not when we opened the case.
-                engine
-                    .start_clock(conn, &case, ClockKind::FirstResponse, 1, received_at, trace)
-                    .await?;
-                engine
-                    .start_clock(conn, &case, ClockKind::Resolution, 1, received_at, trace)
-                    .await?;
+                self.cases_opened(conn, &[(opened, event)]).await?;
             }
             Some(Payload::CaseAcknowledged(ack)) => {
                 let case_id = Uuid::parse_str(&ack.case_id)?;
@@ -229,6 +206,51 @@ impl ClockEvents {
     }
 }
 
+impl ClockEvents {
+    /// Records opened cases and starts their first-response and resolution clocks, with
+    /// set-based statements for the whole run.
+    async fn cases_opened(
+        &self,
+        conn: &mut PgConnection,
+        run: &[(&CaseOpened, &Event)],
+    ) -> anyhow::Result<()> {
+        let now = Utc::now();
+        let mut cases = Vec::with_capacity(run.len());
+        for (opened, event) in run {
+            let case = CaseRow {
+                case_id: Uuid::parse_str(&opened.case_id)?,
+                department_id: opened.department_id.clone(),
+                owner_id: opened.owner_id.clone(),
+                category: opened.category.clone(),
+                severity: opened.severity as i16,
+                priority: opened.priority as i16,
+                complexity: opened.complexity as i16,
+                customer_tier: opened.customer_tier as i16,
+                channel: opened.channel as i16,
+                received_at: when(&opened.received_at, now),
+            };
+            cases.push((case, event.traceparent.as_str()));
+        }
+        store::upsert_cases(conn, &cases).await?;
+        // The first response counts from receipt, resolution too: the customer's wait
+        // started when they complained, not when we opened the case.
+        let starts: Vec<ClockStart<'_>> = cases
+            .iter()
+            .flat_map(|(case, traceparent)| {
+                [ClockKind::FirstResponse, ClockKind::Resolution].map(|kind| ClockStart {
+                    case,
+                    kind,
+                    cycle: 1,
+                    origin: case.received_at,
+                    traceparent,
+                })
+            })
+            .collect();
+        self.engine.start_clocks(conn, &starts).await?;
+        Ok(())
+    }
+}
+
 impl EventHandler for ClockEvents {
     fn apply<'a>(
         &'a self,
@@ -238,7 +260,31 @@ impl EventHandler for ClockEvents {
         Box::pin(self.on_event(tx, event))
     }
 
+    fn in_sets(&self, event: &Event) -> bool {
+        opened_of(event).is_some()
+    }
+
+    /// Starts the clocks of a run of opened cases with set-based statements.
+    fn apply_set<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        run: &'a [Incoming<'a>],
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        let cases: Vec<(&CaseOpened, &Event)> = run
+            .iter()
+            .filter_map(|i| opened_of(i.event).map(|o| (o, i.event)))
+            .collect();
+        Box::pin(async move { self.cases_opened(tx, &cases).await })
+    }
+
     fn after_commit(&self) {
         self.engine.events.committed();
+    }
+}
+
+fn opened_of(event: &Event) -> Option<&CaseOpened> {
+    match &event.payload {
+        Some(Payload::CaseOpened(opened)) => Some(opened),
+        _ => None,
     }
 }

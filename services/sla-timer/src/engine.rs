@@ -58,6 +58,15 @@ pub struct Engine {
     pub events: EventLog,
 }
 
+/// A clock to start: of `kind` and `cycle` for `case`, counting from `origin`.
+pub struct ClockStart<'a> {
+    pub case: &'a CaseRow,
+    pub kind: ClockKind,
+    pub cycle: i32,
+    pub origin: DateTime<Utc>,
+    pub traceparent: &'a str,
+}
+
 /// What one firing did, for the metrics the service exports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FiredKind {
@@ -299,68 +308,108 @@ impl Engine {
         origin: DateTime<Utc>,
         traceparent: &str,
     ) -> anyhow::Result<Option<ClockRow>> {
-        let chosen = self.policy_for(conn, &facts_of(case)).await?;
-        let Some(measure) = chosen.policy.measure(kind) else {
-            return Ok(None);
-        };
-        let calendar = self
-            .calendar(conn, &chosen.policy.calendar_id, true)
-            .await?;
-        let (target, business) = measure.resolve(calendar.standard_day());
-        let started_at = if business {
-            calendar.next_working_instant(origin)?
-        } else {
-            origin
-        };
-        let mut clock = ClockRow {
-            id: Uuid::now_v7(),
-            case_id: case.case_id,
-            kind: kind as i16,
+        let start = ClockStart {
+            case,
+            kind,
             cycle,
-            state: RUNNING,
-            policy_id: chosen.policy.id.clone(),
-            policy_reason: chosen.reason.clone(),
-            calendar_id: calendar.id.clone(),
-            business,
-            target_ms: target.num_milliseconds(),
-            consumed_ms: 0,
-            running_since: Some(started_at),
-            started_at,
-            due_at: None,
-            warned_percent: 0,
-            breached_at: None,
-            met_at: None,
-            met_on_time: None,
-            escalation_level: 0,
-            next_fire_at: None,
-            department_id: case.department_id.clone(),
-            severity: case.severity,
-            origin_at: origin,
-            policy_version: chosen.policy.version,
-            thresholds_ms: millis(&chosen.policy.warning_thresholds(target)),
-            ladder_ms: chosen.policy.ladder_ms.clone(),
-            warned_ms: 0,
-            plan_note: String::new(),
+            origin,
+            traceparent,
         };
-        self.plan(&calendar, &mut clock)?;
-        if !store::insert_clock(conn, &clock).await? {
-            return Ok(None);
+        Ok(self.start_clocks(conn, &[start]).await?.pop())
+    }
+
+    /// Starts several clocks with set-based statements: each calendar involved is read (and
+    /// share-locked) once, the clocks are planned in memory, then inserted and announced with
+    /// one statement each. Clocks whose (case, kind, cycle) already exists are skipped; returns
+    /// the clocks started, in the order given.
+    pub async fn start_clocks(
+        &self,
+        conn: &mut PgConnection,
+        starts: &[ClockStart<'_>],
+    ) -> anyhow::Result<Vec<ClockRow>> {
+        let mut calendars: HashMap<String, Arc<BusinessCalendar>> = HashMap::new();
+        let mut clocks = Vec::with_capacity(starts.len());
+        let mut announcements = Vec::with_capacity(starts.len());
+        for start in starts {
+            let case = start.case;
+            let chosen = self.policy_for(conn, &facts_of(case)).await?;
+            let Some(measure) = chosen.policy.measure(start.kind) else {
+                continue;
+            };
+            let calendar_id = &chosen.policy.calendar_id;
+            let calendar = match calendars.get(calendar_id) {
+                Some(calendar) => calendar.clone(),
+                None => {
+                    let calendar = self.calendar(conn, calendar_id, true).await?;
+                    calendars.insert(calendar_id.clone(), calendar.clone());
+                    calendar
+                }
+            };
+            let (target, business) = measure.resolve(calendar.standard_day());
+            let started_at = if business {
+                calendar.next_working_instant(start.origin)?
+            } else {
+                start.origin
+            };
+            let mut clock = ClockRow {
+                id: Uuid::now_v7(),
+                case_id: case.case_id,
+                kind: start.kind as i16,
+                cycle: start.cycle,
+                state: RUNNING,
+                policy_id: chosen.policy.id.clone(),
+                policy_reason: chosen.reason.clone(),
+                calendar_id: calendar.id.clone(),
+                business,
+                target_ms: target.num_milliseconds(),
+                consumed_ms: 0,
+                running_since: Some(started_at),
+                started_at,
+                due_at: None,
+                warned_percent: 0,
+                breached_at: None,
+                met_at: None,
+                met_on_time: None,
+                escalation_level: 0,
+                next_fire_at: None,
+                department_id: case.department_id.clone(),
+                severity: case.severity,
+                origin_at: start.origin,
+                policy_version: chosen.policy.version,
+                thresholds_ms: millis(&chosen.policy.warning_thresholds(target)),
+                ladder_ms: chosen.policy.ladder_ms.clone(),
+                warned_ms: 0,
+                plan_note: String::new(),
+            };
+            self.plan(&calendar, &mut clock)?;
+            clocks.push(clock);
+            announcements.push((start.traceparent, target));
         }
-        self.events
-            .append(
-                conn,
-                &case.case_id.to_string(),
-                traceparent,
+        let inserted: std::collections::HashSet<Uuid> = store::insert_clocks(conn, &clocks)
+            .await?
+            .into_iter()
+            .collect();
+        let mut started = Vec::with_capacity(inserted.len());
+        let mut events = Vec::with_capacity(inserted.len());
+        for (clock, (traceparent, target)) in clocks.into_iter().zip(announcements) {
+            if !inserted.contains(&clock.id) {
+                continue;
+            }
+            events.push((
+                clock.case_id.to_string(),
+                traceparent.to_owned(),
                 Payload::ClockStarted(ClockStarted {
                     clock_id: clock.id.to_string(),
-                    case_id: case.case_id.to_string(),
-                    kind: kind as i32,
+                    case_id: clock.case_id.to_string(),
+                    kind: clock.kind as i32,
                     due_at: clock.due_at.map(to_timestamp),
                     target: Some(to_pb_duration(target)),
                 }),
-            )
-            .await?;
-        Ok(Some(clock))
+            ));
+            started.push(clock);
+        }
+        self.events.append_all(conn, events).await?;
+        Ok(started)
     }
 
     /// The target was achieved at `at`.

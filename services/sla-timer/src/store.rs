@@ -1,7 +1,7 @@
 //! SQL of the `sla` schema.
 
 use chrono::{DateTime, Duration, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use crate::domain::clock::ClockTiming;
@@ -208,6 +208,97 @@ pub async fn insert_clock(conn: &mut PgConnection, clock: &ClockRow) -> Result<b
     .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// Inserts clocks with one statement, skipping any whose (case, kind, cycle) already has one;
+/// returns the ids of the clocks inserted.
+pub async fn insert_clocks(
+    conn: &mut PgConnection,
+    clocks: &[ClockRow],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if clocks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = QueryBuilder::new(format!("INSERT INTO sla.clocks ({CLOCK_COLUMNS}) "));
+    query.push_values(clocks, |mut row, clock| {
+        row.push_bind(clock.id)
+            .push_bind(clock.case_id)
+            .push_bind(clock.kind)
+            .push_bind(clock.cycle)
+            .push_bind(clock.state)
+            .push_bind(&clock.policy_id)
+            .push_bind(&clock.policy_reason)
+            .push_bind(&clock.calendar_id)
+            .push_bind(clock.business)
+            .push_bind(clock.target_ms)
+            .push_bind(clock.consumed_ms)
+            .push_bind(clock.running_since)
+            .push_bind(clock.started_at)
+            .push_bind(clock.due_at)
+            .push_bind(clock.warned_percent)
+            .push_bind(clock.breached_at)
+            .push_bind(clock.met_at)
+            .push_bind(clock.met_on_time)
+            .push_bind(clock.escalation_level)
+            .push_bind(clock.next_fire_at)
+            .push_bind(&clock.department_id)
+            .push_bind(clock.severity)
+            .push_bind(clock.origin_at)
+            .push_bind(clock.policy_version)
+            .push_bind(&clock.thresholds_ms)
+            .push_bind(&clock.ladder_ms)
+            .push_bind(clock.warned_ms)
+            .push_bind(&clock.plan_note);
+    });
+    query.push(" ON CONFLICT (case_id, kind, cycle) DO NOTHING RETURNING id");
+    query.build_query_scalar().fetch_all(conn).await
+}
+
+/// Records cases as opened (or their current facts), with their complaint's trace, in one
+/// statement; a case given twice keeps its last facts.
+pub async fn upsert_cases(
+    conn: &mut PgConnection,
+    cases: &[(CaseRow, &str)],
+) -> Result<(), sqlx::Error> {
+    let mut last: std::collections::HashMap<Uuid, usize> = Default::default();
+    for (i, (case, _)) in cases.iter().enumerate() {
+        last.insert(case.case_id, i);
+    }
+    let rows: Vec<&(CaseRow, &str)> = cases
+        .iter()
+        .enumerate()
+        .filter(|(i, (case, _))| last[&case.case_id] == *i)
+        .map(|(_, row)| row)
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut query = QueryBuilder::new(
+        "INSERT INTO sla.cases (case_id, department_id, owner_id, category, severity, priority, complexity,
+             customer_tier, channel, received_at, traceparent) ",
+    );
+    query.push_values(rows, |mut row, (case, traceparent)| {
+        row.push_bind(case.case_id)
+            .push_bind(&case.department_id)
+            .push_bind(&case.owner_id)
+            .push_bind(&case.category)
+            .push_bind(case.severity)
+            .push_bind(case.priority)
+            .push_bind(case.complexity)
+            .push_bind(case.customer_tier)
+            .push_bind(case.channel)
+            .push_bind(case.received_at)
+            .push_bind(*traceparent);
+    });
+    query.push(
+        " ON CONFLICT (case_id) DO UPDATE SET department_id = EXCLUDED.department_id,
+             owner_id = EXCLUDED.owner_id, category = EXCLUDED.category, severity = EXCLUDED.severity,
+             priority = EXCLUDED.priority, complexity = EXCLUDED.complexity,
+             customer_tier = EXCLUDED.customer_tier, traceparent = EXCLUDED.traceparent,
+             updated_at = now()",
+    );
+    query.build().execute(conn).await?;
+    Ok(())
 }
 
 pub async fn save_clock(conn: &mut PgConnection, clock: &ClockRow) -> Result<(), sqlx::Error> {

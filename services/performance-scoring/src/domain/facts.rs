@@ -197,6 +197,35 @@ pub fn deltas(before: Option<&Contribution>, after: Option<&Contribution>) -> De
     }
 }
 
+/// The sum of several changes, one row per key in key order: what applying them one after
+/// another does to the aggregates, in as few row updates as there are keys.
+pub fn combined(parts: impl IntoIterator<Item = Deltas>) -> Deltas {
+    let mut counters: BTreeMap<(SubjectKey, NaiveDate), Counters> = BTreeMap::new();
+    let mut categories: BTreeMap<(SubjectKey, NaiveDate, String, i16), i64> = BTreeMap::new();
+    for part in parts {
+        for (key, day, c) in part.counters {
+            counters.entry((key, day)).or_default().add_scaled(&c, 1);
+        }
+        for (key, day, category, severity, n) in part.categories {
+            *categories
+                .entry((key, day, category, severity))
+                .or_default() += n;
+        }
+    }
+    Deltas {
+        counters: counters
+            .into_iter()
+            .filter(|(_, c)| !c.is_zero())
+            .map(|((k, d), c)| (k, d, c))
+            .collect(),
+        categories: categories
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .map(|((k, d, cat, sev), n)| (k, d, cat, sev, n))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +416,36 @@ mod tests {
         assert_eq!(expected.counters.handling_seconds, 97_000);
         // 97,000 s lies in (86,400, 115,200]: bucket 11.
         assert_eq!(expected.counters.handling_histogram[11], 1);
+    }
+
+    #[test]
+    fn combined_steps_equal_the_change_from_first_to_last() {
+        let opened = opened();
+        let mut resolved = opened.clone();
+        resolved.resolved = true;
+        resolved.ever_resolved = true;
+        resolved.resolution_met_count = 1;
+        resolved.handling_seconds = 7_000;
+        let mut moved = resolved.clone();
+        moved.department_id = Some("billing".into());
+        moved.transfers = 1;
+        let step = |a: &CaseFacts, b: &CaseFacts| {
+            deltas(
+                a.contribution(Shanghai).as_ref(),
+                b.contribution(Shanghai).as_ref(),
+            )
+        };
+        let none = CaseFacts::default();
+        let parts = vec![
+            step(&none, &opened),
+            step(&opened, &resolved),
+            step(&resolved, &moved),
+        ];
+        assert_eq!(combined(parts), step(&none, &moved));
+        // A case opened and cancelled within one batch leaves no trace at all.
+        let mut cancelled = opened.clone();
+        cancelled.cancelled = true;
+        let parts = vec![step(&none, &opened), step(&opened, &cancelled)];
+        assert_eq!(combined(parts), Deltas::default());
     }
 }
