@@ -236,7 +236,14 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                                     p.duplicated_cases += 1;
                                 }
                                 p.complaint_of
-                                    .insert(opened.case_id.clone(), opened.complaint_id);
+                                    .insert(opened.case_id.clone(), opened.complaint_id.clone());
+                                // The two streams race: the clocks may have been seen first.
+                                if p.clocks.get(&opened.case_id).is_some_and(|kinds| {
+                                    kinds.contains(&(ClockKind::FirstResponse as i32))
+                                        && kinds.contains(&(ClockKind::Resolution as i32))
+                                }) {
+                                    p.propagated_at.entry(opened.complaint_id).or_insert(now);
+                                }
                                 p.opened_cases.push((opened.case_id, 1));
                             }
                             Some(Payload::ClockStarted(started)) => {

@@ -73,7 +73,7 @@ const MAX_BATCH: u32 = 2000;
 const POLL_FALLBACK: Duration = Duration::from_millis(200);
 /// How long a woken stream waits for more commits before reading, when idle and when busy.
 const SETTLE_IDLE: Duration = Duration::from_millis(2);
-const SETTLE_BUSY: Duration = Duration::from_millis(10);
+const SETTLE_BUSY: Duration = Duration::from_millis(25);
 /// How often an idle stream tells its consumer it is caught up.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -821,16 +821,6 @@ impl<H: EventHandler> Consumer<H> {
         events: &[Event],
     ) -> Result<(i64, i64), BatchError> {
         let mut tx = self.pool.begin().await?;
-        let stored: (i64, i64) = sqlx::query_as(&format!(
-            "SELECT txid, seq FROM {}.event_cursors WHERE source = $1 FOR UPDATE",
-            self.schema
-        ))
-        .bind(&self.source)
-        .fetch_one(&mut *tx)
-        .await?;
-        if stored != cursor {
-            return Err(BatchError::CursorMoved);
-        }
         let mut last = cursor;
         let mut fresh = Vec::with_capacity(events.len());
         for event in events {
@@ -860,15 +850,24 @@ impl<H: EventHandler> Consumer<H> {
             }
             .map_err(BatchError::Handler)?;
         }
-        sqlx::query(&format!(
-            "UPDATE {}.event_cursors SET txid = $2, seq = $3, updated_at = now() WHERE source = $1",
+        // Compare-and-set: the cursor moves only from where this batch started. Another
+        // replica that applied the same events first has moved it (its effects then stand and
+        // these roll back); one still applying them holds the row until it commits or aborts.
+        let moved = sqlx::query(&format!(
+            "UPDATE {}.event_cursors SET txid = $2, seq = $3, updated_at = now()
+             WHERE source = $1 AND txid = $4 AND seq = $5",
             self.schema
         ))
         .bind(&self.source)
         .bind(last.0)
         .bind(last.1)
+        .bind(cursor.0)
+        .bind(cursor.1)
         .execute(&mut *tx)
         .await?;
+        if moved.rows_affected() != 1 {
+            return Err(BatchError::CursorMoved);
+        }
         tx.commit().await?;
         Ok(last)
     }
