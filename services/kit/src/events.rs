@@ -103,6 +103,11 @@ pub fn payload_name(payload: &Payload) -> &'static str {
     }
 }
 
+tokio::task_local! {
+    /// Set while a consumer applies a batch; true once the batch wrote an event.
+    static BATCH_PRODUCED: std::cell::Cell<bool>;
+}
+
 /// An encoded event and the columns stored beside it in the outbox.
 #[derive(Clone, Debug)]
 pub struct EncodedEvent {
@@ -198,6 +203,8 @@ impl EventLog {
 
     /// Counts an event written (the `events_produced_total` series).
     pub fn produced(&self, event_type: &'static str) {
+        // Inside a consumer's batch: its commit must wake this log's subscribers.
+        let _ = BATCH_PRODUCED.try_with(|produced| produced.set(true));
         if let Some(metrics) = self.inner.metrics.get() {
             metrics
                 .events_produced
@@ -559,7 +566,8 @@ pub trait EventHandler: Send + Sync + 'static {
         Box::pin(apply_each(self, tx, run))
     }
 
-    /// Runs after a batch committed (e.g. to wake this service's own subscribers).
+    /// Runs after a batch that wrote events committed (e.g. to wake this service's own
+    /// subscribers); batches that wrote none skip it, so they wake nobody.
     fn after_commit(&self) {}
 }
 
@@ -724,8 +732,16 @@ impl<H: EventHandler> Consumer<H> {
                     Some(serial) => Some(serial.lock().await),
                     None => None,
                 };
-                cursor = self.apply_batch(cursor, chunk).await?;
-                self.handler.after_commit();
+                let (applied, produced) = BATCH_PRODUCED
+                    .scope(std::cell::Cell::new(false), async {
+                        let applied = self.apply_batch(cursor, chunk).await;
+                        (applied, BATCH_PRODUCED.with(|p| p.get()))
+                    })
+                    .await;
+                cursor = applied?;
+                if produced {
+                    self.handler.after_commit();
+                }
             }
             self.record_progress(&batch, before, cursor);
         }

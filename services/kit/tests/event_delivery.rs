@@ -349,11 +349,19 @@ async fn a_crash_between_applying_and_acknowledging_does_not_apply_twice() {
     for i in 0..12 {
         write_event(&producer, &format!("agg-{i}")).await;
     }
-    let events = producer
-        .log
-        .read_after(&producer.pool, (0, 0), 100)
-        .await
-        .unwrap();
+    // Released once every older transaction of the cluster has ended (other tests share it).
+    let events = eventually(
+        "all twelve events released",
+        Duration::from_secs(20),
+        || {
+            let (log, pool) = (producer.log.clone(), producer.pool.clone());
+            async move {
+                let events = log.read_after(&pool, (0, 0), 100).await.unwrap();
+                (events.len() == 12).then_some(events)
+            }
+        },
+    )
+    .await;
     let victim = events[6].event_id.clone();
     let crashing = Arc::new(Recorder {
         source: "crash".into(),
