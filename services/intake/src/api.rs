@@ -112,34 +112,18 @@ impl IntakeApi {
         Ok(current)
     }
 
-    /// The open complaint this contact repeats, if any (call inside the submit transaction).
+    /// The open complaint this contact repeats, if any (call inside the submit transaction,
+    /// begun with [`store::begin_for_customer`] on [`customer_of`]).
     async fn repeat_of(
         &self,
         tx: &mut sqlx::PgConnection,
         complaint: &record::NewComplaint,
         now: chrono::DateTime<Utc>,
     ) -> Result<Option<(ComplaintRow, String)>, Status> {
-        let key = ContactKey {
-            customer_id: complaint.customer_id.clone(),
-            phone: complaint.phone.clone(),
-            email: complaint.email.clone(),
-            order_ref: complaint.order_ref.clone(),
-            product_ref: complaint.product_ref.clone(),
-        };
+        let key = contact_key(complaint);
         if !key.is_matchable() {
             return Ok(None);
         }
-        // One customer's contacts are taken one at a time, so two first contacts about the
-        // same matter cannot both open a case.
-        let customer_key = key
-            .customer_id
-            .clone()
-            .or(key.phone.clone())
-            .or(key.email.clone())
-            .unwrap_or_default();
-        store::lock_customer(tx, &customer_key)
-            .await
-            .map_err(|e| grpc::storage(&e))?;
         let rows = store::repeat_candidates(
             tx,
             key.customer_id.as_deref(),
@@ -344,6 +328,26 @@ fn accepted_event(row: &ComplaintRow) -> Payload {
     })
 }
 
+fn contact_key(complaint: &record::NewComplaint) -> ContactKey {
+    ContactKey {
+        customer_id: complaint.customer_id.clone(),
+        phone: complaint.phone.clone(),
+        email: complaint.email.clone(),
+        order_ref: complaint.order_ref.clone(),
+        product_ref: complaint.product_ref.clone(),
+    }
+}
+
+/// Who a contact is from, for serialising one customer's submissions (`None`: nobody we
+/// could recognise again, so no repeat to find).
+fn customer_of(complaint: &record::NewComplaint) -> Option<String> {
+    let key = contact_key(complaint);
+    if !key.is_matchable() {
+        return None;
+    }
+    key.customer_id.or(key.phone).or(key.email)
+}
+
 /// The `ComplaintAccepted` of a complaint about to be stored.
 fn accepted_event_of(new: &store::NewComplaintRow<'_>) -> Payload {
     let (complaint, classification) = (new.complaint, new.classification);
@@ -393,7 +397,11 @@ impl IntakeService for IntakeApi {
             .format("%Y%m%d")
             .to_string();
 
-        let mut tx = self.pool.begin().await.map_err(|e| grpc::storage(&e))?;
+        // One customer's contacts are taken one at a time, so two first contacts about the
+        // same matter cannot both open a case.
+        let mut tx = store::begin_for_customer(&self.pool, customer_of(&complaint).as_deref())
+            .await
+            .map_err(|e| grpc::storage(&e))?;
         // A replay of a request is found by the insert below (its request id conflicts) and
         // returns what the first one created; nothing is written before that insert.
         let repeat = self.repeat_of(&mut tx, &complaint, now).await?;

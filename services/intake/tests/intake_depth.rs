@@ -162,6 +162,46 @@ async fn a_repeat_contact_about_an_open_matter_is_linked_and_raises_priority() {
     h.service.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_contacts_about_one_matter_open_it_once() {
+    let h = start().await;
+    let intake = h.client(Role::Service);
+    // Eight channels at once, one customer, one order: taken one at a time, the first opens
+    // the matter and the other seven are linked to it.
+    let submissions: Vec<_> = (0..8)
+        .map(|i| {
+            let mut intake = intake.clone();
+            tokio::spawn(async move {
+                intake
+                    .submit_complaint(contact(
+                        &format!("burst-{i}"),
+                        "C9",
+                        "O9",
+                        Channel::WebForm,
+                        "洗衣机漏水",
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .complaint
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for submission in submissions {
+        statuses.push(submission.await.unwrap().status);
+    }
+    let received = statuses
+        .iter()
+        .filter(|s| **s == ComplaintStatus::Received as i32)
+        .count();
+    assert_eq!(received, 1, "statuses: {statuses:?}");
+    assert_eq!(h.events("ComplaintAccepted").await, 1);
+    assert_eq!(h.events("ComplaintRepeatContact").await, 7);
+    h.service.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_agent_merges_and_unlinks_contacts() {
     let h = start().await;
