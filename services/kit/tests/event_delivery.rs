@@ -456,3 +456,38 @@ async fn a_consumer_behind_retention_gets_out_of_range_not_a_gap() {
     drop(producer.context);
     producer.trigger.trigger();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_of_a_consumer_apply_each_event_exactly_once() {
+    let db = testing::fresh_database().await;
+    let producer = Arc::new(start_producer(&db.url).await);
+    // Both replicas follow the same stream with the same cursor row, as two pods would.
+    let first = start_consumer(&db.url, "ha", &producer.url, recorder("ha")).await;
+    let second = start_consumer(&db.url, "ha", &producer.url, recorder("ha")).await;
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let producer = producer.clone();
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    write_event(&producer, &format!("ha-{w}-{i}")).await;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    wait_applied(&producer.pool, "ha", 60).await;
+    // Let a replica that lost a race finish rolling back before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (events, applications): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(times), 0)::bigint FROM consumer_test.applied WHERE source = 'ha'",
+    )
+    .fetch_one(&producer.pool)
+    .await
+    .unwrap();
+    assert_eq!((events, applications), (60, 60), "each event applied once");
+    first.stop().await;
+    second.stop().await;
+    producer.trigger.trigger();
+}
