@@ -1,5 +1,6 @@
 //! gRPC handlers of `IntakeService`: decode, authorise, call the domain and the store, encode.
 
+use chrono::DurationRound as _;
 use chrono::Utc;
 use complaints_kit::auth::{self, Principal, Role};
 use complaints_kit::events::EventLog;
@@ -113,7 +114,7 @@ impl IntakeApi {
     }
 
     /// The open complaint this contact repeats, if any (call inside the submit transaction,
-    /// begun with [`store::begin_for_customer`] on [`customer_of`]).
+    /// begun with [`store::begin_for_customer`] on [`customer_identifiers`]).
     async fn repeat_of(
         &self,
         tx: &mut sqlx::PgConnection,
@@ -338,14 +339,21 @@ fn contact_key(complaint: &record::NewComplaint) -> ContactKey {
     }
 }
 
-/// Who a contact is from, for serialising one customer's submissions (`None`: nobody we
-/// could recognise again, so no repeat to find).
-fn customer_of(complaint: &record::NewComplaint) -> Option<String> {
+/// The identifiers a contact can be recognised by again (none when it cannot be matched to an
+/// earlier one), for serialising one customer's submissions.
+fn customer_identifiers(complaint: &record::NewComplaint) -> Vec<String> {
     let key = contact_key(complaint);
     if !key.is_matchable() {
-        return None;
+        return Vec::new();
     }
-    key.customer_id.or(key.phone).or(key.email)
+    [
+        key.customer_id.map(|v| format!("customer:{v}")),
+        key.phone.map(|v| format!("phone:{v}")),
+        key.email.map(|v| format!("email:{v}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The `ComplaintAccepted` of a complaint about to be stored.
@@ -376,7 +384,12 @@ impl IntakeService for IntakeApi {
     ) -> Result<Response<pb::SubmitComplaintResponse>, Status> {
         let principal = auth::principal(&request)?;
         principal.require_any(SUBMITTERS)?;
+        // At the database's precision: the event is built before the row is stored, and both
+        // must carry the same receipt time.
         let now = Utc::now();
+        let now = now
+            .duration_trunc(chrono::Duration::microseconds(1))
+            .unwrap_or(now);
         let complaint = record::parse_submission(
             submission(request.into_inner()),
             now,
@@ -399,7 +412,7 @@ impl IntakeService for IntakeApi {
 
         // One customer's contacts are taken one at a time, so two first contacts about the
         // same matter cannot both open a case.
-        let mut tx = store::begin_for_customer(&self.pool, customer_of(&complaint).as_deref())
+        let mut tx = store::begin_for_customer(&self.pool, &customer_identifiers(&complaint))
             .await
             .map_err(|e| grpc::storage(&e))?;
         // A replay of a request is found by the insert below (its request id conflicts) and

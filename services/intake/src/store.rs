@@ -285,28 +285,30 @@ pub async fn repeat_candidates(
     .await
 }
 
-/// Begins a transaction that serialises submissions of one customer (`None`: no customer to
-/// recognise), so two first contacts cannot both open a case. The lock is taken with the
-/// `BEGIN`, in one round trip.
+/// Begins a transaction that serialises submissions of one customer, so two first contacts
+/// cannot both open a case. A contact is the same customer's when any of its identifiers
+/// matches, so every identifier given (`customer:…`, `phone:…`, `email:…`) is locked, in one
+/// order for all, together with the `BEGIN` in one round trip. No identifiers: no lock.
 pub async fn begin_for_customer(
     pool: &PgPool,
-    customer: Option<&str>,
+    identifiers: &[String],
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    match customer {
-        // The lock id is a number computed here, never text from the request.
-        Some(key) => {
-            pool.begin_with(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({})",
-                customer_lock_id(key)
-            ))
-            .await
-        }
-        None => pool.begin().await,
+    // Lock ids are numbers computed here, never text from the request.
+    let mut ids: Vec<i64> = identifiers.iter().map(|k| customer_lock_id(k)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return pool.begin().await;
     }
+    let mut begin = String::from("BEGIN");
+    for id in ids {
+        begin.push_str(&format!("; SELECT pg_advisory_xact_lock({id})"));
+    }
+    pool.begin_with(begin).await
 }
 
-/// The advisory-lock id of a customer: FNV-1a (64 bit) of a namespaced key, the same in every
-/// replica and release.
+/// The advisory-lock id of a customer identifier: FNV-1a (64 bit) of a namespaced key, the
+/// same in every replica and release.
 pub fn customer_lock_id(key: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in "intake-customer:".bytes().chain(key.bytes()) {

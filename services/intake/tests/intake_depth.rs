@@ -167,15 +167,17 @@ async fn concurrent_first_contacts_about_one_matter_open_it_once() {
     let h = start().await;
     let intake = h.client(Role::Service);
     // Eight channels at once, one customer, one order: taken one at a time, the first opens
-    // the matter and the other seven are linked to it.
+    // the matter and the other seven are linked to it. Half the contacts give the customer id
+    // and the phone, half only the phone: the same customer either way.
     let submissions: Vec<_> = (0..8)
         .map(|i| {
             let mut intake = intake.clone();
+            let customer = if i % 2 == 0 { "C9" } else { "" };
             tokio::spawn(async move {
                 intake
                     .submit_complaint(contact(
                         &format!("burst-{i}"),
-                        "C9",
+                        customer,
                         "O9",
                         Channel::WebForm,
                         "洗衣机漏水",
@@ -199,6 +201,40 @@ async fn concurrent_first_contacts_about_one_matter_open_it_once() {
     assert_eq!(received, 1, "statuses: {statuses:?}");
     assert_eq!(h.events("ComplaintAccepted").await, 1);
     assert_eq!(h.events("ComplaintRepeatContact").await, 7);
+
+    // The acceptance is written before the row comes back from the database: it must announce
+    // exactly what was stored.
+    let (payload,): (Vec<u8>,) = sqlx::query_as(
+        "SELECT payload FROM intake.event_outbox WHERE event_type = 'ComplaintAccepted'",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    use prost::Message as _;
+    let event = complaints_proto::events::v1::Event::decode(payload.as_slice()).unwrap();
+    let Some(complaints_proto::events::v1::event::Payload::ComplaintAccepted(accepted)) =
+        event.payload
+    else {
+        panic!("not an acceptance: {event:?}");
+    };
+    let stored = h
+        .client(Role::Service)
+        .get_complaint(GetComplaintRequest {
+            complaint_id: accepted.complaint_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    let classification = stored.classification.unwrap();
+    assert_eq!(accepted.reference, stored.reference);
+    assert_eq!(
+        accepted.received_at, stored.received_at,
+        "same receipt time"
+    );
+    assert_eq!(accepted.category, classification.category);
+    assert_eq!(accepted.order_ref, "O9");
     h.service.stop().await.unwrap();
 }
 
