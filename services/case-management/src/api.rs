@@ -1059,7 +1059,8 @@ impl CaseService for CaseApi {
             department: name_of(&case.department_id),
             text: customer_view::progress(status, case.under_review),
         }];
-        progress.extend(tasks.iter().map(|t| {
+        // Only the parts marked for the customer (a sub-task's `customer_visible`).
+        progress.extend(tasks.iter().filter(|t| t.customer_visible).map(|t| {
             let status = pb::SubTaskStatus::try_from(t.status as i32)
                 .unwrap_or(pb::SubTaskStatus::Unspecified);
             pb::DepartmentProgress {

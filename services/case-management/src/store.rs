@@ -254,47 +254,6 @@ pub async fn agent_by_id_or_request(
     Ok(Some((agent, request.0)))
 }
 
-/// Inserts the case unless one exists for the complaint; `None` when it did.
-pub async fn insert_case(
-    conn: &mut PgConnection,
-    case: &CaseRow,
-) -> Result<Option<CaseRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "INSERT INTO cases.cases ({CASE_COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                 $21, $22, $23, $24, $25)
-         ON CONFLICT (complaint_id) DO NOTHING
-         RETURNING {CASE_COLUMNS}"
-    ))
-    .bind(case.id)
-    .bind(case.complaint_id)
-    .bind(&case.complaint_reference)
-    .bind(case.status)
-    .bind(&case.department_id)
-    .bind(&case.owner_id)
-    .bind(&case.category)
-    .bind(case.severity)
-    .bind(case.priority)
-    .bind(case.complexity)
-    .bind(case.channel)
-    .bind(case.customer_tier)
-    .bind(&case.customer_id)
-    .bind(case.escalation_level)
-    .bind(case.received_at)
-    .bind(case.opened_at)
-    .bind(case.acknowledged_at)
-    .bind(case.resolved_at)
-    .bind(case.closed_at)
-    .bind(case.version)
-    .bind(&case.product_ref)
-    .bind(&case.order_ref)
-    .bind(case.problem_id)
-    .bind(case.under_review)
-    .bind(&case.traceparent)
-    .fetch_optional(conn)
-    .await
-}
-
 /// Inserts cases with one statement, skipping complaints that already have one; returns the
 /// complaint ids of the cases inserted.
 pub async fn insert_cases(

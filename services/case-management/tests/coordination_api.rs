@@ -321,9 +321,25 @@ async fn another_department_works_its_sub_task_and_the_front_desk_sees_the_progr
             department_id: "logistics".into(),
             title: "Trace the parcel".into(),
             due_at: Some(due),
+            customer_visible: true,
             ..Default::default()
         }),
     };
+    // An internal check the customer is not told about.
+    owner
+        .create_sub_task(CreateSubTaskRequest {
+            request_id: "st-1-billing".into(),
+            sub_task: Some(SubTask {
+                case_id: case.id.clone(),
+                department_id: "billing".into(),
+                title: "Check the refund ledger".into(),
+                due_at: Some(due),
+                customer_visible: false,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
     let task = owner
         .create_sub_task(request.clone())
         .await
@@ -432,6 +448,11 @@ async fn another_department_works_its_sub_task_and_the_front_desk_sees_the_progr
             .iter()
             .any(|d| d.department == "Delivery and logistics" && d.text.contains("finished")),
         "{:?}",
+        view.departments
+    );
+    assert!(
+        view.departments.iter().all(|d| d.department != "Billing"),
+        "a sub-task not marked for the customer stays internal: {:?}",
         view.departments
     );
     assert_eq!(

@@ -601,11 +601,8 @@ async fn create_database(server_url: &str, prefix: &str) -> anyhow::Result<(Stri
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await?;
-    let base = server_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(server_url);
-    Ok((name.clone(), format!("{base}/{name}")))
+    let url = complaints_kit::db::database_url(server_url, &name);
+    Ok((name, url))
 }
 
 async fn drop_database(server_url: &str, name: &str) {

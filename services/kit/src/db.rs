@@ -170,3 +170,42 @@ async fn apply_pending(
     }
     Ok(())
 }
+
+/// The URL of database `name` on the server `server_url` points at: the path replaced (or
+/// added), user, host, port and query parameters (`sslmode`, …) kept.
+pub fn database_url(server_url: &str, name: &str) -> String {
+    let (main, query) = match server_url.find('?') {
+        Some(q) => server_url.split_at(q),
+        None => (server_url, ""),
+    };
+    let authority_start = main.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match main[authority_start..].find('/') {
+        Some(slash) => &main[..authority_start + slash],
+        None => main,
+    };
+    format!("{base}/{name}{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_url;
+
+    #[test]
+    fn database_url_replaces_only_the_path() {
+        assert_eq!(
+            database_url("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            database_url("postgres://u@h:5432", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            database_url(
+                "postgres://u@h/db?sslmode=require&sslrootcert=/etc/ca.pem",
+                "x"
+            ),
+            "postgres://u@h/x?sslmode=require&sslrootcert=/etc/ca.pem"
+        );
+    }
+}

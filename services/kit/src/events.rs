@@ -131,7 +131,6 @@ struct EventLogInner {
     /// Wakes the task that tells other replicas (LISTEN/NOTIFY) that events committed.
     notify_peers: tokio::sync::Notify,
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
-    insert_sql: String,
     insert_many_sql: String,
     fetch_sql: String,
     committed: watch::Sender<u64>,
@@ -146,10 +145,6 @@ impl EventLog {
                 producer,
                 notify_peers: tokio::sync::Notify::new(),
                 metrics: std::sync::OnceLock::new(),
-                insert_sql: format!(
-                    "INSERT INTO {schema}.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
-                     VALUES ($1, $2, $3, $4, $5)"
-                ),
                 // Sequence numbers follow the order given (ordinality).
                 insert_many_sql: format!(
                     "INSERT INTO {schema}.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
@@ -222,17 +217,13 @@ impl EventLog {
         traceparent: &str,
         payload: Payload,
     ) -> Result<uuid::Uuid, sqlx::Error> {
-        let event = self.encode(aggregate_id, traceparent, payload);
-        sqlx::query(&self.inner.insert_sql)
-            .bind(event.event_id)
-            .bind(&event.aggregate_id)
-            .bind(event.event_type)
-            .bind(event.occurred_at)
-            .bind(&event.payload)
-            .execute(conn)
+        let ids = self
+            .append_all(
+                conn,
+                vec![(aggregate_id.to_owned(), traceparent.to_owned(), payload)],
+            )
             .await?;
-        self.produced(event.event_type);
-        Ok(event.event_id)
+        Ok(ids[0])
     }
 
     /// Writes several events in the caller's transaction with one statement, in the order
@@ -549,8 +540,9 @@ pub trait EventHandler: Send + Sync + 'static {
         event: &'a Event,
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
 
-    /// Whether the handler applies `event` together with its neighbours of the same kind
-    /// through [`EventHandler::apply_set`] (its hot event kinds).
+    /// Whether the handler applies `event` through [`EventHandler::apply_set`], together with
+    /// the neighbouring events for which this also holds (its hot event kinds; a run may mix
+    /// kinds if the handler says yes to several).
     fn in_sets(&self, _event: &Event) -> bool {
         false
     }
@@ -579,7 +571,7 @@ pub struct Incoming<'e> {
 
 /// Applies `events` one by one through [`EventHandler::apply`], each in its span; an error
 /// names the event it failed on.
-pub async fn apply_each<H: EventHandler + ?Sized>(
+async fn apply_each<H: EventHandler + ?Sized>(
     handler: &H,
     tx: &mut PgConnection,
     events: &[Incoming<'_>],
@@ -602,16 +594,24 @@ pub async fn apply_each<H: EventHandler + ?Sized>(
 fn batch_span(run: &[Incoming<'_>]) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let parent = run.first().map(|i| i.span.id()).unwrap_or(None);
-    let event_type = run
-        .first()
-        .and_then(|i| i.event.payload.as_ref())
-        .map(payload_name)
-        .unwrap_or("Unknown");
+    let parent = run.first().and_then(|i| i.span.id());
+    // A run may mix kinds (see `in_sets`): name them all.
+    let mut kinds: Vec<&str> = run
+        .iter()
+        .map(|i| {
+            i.event
+                .payload
+                .as_ref()
+                .map(payload_name)
+                .unwrap_or("Unknown")
+        })
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
     let span = tracing::info_span!(
         parent: parent,
         "event.batch",
-        otel.name = %format!("process {event_type} ×{}", run.len()),
+        otel.name = %format!("process {} ×{}", kinds.join("+"), run.len()),
         messaging.operation.type = "process",
         messaging.batch.message_count = run.len(),
     );

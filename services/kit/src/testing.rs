@@ -77,14 +77,7 @@ pub async fn fresh_database() -> TestDatabase {
         .execute(&mut admin)
         .await
         .expect("create test database");
-    let url = match server.rfind('/') {
-        Some(slash) if !server[..slash].ends_with('/') => {
-            let (base, rest) = server.split_at(slash);
-            let query = rest.find('?').map(|q| &rest[q..]).unwrap_or("");
-            format!("{base}/{name}{query}")
-        }
-        _ => format!("{}/{name}", server.trim_end_matches('/')),
-    };
+    let url = crate::db::database_url(&server, &name);
     TestDatabase { name, url }
 }
 

@@ -491,3 +491,137 @@ async fn two_replicas_of_a_consumer_apply_each_event_exactly_once() {
     second.stop().await;
     producer.trigger.trigger();
 }
+
+/// Applies events of versions other than 3 and 6 in sets, the rest one by one, recording each
+/// run; writes an event of its own for version 3 only, and counts `after_commit` calls.
+struct Sets {
+    runs: Mutex<Vec<(bool, Vec<i32>)>>,
+    log: EventLog,
+    after_commits: std::sync::atomic::AtomicUsize,
+}
+
+fn version_of(event: &Event) -> i32 {
+    match &event.payload {
+        Some(Payload::CaseAcknowledged(ack)) => ack.by.parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+impl EventHandler for Sets {
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Event,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        Box::pin(async move {
+            let version = version_of(event);
+            self.runs.lock().unwrap().push((false, vec![version]));
+            if version == 3 {
+                append(&self.log, tx, "echo", version).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn in_sets(&self, event: &Event) -> bool {
+        !matches!(version_of(event), 3 | 6)
+    }
+
+    fn apply_set<'a>(
+        &'a self,
+        _tx: &'a mut PgConnection,
+        run: &'a [complaints_kit::events::Incoming<'a>],
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>> {
+        let versions = run.iter().map(|i| version_of(i.event)).collect();
+        self.runs.lock().unwrap().push((true, versions));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn after_commit(&self) {
+        self.after_commits
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_hot_kinds_go_to_apply_set_in_order_and_only_batches_that_wrote_events_wake() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    for _ in 0..6 {
+        write_event(&producer, "s").await;
+    }
+    // Released once every older transaction of the cluster has ended (other tests share it).
+    eventually("six events released", Duration::from_secs(20), || {
+        let (log, pool) = (producer.log.clone(), producer.pool.clone());
+        async move { (log.read_after(&pool, (0, 0), 100).await.unwrap().len() == 6).then_some(()) }
+    })
+    .await;
+    let (trigger, shutdown) = Shutdown::new();
+    let config = testing::common_config(&db.url);
+    let context = ServiceContext::start(
+        "consumer",
+        &config,
+        CONSUMER,
+        &[OUTBOX_MIGRATION, CURSOR_MIGRATION],
+        shutdown,
+    )
+    .await
+    .expect("consumer context");
+    let handler = Arc::new(Sets {
+        runs: Mutex::new(Vec::new()),
+        log: EventLog::new(CONSUMER, "consumer"),
+        after_commits: Default::default(),
+    });
+    let consumer =
+        Consumer::new(&context, CONSUMER, "sets", &producer.url, handler.clone()).unwrap();
+    let handle = tokio::spawn(consumer.run());
+    let applied = |n: usize| {
+        let handler = handler.clone();
+        async move {
+            eventually(
+                &format!("{n} events applied"),
+                Duration::from_secs(20),
+                || {
+                    let handler = handler.clone();
+                    async move {
+                        let runs = handler.runs.lock().unwrap();
+                        (runs.iter().map(|(_, v)| v.len()).sum::<usize>() >= n).then_some(())
+                    }
+                },
+            )
+            .await
+        }
+    };
+    applied(6).await;
+    assert_eq!(
+        *handler.runs.lock().unwrap(),
+        vec![
+            (true, vec![1, 2]),
+            (false, vec![3]),
+            (true, vec![4, 5]),
+            (false, vec![6]),
+        ],
+        "runs split wherever the handler's answer changes, in stream order"
+    );
+    assert_eq!(
+        handler
+            .after_commits
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the batch wrote an event (for version 3)"
+    );
+    // Batches that write nothing wake nobody.
+    write_event(&producer, "s").await;
+    write_event(&producer, "s").await;
+    applied(8).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        handler
+            .after_commits
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    trigger.trigger();
+    let _ = handle.await;
+    producer.trigger.trigger();
+}

@@ -858,7 +858,13 @@ impl SlaService for SlaApi {
             .engine
             .policy_for(&mut conn, &facts)
             .await
-            .map_err(|e| grpc::failed_precondition("POLICY", "policies", &e.to_string()))?;
+            .map_err(|e| {
+                if e.downcast_ref::<sqlx::Error>().is_some() {
+                    internal(e)
+                } else {
+                    grpc::failed_precondition("POLICY", "policies", &e.to_string())
+                }
+            })?;
         Ok(Response::new(pb::MatchPolicyResponse {
             policy: Some(policy_to_proto(&chosen.policy, None)),
             reason: chosen.reason,

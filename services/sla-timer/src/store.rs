@@ -106,43 +106,9 @@ pub struct CaseRow {
     pub received_at: DateTime<Utc>,
 }
 
+/// Records a case's current facts (keeping the trace it has).
 pub async fn upsert_case(conn: &mut PgConnection, case: &CaseRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO sla.cases (case_id, department_id, owner_id, category, severity, priority, complexity,
-             customer_tier, channel, received_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         ON CONFLICT (case_id) DO UPDATE SET department_id = EXCLUDED.department_id,
-             owner_id = EXCLUDED.owner_id, category = EXCLUDED.category, severity = EXCLUDED.severity,
-             priority = EXCLUDED.priority, complexity = EXCLUDED.complexity,
-             customer_tier = EXCLUDED.customer_tier, updated_at = now()",
-    )
-    .bind(case.case_id)
-    .bind(&case.department_id)
-    .bind(&case.owner_id)
-    .bind(&case.category)
-    .bind(case.severity)
-    .bind(case.priority)
-    .bind(case.complexity)
-    .bind(case.customer_tier)
-    .bind(case.channel)
-    .bind(case.received_at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Remembers the trace of a case's complaint.
-pub async fn set_case_trace(
-    conn: &mut PgConnection,
-    case_id: Uuid,
-    traceparent: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE sla.cases SET traceparent = $2 WHERE case_id = $1")
-        .bind(case_id)
-        .bind(traceparent)
-        .execute(conn)
-        .await?;
-    Ok(())
+    upsert_cases(conn, &[(case.clone(), "")]).await
 }
 
 /// The complaint traces of some cases.
@@ -167,47 +133,6 @@ pub async fn case(conn: &mut PgConnection, case_id: Uuid) -> Result<Option<CaseR
     .bind(case_id)
     .fetch_optional(conn)
     .await
-}
-
-/// Inserts a clock; false when that (case, kind, cycle) already has one.
-pub async fn insert_clock(conn: &mut PgConnection, clock: &ClockRow) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(&format!(
-        "INSERT INTO sla.clocks ({CLOCK_COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,
-                 $23, $24, $25, $26, $27, $28)
-         ON CONFLICT (case_id, kind, cycle) DO NOTHING"
-    ))
-    .bind(clock.id)
-    .bind(clock.case_id)
-    .bind(clock.kind)
-    .bind(clock.cycle)
-    .bind(clock.state)
-    .bind(&clock.policy_id)
-    .bind(&clock.policy_reason)
-    .bind(&clock.calendar_id)
-    .bind(clock.business)
-    .bind(clock.target_ms)
-    .bind(clock.consumed_ms)
-    .bind(clock.running_since)
-    .bind(clock.started_at)
-    .bind(clock.due_at)
-    .bind(clock.warned_percent)
-    .bind(clock.breached_at)
-    .bind(clock.met_at)
-    .bind(clock.met_on_time)
-    .bind(clock.escalation_level)
-    .bind(clock.next_fire_at)
-    .bind(&clock.department_id)
-    .bind(clock.severity)
-    .bind(clock.origin_at)
-    .bind(clock.policy_version)
-    .bind(&clock.thresholds_ms)
-    .bind(&clock.ladder_ms)
-    .bind(clock.warned_ms)
-    .bind(&clock.plan_note)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() == 1)
 }
 
 /// Inserts clocks with one statement, skipping any whose (case, kind, cycle) already has one;
@@ -254,8 +179,8 @@ pub async fn insert_clocks(
     query.build_query_scalar().fetch_all(conn).await
 }
 
-/// Records cases as opened (or their current facts), with their complaint's trace, in one
-/// statement; a case given twice keeps its last facts.
+/// Records cases as opened (or their current facts), with their complaint's trace ("" keeps
+/// the trace stored), in one statement; a case given twice keeps its last facts.
 pub async fn upsert_cases(
     conn: &mut PgConnection,
     cases: &[(CaseRow, &str)],
@@ -294,7 +219,9 @@ pub async fn upsert_cases(
         " ON CONFLICT (case_id) DO UPDATE SET department_id = EXCLUDED.department_id,
              owner_id = EXCLUDED.owner_id, category = EXCLUDED.category, severity = EXCLUDED.severity,
              priority = EXCLUDED.priority, complexity = EXCLUDED.complexity,
-             customer_tier = EXCLUDED.customer_tier, traceparent = EXCLUDED.traceparent,
+             customer_tier = EXCLUDED.customer_tier,
+             traceparent = CASE WHEN EXCLUDED.traceparent = '' THEN sla.cases.traceparent
+                                ELSE EXCLUDED.traceparent END,
              updated_at = now()",
     );
     query.build().execute(conn).await?;

@@ -179,10 +179,7 @@ async fn main() -> anyhow::Result<()> {
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut admin)
         .await?;
-    let url = match server.rfind('/') {
-        Some(slash) if !server[..slash].ends_with('/') => format!("{}/{name}", &server[..slash]),
-        _ => format!("{}/{name}", server.trim_end_matches('/')),
-    };
+    let url = complaints_kit::db::database_url(&server, &name);
     let result = run(&o, &url).await;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&mut admin)
