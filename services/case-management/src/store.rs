@@ -572,6 +572,8 @@ pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<CaseRow>, sqlx:
     sqlx::query_as(&format!(
         "SELECT {CASE_COLUMNS} FROM cases.cases WHERE id = ANY($1)"
     ))
+    // Planned for each call (see "Plans" in `complaints_kit::db`).
+    .persistent(false)
     .bind(ids)
     .fetch_all(pool)
     .await

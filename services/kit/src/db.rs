@@ -2,6 +2,17 @@
 //! Migrations are embedded in the binary, applied in order under an advisory lock (so replicas
 //! starting together never race), recorded in `<schema>.schema_migrations`, and never edited
 //! once applied: a changed checksum stops start-up.
+//!
+//! # Plans
+//! sqlx prepares each statement once per connection, and after five executions PostgreSQL
+//! keeps a generic plan for it until the table is analyzed again. A statement first run while
+//! its table was nearly empty can keep a plan that scans the whole table long after the table
+//! has grown (measured: a lookup by an array of keys and a join against `unnest(…)` both kept
+//! sequential scans, costing milliseconds a call after ten thousand complaints). Statements
+//! that run once per batch of events, or whose best plan depends on how many keys they are
+//! given, are therefore sent unprepared (`persistent(false)`): planned each time, for a few
+//! tens of microseconds per batch. Per-request statements are written so that every plan is
+//! an index scan (lookups by primary key, one branch per partial index).
 
 use std::str::FromStr;
 use std::time::Duration;

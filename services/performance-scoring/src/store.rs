@@ -68,6 +68,8 @@ pub async fn lock_facts_all(
         "SELECT case_id, {FACT_COLUMNS} FROM scoring.case_facts WHERE case_id = ANY($1)
          ORDER BY case_id FOR UPDATE"
     ))
+    // Planned for each batch (see "Plans" in `complaints_kit::db`).
+    .persistent(false)
     .bind(&ids)
     .fetch_all(conn)
     .await?;
@@ -118,7 +120,8 @@ pub async fn save_facts_all(
     query.push(format!(
         ") AS v(case_id, {FACT_COLUMNS}) WHERE f.case_id = v.case_id"
     ));
-    query.build().execute(conn).await?;
+    // Planned for each batch (see "Plans" in `complaints_kit::db`).
+    query.build().persistent(false).execute(conn).await?;
     Ok(())
 }
 

@@ -118,6 +118,8 @@ pub async fn case_traces(
 ) -> Result<std::collections::HashMap<Uuid, String>, sqlx::Error> {
     let rows: Vec<(Uuid, String)> =
         sqlx::query_as("SELECT case_id, traceparent FROM sla.cases WHERE case_id = ANY($1)")
+            // Planned for each batch (see "Plans" in `complaints_kit::db`).
+            .persistent(false)
             .bind(case_ids)
             .fetch_all(conn)
             .await?;
@@ -285,6 +287,9 @@ pub async fn lock_active_clocks(
         "SELECT {CLOCK_COLUMNS} FROM sla.clocks WHERE case_id = $1 AND state IN (1, 2, 4)
          ORDER BY kind, cycle FOR UPDATE"
     ))
+    // Planned each time: the plan kept from an empty table ANDed in the index of every open
+    // clock (see "Plans" in `complaints_kit::db`).
+    .persistent(false)
     .bind(case_id)
     .fetch_all(conn)
     .await
