@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use crate::domain::classify::{self, CategoryRule, SeveritySignal, Taxonomy, TaxonomyRules};
 use crate::domain::record::{self, Attachment, Submission};
-use crate::domain::repeat::{self, Candidate, ContactKey, RepeatRules};
 use crate::store::{self, ComplaintRow};
+use crate::submit::{Outcome, Prepared, Submitter};
 use crate::taxonomy::TaxonomyCache;
 
 pub struct IntakeApi {
@@ -31,15 +31,9 @@ pub struct IntakeApi {
     accepted: prometheus::IntCounterVec,
     default_country_code: String,
     org_timezone: chrono_tz::Tz,
-    repeat_rules: RepeatRules,
     taxonomy: TaxonomyCache,
-    /// Reference numbers taken from the sequence a block at a time (a restart skips what was
-    /// left of its block: references have gaps, never duplicates).
-    reference_numbers: std::sync::Mutex<std::collections::VecDeque<i64>>,
+    submitter: Submitter,
 }
-
-/// How many reference numbers a replica takes from the sequence at once.
-const REFERENCE_BLOCK: i64 = 20;
 
 impl IntakeApi {
     pub fn new(
@@ -58,38 +52,21 @@ impl IntakeApi {
         )
         .expect("metric");
         metrics.register(&accepted);
+        let submitter = Submitter::start(
+            pool.clone(),
+            events.clone(),
+            config.repeat_rules.clone(),
+            metrics,
+        );
         Self {
+            submitter,
             pool,
             events,
             accepted,
             default_country_code: config.default_country_code.clone(),
             org_timezone: config.org_timezone,
-            repeat_rules: config.repeat_rules.clone(),
             taxonomy,
-            reference_numbers: Default::default(),
         }
-    }
-
-    /// The next reference number: from this replica's block, or a new block.
-    async fn reference_number(&self, tx: &mut sqlx::PgConnection) -> Result<i64, Status> {
-        if let Some(n) = self.take_reference_number() {
-            return Ok(n);
-        }
-        let mut block = store::reserve_reference_numbers(tx, REFERENCE_BLOCK)
-            .await
-            .map_err(|e| grpc::storage(&e))?
-            .into_iter();
-        let first = block
-            .next()
-            .ok_or_else(|| Status::internal("the reference sequence returned no number"))?;
-        if let Ok(mut queue) = self.reference_numbers.lock() {
-            queue.extend(block);
-        }
-        Ok(first)
-    }
-
-    fn take_reference_number(&self) -> Option<i64> {
-        self.reference_numbers.lock().ok()?.pop_front()
     }
 
     /// Locks a complaint for a change, checking its version.
@@ -112,55 +89,6 @@ impl IntakeApi {
         }
         Ok(current)
     }
-
-    /// The open complaint this contact repeats, if any (call inside the submit transaction,
-    /// begun with [`store::begin_for_customer`] on [`customer_identifiers`]).
-    async fn repeat_of(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        complaint: &record::NewComplaint,
-        now: chrono::DateTime<Utc>,
-    ) -> Result<Option<(ComplaintRow, String)>, Status> {
-        let key = contact_key(complaint);
-        if !key.is_matchable() {
-            return Ok(None);
-        }
-        let rows = store::repeat_candidates(
-            tx,
-            key.customer_id.as_deref(),
-            key.phone.as_deref(),
-            key.email.as_deref(),
-            now - self.repeat_rules.window,
-        )
-        .await
-        .map_err(|e| grpc::storage(&e))?;
-        let candidates: Vec<Candidate> = rows
-            .iter()
-            .map(|r| Candidate {
-                id: r.id,
-                key: ContactKey {
-                    customer_id: r.customer_id.clone(),
-                    phone: r.phone.clone(),
-                    email: r.email.clone(),
-                    order_ref: r.order_ref.clone(),
-                    product_ref: r.product_ref.clone(),
-                },
-                received_at: r.received_at,
-                open: r.case_open,
-                linked: r.linked_to.is_some(),
-            })
-            .collect();
-        let Some((root_id, why)) =
-            repeat::find_repeat_of(&key, &candidates, &self.repeat_rules, now)
-        else {
-            return Ok(None);
-        };
-        let root = store::lock(tx, root_id)
-            .await
-            .map_err(|e| grpc::storage(&e))?
-            .filter(|r| r.case_open && r.linked_to.is_none());
-        Ok(root.map(|r| (r, why)))
-    }
 }
 
 /// The answer to a replayed request: the same complaint, or a refusal if the content differs.
@@ -182,7 +110,7 @@ fn replay(
     }))
 }
 
-fn repeat_event(
+pub(crate) fn repeat_event(
     root: &ComplaintRow,
     repeat: &ComplaintRow,
     raised: Option<Priority>,
@@ -329,53 +257,6 @@ fn accepted_event(row: &ComplaintRow) -> Payload {
     })
 }
 
-fn contact_key(complaint: &record::NewComplaint) -> ContactKey {
-    ContactKey {
-        customer_id: complaint.customer_id.clone(),
-        phone: complaint.phone.clone(),
-        email: complaint.email.clone(),
-        order_ref: complaint.order_ref.clone(),
-        product_ref: complaint.product_ref.clone(),
-    }
-}
-
-/// The identifiers a contact can be recognised by again (none when it cannot be matched to an
-/// earlier one), for serialising one customer's submissions.
-fn customer_identifiers(complaint: &record::NewComplaint) -> Vec<String> {
-    let key = contact_key(complaint);
-    if !key.is_matchable() {
-        return Vec::new();
-    }
-    [
-        key.customer_id.map(|v| format!("customer:{v}")),
-        key.phone.map(|v| format!("phone:{v}")),
-        key.email.map(|v| format!("email:{v}")),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
-}
-
-/// The `ComplaintAccepted` of a complaint about to be stored.
-fn accepted_event_of(new: &store::NewComplaintRow<'_>) -> Payload {
-    let (complaint, classification) = (new.complaint, new.classification);
-    Payload::ComplaintAccepted(ComplaintAccepted {
-        complaint_id: new.id.to_string(),
-        reference: new.reference.to_owned(),
-        channel: complaint.channel as i32,
-        customer_id: complaint.customer_id.clone().unwrap_or_default(),
-        customer_tier: complaint.tier as i32,
-        category: classification.category.clone(),
-        severity: classification.severity as i32,
-        priority: classification.priority as i32,
-        complexity: classification.complexity as i32,
-        received_at: Some(to_timestamp(new.received_at)),
-        order_ref: complaint.order_ref.clone().unwrap_or_default(),
-        product_ref: complaint.product_ref.clone().unwrap_or_default(),
-        language: complaint.language.clone(),
-    })
-}
-
 #[tonic::async_trait]
 impl IntakeService for IntakeApi {
     async fn submit_complaint(
@@ -398,7 +279,7 @@ impl IntakeService for IntakeApi {
         .map_err(FieldErrors::into_status)?;
         let fingerprint = record::fingerprint(&complaint);
         let taxonomy = self.taxonomy.current();
-        let mut classification = classify::classify(
+        let classification = classify::classify(
             &taxonomy,
             &complaint.subject,
             &complaint.description,
@@ -409,76 +290,27 @@ impl IntakeService for IntakeApi {
             .with_timezone(&self.org_timezone)
             .format("%Y%m%d")
             .to_string();
-
-        // One customer's contacts are taken one at a time, so two first contacts about the
-        // same matter cannot both open a case.
-        let mut tx = store::begin_for_customer(&self.pool, &customer_identifiers(&complaint))
-            .await
-            .map_err(|e| grpc::storage(&e))?;
-        // A replay of a request is found by the insert below (its request id conflicts) and
-        // returns what the first one created; nothing is written before that insert.
-        let repeat = self.repeat_of(&mut tx, &complaint, now).await?;
-        let (status, linked_to) = match &repeat {
-            Some((root, why)) => {
-                classification
-                    .reasons
-                    .push(format!("linked to {}: {why}", root.reference));
-                (pb::ComplaintStatus::Linked, Some(root.id))
-            }
-            None => (pb::ComplaintStatus::Received, None),
-        };
-        let reference = format!("CMP-{day}-{:07}", self.reference_number(&mut tx).await?);
-        let new_row = store::NewComplaintRow {
-            id: Uuid::now_v7(),
-            reference: &reference,
-            complaint: &complaint,
-            fingerprint: &fingerprint,
-            classification: &classification,
+        let request_id = complaint.request_id.clone();
+        let prepared = Prepared {
+            complaint,
+            fingerprint,
+            classification,
             received_at: now,
-            status: status as i16,
-            linked_to,
+            day,
+            traceparent: complaints_kit::telemetry::current_traceparent(),
         };
-        // A first contact is announced in the statement that stores it.
-        let announcement = repeat.is_none().then(|| {
-            self.events
-                .encode(&new_row.id.to_string(), "", accepted_event_of(&new_row))
-        });
-        let Some(row) = store::insert_complaint(&mut tx, &new_row, announcement.as_ref())
-            .await
-            .map_err(|e| grpc::storage(&e))?
-        else {
-            // A replay, or the same request committed concurrently.
-            let existing = store::find_by_request_id(&mut tx, &complaint.request_id)
-                .await
-                .map_err(|e| grpc::storage(&e))?
-                .ok_or_else(|| Status::aborted("concurrent submission; retry"))?;
-            return replay(existing, &fingerprint, &complaint.request_id, &principal);
+        let fingerprint = prepared.fingerprint.clone();
+        // Stored together with whatever other submissions are waiting (one transaction).
+        let (row, linked_reference) = match self.submitter.submit(prepared).await? {
+            Outcome::Created {
+                row,
+                linked_reference,
+            } => (row, linked_reference),
+            Outcome::Existing(existing) => {
+                return replay(existing, &fingerprint, &request_id, &principal);
+            }
         };
-        let mut linked_reference = String::new();
-        if let Some((root, _)) = repeat {
-            let current = Priority::try_from(root.priority as i32).unwrap_or(Priority::P3);
-            let raised = (self.repeat_rules.raises_priority && current != Priority::P1)
-                .then(|| classify::raise(current));
-            let root = store::record_repeat(&mut tx, root.id, raised.unwrap_or(current) as i16)
-                .await
-                .map_err(|e| grpc::storage(&e))?;
-            self.events
-                .append(
-                    &mut tx,
-                    &root.id.to_string(),
-                    "",
-                    repeat_event(&root, &row, raised, now),
-                )
-                .await
-                .map_err(|e| grpc::storage(&e))?;
-            linked_reference = root.reference;
-        }
-        tx.commit().await.map_err(|e| grpc::storage(&e))?;
-        if let Some(event) = &announcement {
-            self.events.produced(event.event_type);
-        }
         complaints_kit::telemetry::record_complaint(&row.id.to_string());
-        self.events.committed();
         self.accepted
             .with_label_values(&[
                 label(Channel::try_from(row.channel as i32).map(|c| c.as_str_name())),
@@ -880,7 +712,10 @@ impl IntakeService for IntakeApi {
         }
         let mut tx = self.pool.begin().await.map_err(|e| grpc::storage(&e))?;
         let current = self.lock_current(&mut tx, id, request.version).await?;
-        if current.linked_to.is_none() || current.case_id.is_some() {
+        let case = store::case_of(&mut tx, id)
+            .await
+            .map_err(|e| grpc::storage(&e))?;
+        if current.linked_to.is_none() || case.is_some() {
             return Err(grpc::failed_precondition(
                 "LINKS",
                 "complaint",

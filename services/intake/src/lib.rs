@@ -5,6 +5,7 @@ pub mod api;
 pub mod consumer;
 pub mod domain;
 pub mod store;
+pub mod submit;
 pub mod taxonomy;
 
 use complaints_kit::Shutdown;
@@ -29,6 +30,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "0002_linking_taxonomy_attachments",
         sql: include_str!("../migrations/0002_linking_taxonomy_attachments.sql"),
+    },
+    Migration {
+        name: "0003_complaint_cases",
+        sql: include_str!("../migrations/0003_complaint_cases.sql"),
     },
 ];
 

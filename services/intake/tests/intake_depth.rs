@@ -544,3 +544,233 @@ async fn customer_history_spans_channels_and_search_filters() {
     assert_eq!(delivery.len(), 1);
     h.service.stop().await.unwrap();
 }
+
+/// A submission from its own customer (own phone) about its own order.
+fn own_contact(
+    request_id: &str,
+    customer: &str,
+    order: &str,
+    text: &str,
+) -> SubmitComplaintRequest {
+    let mut request = contact(request_id, customer, order, Channel::App, text);
+    let digits: u64 = customer.bytes().map(u64::from).sum::<u64>() * 7919 + customer.len() as u64;
+    request.complainant.as_mut().unwrap().phone = format!("139{:08}", digits % 100_000_000);
+    request
+}
+
+/// Holds customer `HOLD`'s lock from outside, so that both submission writers wait on it (each
+/// with one submission of that customer) while whatever is submitted next queues up; the
+/// returned connection releases it when told to.
+async fn hold_writers(h: &Harness) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let mut holder = h.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(intake::store::customer_lock_id("customer:HOLD"))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    for i in 1..=2 {
+        let mut intake = h.client(Role::Service);
+        tokio::spawn(async move {
+            let _ = intake
+                .submit_complaint(own_contact(&format!("hold-{i}"), "HOLD", "O-HOLD", "held"))
+                .await;
+        });
+        testing::eventually(
+            "a writer waiting on the held lock",
+            std::time::Duration::from_secs(10),
+            || async {
+                let (waiting,): (i64,) = sqlx::query_as(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                )
+                .fetch_one(&h.pool)
+                .await
+                .unwrap();
+                (waiting == i).then_some(())
+            },
+        )
+        .await;
+    }
+    holder
+}
+
+async fn release(mut holder: sqlx::pool::PoolConnection<sqlx::Postgres>) {
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_shares_transactions_and_gets_the_answers_of_one_at_a_time() {
+    let h = start().await;
+    let holder = hold_writers(&h).await;
+    // Sixteen new matters; for eight of them a repeat contact and a replay of the same request
+    // in the same burst; and one request id used twice for different complaints.
+    let mut requests: Vec<(String, SubmitComplaintRequest)> = Vec::new();
+    for i in 0..16 {
+        let first = own_contact(
+            &format!("new-{i}"),
+            &format!("B{i}"),
+            &format!("O{i}"),
+            "空调不制冷",
+        );
+        if i < 8 {
+            requests.push((format!("replay-{i}"), first.clone()));
+            requests.push((
+                format!("again-{i}"),
+                own_contact(
+                    &format!("again-{i}"),
+                    &format!("B{i}"),
+                    &format!("O{i}"),
+                    "空调还是不制冷",
+                ),
+            ));
+        }
+        requests.push((format!("new-{i}"), first));
+    }
+    requests.push((
+        "clash-a".into(),
+        own_contact("clash", "X1", "OX1", "late parcel"),
+    ));
+    requests.push((
+        "clash-b".into(),
+        own_contact("clash", "X2", "OX2", "broken screen"),
+    ));
+    let calls: Vec<_> = requests
+        .into_iter()
+        .map(|(name, request)| {
+            let mut intake = h.client(Role::Service);
+            (
+                name,
+                tokio::spawn(async move { intake.submit_complaint(request).await }),
+            )
+        })
+        .collect();
+    // Let every call reach the queue before the writers are let go.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    release(holder).await;
+    let mut answers = std::collections::HashMap::new();
+    for (name, call) in calls {
+        answers.insert(name, call.await.unwrap().map(|r| r.into_inner()));
+    }
+
+    let complaint = |name: &str| {
+        let answer = answers[name].as_ref().unwrap();
+        (answer.created, answer.complaint.clone().unwrap())
+    };
+    for i in 0..8 {
+        let (first_created, first) = complaint(&format!("new-{i}"));
+        let (replay_created, replayed) = complaint(&format!("replay-{i}"));
+        assert!(
+            first_created != replay_created,
+            "one of the two calls created it"
+        );
+        assert_eq!(first.id, replayed.id);
+        // Whichever of the two contacts came first opened the matter; the other is linked.
+        let (_, again) = complaint(&format!("again-{i}"));
+        let (root, link) = if again.status == ComplaintStatus::Linked as i32 {
+            (&first, &again)
+        } else {
+            (&again, &first)
+        };
+        assert_eq!(root.status, ComplaintStatus::Received as i32, "{root:?}");
+        assert_eq!(link.status, ComplaintStatus::Linked as i32, "{link:?}");
+        assert_eq!(link.linked_to_complaint_id, root.id);
+    }
+    for i in 8..16 {
+        let (created, first) = complaint(&format!("new-{i}"));
+        assert!(created);
+        assert_eq!(first.status, ComplaintStatus::Received as i32);
+    }
+    let clashes: Vec<_> = ["clash-a", "clash-b"]
+        .iter()
+        .map(|name| {
+            answers[*name]
+                .as_ref()
+                .map_err(|s| s.code())
+                .map(|r| r.created)
+        })
+        .collect();
+    assert!(
+        clashes.contains(&Ok(true)) && clashes.contains(&Err(Code::AlreadyExists)),
+        "{clashes:?}"
+    );
+    let references: std::collections::HashSet<String> = answers
+        .values()
+        .filter_map(|a| a.as_ref().ok())
+        .filter(|a| a.created)
+        .map(|a| a.complaint.as_ref().unwrap().reference.clone())
+        .collect();
+    assert_eq!(
+        references.len(),
+        16 + 8 + 1,
+        "every stored complaint has its own reference"
+    );
+
+    // Sixteen matters, the clash and the first held contact were announced; nine repeats.
+    assert_eq!(h.events("ComplaintAccepted").await, 18);
+    assert_eq!(h.events("ComplaintRepeatContact").await, 9);
+    // The burst was written together: many acceptances in one transaction.
+    let (largest,): (i64,) = sqlx::query_as(
+        "SELECT max(n) FROM (SELECT count(*) AS n FROM intake.event_outbox GROUP BY txid) t",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert!(largest >= 10, "largest transaction wrote {largest} events");
+    h.service.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complaint_the_database_refuses_fails_alone_and_its_batch_is_stored() {
+    let h = start().await;
+    let holder = hold_writers(&h).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION intake.refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.description LIKE '%poison%' THEN RAISE EXCEPTION 'refused by test'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON intake.complaints
+             FOR EACH ROW EXECUTE FUNCTION intake.refuse_poison();",
+    )
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    let calls: Vec<_> = (0..11)
+        .map(|i| {
+            let mut intake = h.client(Role::Service);
+            let text = if i == 5 {
+                "poison pill"
+            } else {
+                "刷卡被多扣了钱"
+            };
+            let request = own_contact(
+                &format!("good-{i}"),
+                &format!("G{i}"),
+                &format!("OG{i}"),
+                text,
+            );
+            tokio::spawn(async move { intake.submit_complaint(request).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    release(holder).await;
+    for (i, call) in calls.into_iter().enumerate() {
+        let answer = call.await.unwrap();
+        if i == 5 {
+            assert_eq!(answer.unwrap_err().code(), Code::Internal);
+        } else {
+            assert!(answer.unwrap().into_inner().created, "call {i}");
+        }
+    }
+    // The ten good ones and the first held contact, each announced once.
+    assert_eq!(h.events("ComplaintAccepted").await, 11);
+    let (stored,): (i64,) = sqlx::query_as("SELECT count(*) FROM intake.complaints")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 12, "ten good ones and both held contacts");
+    h.service.stop().await.unwrap();
+}

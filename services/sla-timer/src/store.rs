@@ -283,16 +283,19 @@ pub async fn lock_active_clocks(
     conn: &mut PgConnection,
     case_id: Uuid,
 ) -> Result<Vec<ClockRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {CLOCK_COLUMNS} FROM sla.clocks WHERE case_id = $1 AND state IN (1, 2, 4)
-         ORDER BY kind, cycle FOR UPDATE"
+    // Every clock of the case is locked (a handful) and the active ones kept here: with the
+    // state in the query, plans ANDed in the partial index of every open clock in the system
+    // (0.5 ms a call after twenty thousand clocks, the SLA timer's top statement).
+    let clocks: Vec<ClockRow> = sqlx::query_as(&format!(
+        "SELECT {CLOCK_COLUMNS} FROM sla.clocks WHERE case_id = $1 ORDER BY kind, cycle FOR UPDATE"
     ))
-    // Planned each time: the plan kept from an empty table ANDed in the index of every open
-    // clock (see "Plans" in `complaints_kit::db`).
-    .persistent(false)
     .bind(case_id)
     .fetch_all(conn)
-    .await
+    .await?;
+    Ok(clocks
+        .into_iter()
+        .filter(|c| matches!(c.state, 1 | 2 | 4))
+        .collect())
 }
 
 /// The latest follow-up clock of a case that was never met, even if a reopen cancelled it: a

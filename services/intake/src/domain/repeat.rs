@@ -97,6 +97,65 @@ pub fn find_repeat_of(
         .map(|(c, why)| (c.id, why))
 }
 
+/// A contact of a batch of submissions taken together, in arrival order.
+#[derive(Clone, Debug)]
+pub struct BatchContact {
+    /// The id the complaint will be stored under.
+    pub id: Uuid,
+    pub key: ContactKey,
+    pub received_at: DateTime<Utc>,
+}
+
+/// What a repeat contact of a batch is linked to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Root {
+    /// A complaint stored before the batch.
+    Stored(Uuid),
+    /// An earlier first contact of the same batch (its index).
+    Earlier(usize),
+}
+
+/// The repeat decision of every contact of a batch, as if they had been taken one at a time in
+/// order: a first contact of the batch is a candidate for the contacts after it, a repeat is
+/// not (repeats link to the root, never to a link).
+pub fn decide_batch(
+    contacts: &[BatchContact],
+    stored: &[Candidate],
+    rules: &RepeatRules,
+) -> Vec<Option<(Root, String)>> {
+    let mut candidates = stored.to_vec();
+    let mut earlier = std::collections::HashMap::new();
+    contacts
+        .iter()
+        .enumerate()
+        .map(|(i, contact)| {
+            let found = find_repeat_of(&contact.key, &candidates, rules, contact.received_at);
+            match found {
+                Some((id, why)) => Some((
+                    earlier
+                        .get(&id)
+                        .map(|&index| Root::Earlier(index))
+                        .unwrap_or(Root::Stored(id)),
+                    why,
+                )),
+                None => {
+                    if contact.key.is_matchable() {
+                        earlier.insert(contact.id, i);
+                        candidates.push(Candidate {
+                            id: contact.id,
+                            key: contact.key.clone(),
+                            received_at: contact.received_at,
+                            open: true,
+                            linked: false,
+                        });
+                    }
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +269,60 @@ mod tests {
                 now()
             )
             .is_none()
+        );
+    }
+
+    fn contact(key: ContactKey, minutes_ago: i64) -> BatchContact {
+        BatchContact {
+            id: Uuid::now_v7(),
+            key,
+            received_at: now() - Duration::minutes(minutes_ago),
+        }
+    }
+
+    #[test]
+    fn a_batch_decides_as_if_its_contacts_came_one_at_a_time() {
+        let rules = RepeatRules::default();
+        let stored = candidate(key("C1", "O1"), 3);
+        let batch = [
+            // A new matter of C2, then C2 again about it: linked to the first of the batch.
+            contact(key("C2", "O7"), 3),
+            contact(key("C2", "O7"), 2),
+            // C1 about a stored open complaint, twice: both linked to the stored one (the
+            // first repeat is a link itself, never a root).
+            contact(key("C1", "O1"), 2),
+            contact(key("C1", "O1"), 1),
+            // C2 about another order: a first contact.
+            contact(key("C2", "O8"), 0),
+        ];
+        let decided = decide_batch(&batch, std::slice::from_ref(&stored), &rules);
+        let roots: Vec<Option<Root>> = decided.iter().map(|d| d.clone().map(|d| d.0)).collect();
+        assert_eq!(
+            roots,
+            vec![
+                None,
+                Some(Root::Earlier(0)),
+                Some(Root::Stored(stored.id)),
+                Some(Root::Stored(stored.id)),
+                None,
+            ]
+        );
+        assert_eq!(
+            decided[1].as_ref().unwrap().1,
+            "same customer id and same order as an open complaint"
+        );
+    }
+
+    #[test]
+    fn anonymous_contacts_of_a_batch_are_never_roots() {
+        let anonymous = ContactKey {
+            order_ref: Some("O1".into()),
+            ..Default::default()
+        };
+        let batch = [contact(anonymous.clone(), 2), contact(anonymous, 1)];
+        assert_eq!(
+            decide_batch(&batch, &[], &RepeatRules::default()),
+            vec![None, None]
         );
     }
 }

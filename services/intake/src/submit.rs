@@ -1,0 +1,522 @@
+//! Storing submissions: concurrent `SubmitComplaint` calls are written together, one
+//! transaction per batch (group commit).
+//!
+//! A handler validates and classifies its complaint, then hands it to the writers and waits.
+//! Each writer takes whatever is queued when it is free (at most [`MAX_BATCH`]), so a lone
+//! call is written at once, alone, and under load one transaction — the customer locks, one
+//! repeat-contact lookup, one insert of every complaint and its event, one commit — serves
+//! many calls. Decisions are the ones the calls would get one at a time in arrival order
+//! ([`repeat::decide_batch`]). A batch that fails is retried one complaint per transaction,
+//! so one bad complaint never fails the others and every caller gets its own answer.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use complaints_kit::events::{EncodedEvent, EventLog};
+use complaints_kit::grpc;
+use complaints_kit::time::to_timestamp;
+use complaints_proto::common::v1::Priority;
+use complaints_proto::events::v1::{ComplaintAccepted, event::Payload};
+use complaints_proto::intake::v1 as pb;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::api::repeat_event;
+use crate::domain::classify::{self, Classification};
+use crate::domain::record::NewComplaint;
+use crate::domain::repeat::{self, BatchContact, Candidate, ContactKey, RepeatRules, Root};
+use crate::store::{self, ComplaintRow};
+
+/// Most submissions written in one transaction.
+pub const MAX_BATCH: usize = 64;
+/// Writers taking batches at once: one collects the next batch while another commits.
+const WRITERS: usize = 2;
+/// How many reference numbers a replica takes from the sequence at once (beyond what a batch
+/// needs). A restart skips what was left: references have gaps, never duplicates.
+const REFERENCE_BLOCK: usize = 20;
+
+/// A validated, classified submission, ready to be stored.
+pub struct Prepared {
+    pub complaint: NewComplaint,
+    pub fingerprint: String,
+    pub classification: Classification,
+    /// At the database's precision (the event carries it too).
+    pub received_at: DateTime<Utc>,
+    /// `YYYYMMDD` in the organisation's time zone, for the reference.
+    pub day: String,
+    /// The caller's trace: the events of this complaint continue it.
+    pub traceparent: String,
+}
+
+/// What storing a submission did.
+pub enum Outcome {
+    /// Stored now; a repeat contact names the reference of the complaint it is linked to.
+    Created {
+        row: ComplaintRow,
+        linked_reference: String,
+    },
+    /// Its request id was taken: the complaint stored under it before.
+    Existing(ComplaintRow),
+}
+
+struct Job {
+    prepared: Prepared,
+    reply: oneshot::Sender<Result<Outcome, Status>>,
+}
+
+/// The queue in front of the writers; dropping it stops them once the queue is empty.
+pub struct Submitter {
+    queue: mpsc::Sender<Job>,
+}
+
+struct Writer {
+    pool: PgPool,
+    events: EventLog,
+    rules: RepeatRules,
+    reference_numbers: std::sync::Mutex<VecDeque<i64>>,
+    batch_size: prometheus::Histogram,
+}
+
+impl Submitter {
+    pub fn start(
+        pool: PgPool,
+        events: EventLog,
+        rules: RepeatRules,
+        metrics: &complaints_kit::metrics::Metrics,
+    ) -> Self {
+        let batch_size = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "intake_submit_batch_size",
+                "Submissions stored per transaction (concurrent calls are written together).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )
+        .expect("metric");
+        metrics.register(&batch_size);
+        let writer = Arc::new(Writer {
+            pool,
+            events,
+            rules,
+            reference_numbers: Default::default(),
+            batch_size,
+        });
+        let (queue, receiver) = mpsc::channel(4 * MAX_BATCH);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..WRITERS {
+            tokio::spawn(writer.clone().run(receiver.clone()));
+        }
+        Self { queue }
+    }
+
+    /// Stores a submission (with whatever else is waiting) and returns what became of it.
+    pub async fn submit(&self, prepared: Prepared) -> Result<Outcome, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { prepared, reply })
+            .await
+            .map_err(|_| Status::unavailable("intake is shutting down"))?;
+        answer
+            .await
+            .map_err(|_| Status::internal("the submission writer stopped"))?
+    }
+}
+
+impl Writer {
+    async fn run(self: Arc<Self>, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
+        loop {
+            let mut jobs = Vec::with_capacity(MAX_BATCH);
+            {
+                let mut receiver = receiver.lock().await;
+                if receiver.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+                    return;
+                }
+            }
+            self.write(jobs).await;
+        }
+    }
+
+    async fn write(&self, jobs: Vec<Job>) {
+        self.batch_size.observe(jobs.len() as f64);
+        let batch: Vec<&Prepared> = jobs.iter().map(|j| &j.prepared).collect();
+        match self.store(&batch).await {
+            Ok(outcomes) => {
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(error) if jobs.len() > 1 => {
+                tracing::warn!(error = %error.message(), size = jobs.len(), "submission batch failed; storing its complaints one by one");
+                for job in jobs {
+                    let outcome = self
+                        .store(&[&job.prepared])
+                        .await
+                        .map(|mut one| one.remove(0));
+                    let _ = job.reply.send(outcome);
+                }
+            }
+            Err(error) => {
+                if let Some(job) = jobs.into_iter().next() {
+                    let _ = job.reply.send(Err(error));
+                }
+            }
+        }
+    }
+
+    /// Stores a batch in one transaction; one outcome per submission, in order.
+    async fn store(&self, batch: &[&Prepared]) -> Result<Vec<Outcome>, Status> {
+        let storage = |e: sqlx::Error| grpc::storage(&e);
+        // A request id given twice in one batch is stored once; the second is its replay.
+        let mut first_with_id: HashMap<&str, usize> = HashMap::new();
+        let replay_of: Vec<Option<usize>> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let first = *first_with_id
+                    .entry(p.complaint.request_id.as_str())
+                    .or_insert(i);
+                (first != i).then_some(first)
+            })
+            .collect();
+        let unique: Vec<&Prepared> = batch
+            .iter()
+            .zip(&replay_of)
+            .filter(|(_, r)| r.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+
+        // Each customer's contacts are taken one at a time, so two first contacts about the
+        // same matter cannot both open a case.
+        let identifiers: Vec<String> = unique
+            .iter()
+            .flat_map(|p| customer_identifiers(&p.complaint))
+            .collect();
+        let mut tx = store::begin_for_customer(&self.pool, &identifiers)
+            .await
+            .map_err(storage)?;
+
+        let contacts: Vec<BatchContact> = unique
+            .iter()
+            .map(|p| BatchContact {
+                id: Uuid::now_v7(),
+                key: contact_key(&p.complaint),
+                received_at: p.received_at,
+            })
+            .collect();
+        let stored = self.stored_candidates(&mut tx, &contacts).await?;
+        // Decide, lock the stored complaints chosen as roots, and decide again without any
+        // that stopped being open or unlinked before the lock was taken.
+        let mut roots: HashMap<Uuid, ComplaintRow> = HashMap::new();
+        let mut gone: HashSet<Uuid> = HashSet::new();
+        let decisions = loop {
+            let candidates: Vec<Candidate> = stored
+                .iter()
+                .filter(|c| !gone.contains(&c.id))
+                .cloned()
+                .collect();
+            let decisions = repeat::decide_batch(&contacts, &candidates, &self.rules);
+            let wanted: Vec<Uuid> = decisions
+                .iter()
+                .filter_map(|d| match d {
+                    Some((Root::Stored(id), _)) if !roots.contains_key(id) => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            if wanted.is_empty() {
+                break decisions;
+            }
+            let locked = store::lock_all(&mut tx, &wanted).await.map_err(storage)?;
+            for id in wanted {
+                match locked.iter().find(|r| r.id == id) {
+                    Some(row) if row.case_open && row.linked_to.is_none() => {
+                        roots.insert(id, row.clone());
+                    }
+                    _ => {
+                        gone.insert(id);
+                    }
+                }
+            }
+        };
+
+        let numbers = self.reference_numbers(&mut tx, unique.len()).await?;
+        let references: Vec<String> = unique
+            .iter()
+            .zip(&numbers)
+            .map(|(p, n)| format!("CMP-{}-{n:07}", p.day))
+            .collect();
+        let mut classifications: Vec<Classification> =
+            unique.iter().map(|p| p.classification.clone()).collect();
+        let mut links: Vec<Option<Uuid>> = Vec::with_capacity(unique.len());
+        for (i, decision) in decisions.iter().enumerate() {
+            links.push(match decision {
+                Some((root, why)) => {
+                    let (id, reference) = match root {
+                        Root::Stored(id) => (*id, roots[id].reference.as_str()),
+                        Root::Earlier(j) => (contacts[*j].id, references[*j].as_str()),
+                    };
+                    classifications[i]
+                        .reasons
+                        .push(format!("linked to {reference}: {why}"));
+                    Some(id)
+                }
+                None => None,
+            });
+        }
+        let rows: Vec<(store::NewComplaintRow<'_>, Option<EncodedEvent>)> = unique
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let row = store::NewComplaintRow {
+                    id: contacts[i].id,
+                    reference: &references[i],
+                    complaint: &p.complaint,
+                    fingerprint: &p.fingerprint,
+                    classification: &classifications[i],
+                    received_at: p.received_at,
+                    status: if links[i].is_some() {
+                        pb::ComplaintStatus::Linked
+                    } else {
+                        pb::ComplaintStatus::Received
+                    } as i16,
+                    linked_to: links[i],
+                };
+                // A first contact is announced in the statement that stores it.
+                let announcement = links[i].is_none().then(|| {
+                    self.events
+                        .encode(&row.id.to_string(), &p.traceparent, accepted_event_of(&row))
+                });
+                (row, announcement)
+            })
+            .collect();
+        let mut inserted: HashMap<Uuid, ComplaintRow> = store::insert_complaints(&mut tx, &rows)
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect();
+        // Request ids already taken: replays, or the same requests committed concurrently.
+        let taken: Vec<&str> = unique
+            .iter()
+            .zip(&contacts)
+            .filter(|(_, c)| !inserted.contains_key(&c.id))
+            .map(|(p, _)| p.complaint.request_id.as_str())
+            .collect();
+        let mut existing: HashMap<String, ComplaintRow> = if taken.is_empty() {
+            HashMap::new()
+        } else {
+            store::find_by_request_ids(&mut tx, &taken)
+                .await
+                .map_err(storage)?
+                .into_iter()
+                .collect()
+        };
+
+        // Repeat contacts count on their roots, in order (each may raise the priority again).
+        let mut priorities: HashMap<Uuid, i16> =
+            roots.values().map(|r| (r.id, r.priority)).collect();
+        for row in inserted.values() {
+            priorities.entry(row.id).or_insert(row.priority);
+        }
+        let mut linked_references: Vec<String> = vec![String::new(); unique.len()];
+        let mut repeat_events = Vec::new();
+        for (i, p) in unique.iter().enumerate() {
+            let (Some(root_id), Some(row)) = (links[i], inserted.get(&contacts[i].id)) else {
+                continue;
+            };
+            let current =
+                Priority::try_from(i32::from(priorities[&root_id])).unwrap_or(Priority::P3);
+            let raised = (self.rules.raises_priority && current != Priority::P1)
+                .then(|| classify::raise(current));
+            let root = store::record_repeat(&mut tx, root_id, raised.unwrap_or(current) as i16)
+                .await
+                .map_err(storage)?;
+            priorities.insert(root_id, root.priority);
+            repeat_events.push((
+                root.id.to_string(),
+                p.traceparent.clone(),
+                repeat_event(&root, row, raised, p.received_at),
+            ));
+            linked_references[i] = root.reference;
+        }
+        self.events
+            .append_all(&mut tx, repeat_events)
+            .await
+            .map_err(storage)?;
+        tx.commit().await.map_err(storage)?;
+        for (row, event) in &rows {
+            if let Some(event) = event
+                && inserted.contains_key(&row.id)
+            {
+                self.events.produced(event.event_type);
+            }
+        }
+        self.events.committed();
+
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+        let mut unique_index = 0;
+        for (i, p) in batch.iter().enumerate() {
+            let outcome = match replay_of[i] {
+                Some(first) => match &outcomes[first] {
+                    Some(Outcome::Created { row, .. }) | Some(Outcome::Existing(row)) => {
+                        Outcome::Existing(row.clone())
+                    }
+                    None => return Err(Status::aborted("concurrent submission; retry")),
+                },
+                None => {
+                    let k = unique_index;
+                    unique_index += 1;
+                    match inserted.remove(&contacts[k].id) {
+                        Some(row) => Outcome::Created {
+                            row,
+                            linked_reference: std::mem::take(&mut linked_references[k]),
+                        },
+                        None => match existing.remove(&p.complaint.request_id) {
+                            Some(row) => Outcome::Existing(row),
+                            None => return Err(Status::aborted("concurrent submission; retry")),
+                        },
+                    }
+                }
+            };
+            outcomes.push(Some(outcome));
+        }
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// Stored open, unlinked complaints of the batch's customers (one query).
+    async fn stored_candidates(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        contacts: &[BatchContact],
+    ) -> Result<Vec<Candidate>, Status> {
+        let matchable: Vec<&ContactKey> = contacts
+            .iter()
+            .map(|c| &c.key)
+            .filter(|k| k.is_matchable())
+            .collect();
+        let Some(earliest) = contacts
+            .iter()
+            .filter(|c| c.key.is_matchable())
+            .map(|c| c.received_at)
+            .min()
+        else {
+            return Ok(Vec::new());
+        };
+        let values = |f: fn(&ContactKey) -> &Option<String>| -> Vec<&str> {
+            let mut v: Vec<&str> = matchable.iter().filter_map(|k| f(k).as_deref()).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let rows = store::repeat_candidates(
+            tx,
+            &values(|k| &k.customer_id),
+            &values(|k| &k.phone),
+            &values(|k| &k.email),
+            earliest - self.rules.window,
+        )
+        .await
+        .map_err(|e| grpc::storage(&e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Candidate {
+                id: r.id,
+                key: ContactKey {
+                    customer_id: r.customer_id,
+                    phone: r.phone,
+                    email: r.email,
+                    order_ref: r.order_ref,
+                    product_ref: r.product_ref,
+                },
+                received_at: r.received_at,
+                open: r.case_open,
+                linked: r.linked_to.is_some(),
+            })
+            .collect())
+    }
+
+    /// `n` reference numbers: from this replica's block, topped up from the sequence.
+    async fn reference_numbers(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        n: usize,
+    ) -> Result<Vec<i64>, Status> {
+        let mut taken = self.take_reference_numbers(n);
+        if taken.len() < n {
+            let missing = n - taken.len();
+            let mut block =
+                store::reserve_reference_numbers(tx, (missing + REFERENCE_BLOCK) as i64)
+                    .await
+                    .map_err(|e| grpc::storage(&e))?;
+            if block.len() < missing {
+                return Err(Status::internal(
+                    "the reference sequence returned too few numbers",
+                ));
+            }
+            let rest = block.split_off(missing);
+            taken.extend(block);
+            if let Ok(mut queue) = self.reference_numbers.lock() {
+                queue.extend(rest);
+            }
+        }
+        Ok(taken)
+    }
+
+    fn take_reference_numbers(&self, n: usize) -> Vec<i64> {
+        match self.reference_numbers.lock() {
+            Ok(mut queue) => {
+                let n = n.min(queue.len());
+                queue.drain(..n).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+pub(crate) fn contact_key(complaint: &NewComplaint) -> ContactKey {
+    ContactKey {
+        customer_id: complaint.customer_id.clone(),
+        phone: complaint.phone.clone(),
+        email: complaint.email.clone(),
+        order_ref: complaint.order_ref.clone(),
+        product_ref: complaint.product_ref.clone(),
+    }
+}
+
+/// The identifiers a contact can be recognised by again (none when it cannot be matched to an
+/// earlier one), for serialising one customer's submissions.
+fn customer_identifiers(complaint: &NewComplaint) -> Vec<String> {
+    let key = contact_key(complaint);
+    if !key.is_matchable() {
+        return Vec::new();
+    }
+    [
+        key.customer_id.map(|v| format!("customer:{v}")),
+        key.phone.map(|v| format!("phone:{v}")),
+        key.email.map(|v| format!("email:{v}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The `ComplaintAccepted` of a complaint about to be stored.
+fn accepted_event_of(new: &store::NewComplaintRow<'_>) -> Payload {
+    let (complaint, classification) = (new.complaint, new.classification);
+    Payload::ComplaintAccepted(ComplaintAccepted {
+        complaint_id: new.id.to_string(),
+        reference: new.reference.to_owned(),
+        channel: complaint.channel as i32,
+        customer_id: complaint.customer_id.clone().unwrap_or_default(),
+        customer_tier: complaint.tier as i32,
+        category: classification.category.clone(),
+        severity: classification.severity as i32,
+        priority: classification.priority as i32,
+        complexity: classification.complexity as i32,
+        received_at: Some(to_timestamp(new.received_at)),
+        order_ref: complaint.order_ref.clone().unwrap_or_default(),
+        product_ref: complaint.product_ref.clone().unwrap_or_default(),
+        language: complaint.language.clone(),
+    })
+}
