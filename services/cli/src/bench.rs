@@ -208,7 +208,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     )?)?;
     let stats = Arc::new(Mutex::new(Stats::default()));
     let propagation = Arc::new(Mutex::new(Propagation::default()));
-    let cpu_before = scrape_process(&metrics_urls).await;
+    let pids: Vec<Option<u32>> = children.iter().map(|c| c.id()).collect();
+    let cpu_before = CpuSnapshot::take(&metrics_urls, &pids).await;
     let peak_memory = Arc::new(Mutex::new(vec![0f64; 5]));
 
     // Observe propagation on the services' own event streams.
@@ -458,7 +459,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         let _ = worker.await;
     }
     let load_time = started.elapsed();
-    let cpu_after_load = scrape_process(&metrics_urls).await;
+    let cpu_after_load = CpuSnapshot::take(&metrics_urls, &pids).await;
 
     // Let propagation finish.
     let drain = Instant::now();
@@ -557,6 +558,84 @@ fn realistic_complaint(seed: u64, options: &BenchOptions) -> (SubmitComplaintReq
         },
         repeat,
     )
+}
+
+/// CPU counters at one instant: each service's (from `/metrics`, and from `/proc` for the
+/// processes the bench started), every PostgreSQL process's and the machine's.
+struct CpuSnapshot {
+    /// (cpu seconds, resident bytes) from `/metrics`.
+    services: Vec<Option<(f64, f64)>>,
+    exact: Vec<Option<f64>>,
+    postgres: Option<f64>,
+    /// (busy, stolen) CPU seconds of the whole machine.
+    machine: Option<(f64, f64)>,
+}
+
+/// Clock ticks per second of /proc's CPU times (USER_HZ, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+impl CpuSnapshot {
+    async fn take(metrics_urls: &[String], pids: &[Option<u32>]) -> Self {
+        Self {
+            services: scrape_process(metrics_urls).await,
+            exact: pids
+                .iter()
+                .map(|pid| pid.and_then(process_cpu_seconds))
+                .collect(),
+            postgres: postgres_cpu_seconds(),
+            machine: machine_cpu_seconds(),
+        }
+    }
+}
+
+/// user + system CPU seconds of a process, from `/proc/PID/stat`.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_of_stat(&stat).map(|(_, cpu)| cpu)
+}
+
+/// (command, user + system CPU seconds) of a `/proc/PID/stat` line.
+fn cpu_of_stat(stat: &str) -> Option<(&str, f64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((stat.get(open + 1..close)?, (user + system) / TICKS))
+}
+
+/// CPU seconds of every `postgres` process on this machine (the server the suite and pgbench
+/// use, when it runs here; backends that ended since are not counted).
+fn postgres_cpu_seconds() -> Option<f64> {
+    let mut total = 0.0;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(("postgres", cpu)) = cpu_of_stat(&stat) {
+            total += cpu;
+            found = true;
+        }
+    }
+    found.then_some(total)
+}
+
+/// (busy, stolen) CPU seconds of the machine since boot, from `/proc/stat`.
+fn machine_cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …: busy is all but idle and iowait.
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    let steal = *ticks.get(7)?;
+    Some(((total - idle - steal) / TICKS, steal / TICKS))
 }
 
 /// (cpu seconds, resident bytes) of each service, from its `/metrics`.
@@ -690,8 +769,8 @@ fn report(
     propagation: &Mutex<Propagation>,
     load_time: Duration,
     pgbench_tps: Option<f64>,
-    cpu_before: &[Option<(f64, f64)>],
-    cpu_after: &[Option<(f64, f64)>],
+    cpu_before: &CpuSnapshot,
+    cpu_after: &CpuSnapshot,
     peak_memory: &Mutex<Vec<f64>>,
 ) -> (String, serde_json::Value, bool) {
     let stats = stats.lock().unwrap();
@@ -772,8 +851,16 @@ fn report(
     out.push_str("\nservice                 CPU s (load)  CPU %   peak RSS MiB\n");
     let peak = peak_memory.lock().unwrap();
     for (i, name) in SERVICE_NAMES.iter().enumerate() {
-        if let (Some(Some(before)), Some(Some(after))) = (cpu_before.get(i), cpu_after.get(i)) {
-            let cpu = after.0 - before.0;
+        if let (Some(Some(before)), Some(Some(after))) =
+            (cpu_before.services.get(i), cpu_after.services.get(i))
+        {
+            // From /proc when the bench started the process (1/100 s), else from its /metrics
+            // (whole seconds).
+            let exact = match (cpu_before.exact.get(i), cpu_after.exact.get(i)) {
+                (Some(Some(b)), Some(Some(a))) => Some(a - b),
+                _ => None,
+            };
+            let cpu = exact.unwrap_or(after.0 - before.0);
             let mib = peak[i].max(after.1) / 1_048_576.0;
             out.push_str(&format!(
                 "{name:<22} {cpu:>12.1} {:>6.0}% {mib:>14.1}\n",
@@ -782,6 +869,29 @@ fn report(
             services.insert((*name).into(), serde_json::json!({"cpu_seconds": cpu, "cpu_percent": cpu * 100.0 / seconds, "peak_rss_mib": mib}));
         }
     }
+    let postgres_cpu = cpu_before
+        .postgres
+        .zip(cpu_after.postgres)
+        .map(|(b, a)| a - b);
+    if let Some(cpu) = postgres_cpu {
+        out.push_str(&format!(
+            "{:<22} {cpu:>12.1} {:>6.0}%   (every postgres process of this machine)\n",
+            "postgresql",
+            cpu * 100.0 / seconds
+        ));
+    }
+    // The whole machine: less noisy than rates when neighbours steal time.
+    let machine = cpu_before.machine.zip(cpu_after.machine).map(|(b, a)| {
+        let busy = a.0 - b.0;
+        let steal = a.1 - b.1;
+        let per_complaint_ms = busy * 1000.0 / (accepted.max(1) as f64);
+        out.push_str(&format!(
+            "machine: {busy:.1} CPU s busy in {seconds:.1} s ({:.0}% of one core), {steal:.1} s stolen by the host; \
+             {per_complaint_ms:.2} ms of CPU per accepted complaint\n",
+            busy * 100.0 / seconds
+        ));
+        serde_json::json!({"busy_cpu_seconds": busy, "steal_seconds": steal, "cpu_ms_per_accepted": per_complaint_ms})
+    });
     // Nothing lost, nothing duplicated.
     let mut problems = Vec::new();
     if !options.intake_only {
@@ -844,7 +954,23 @@ fn report(
         "propagation_delay_ms": {"p50": d50, "p99": d99, "max": dmax},
         "errors": stats.errors,
         "services": services,
+        "postgres_cpu_seconds": postgres_cpu,
+        "machine": machine,
         "problems": problems,
     });
     (out, json, !problems.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_times_are_read_from_a_proc_stat_line() {
+        // A command with a space and a parenthesis, as the kernel writes it.
+        let line =
+            "4821 (tokio (rt) w) S 1 4821 4821 0 -1 4194560 1200 0 0 0 250 75 0 0 20 0 3 0 123";
+        assert_eq!(cpu_of_stat(line), Some(("tokio (rt) w", 3.25)));
+        assert_eq!(cpu_of_stat("garbage"), None);
+    }
 }
