@@ -134,7 +134,16 @@ impl Writer {
                     return;
                 }
             }
-            self.write(jobs).await;
+            // A panic must not take a writer away for good: its callers get an error (their
+            // replies are dropped) and the writer goes on with the next batch.
+            use futures_util::FutureExt as _;
+            if std::panic::AssertUnwindSafe(self.write(jobs))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!("submission writer panicked; its batch was answered with errors");
+            }
         }
     }
 
@@ -253,7 +262,13 @@ impl Writer {
             links.push(match decision {
                 Some((root, why)) => {
                     let (id, reference) = match root {
-                        Root::Stored(id) => (*id, roots[id].reference.as_str()),
+                        Root::Stored(id) => (
+                            *id,
+                            roots
+                                .get(id)
+                                .map(|r| r.reference.as_str())
+                                .unwrap_or_default(),
+                        ),
                         Root::Earlier(j) => (contacts[*j].id, references[*j].as_str()),
                     };
                     classifications[i]
@@ -325,8 +340,10 @@ impl Writer {
             let (Some(root_id), Some(row)) = (links[i], inserted.get(&contacts[i].id)) else {
                 continue;
             };
-            let current =
-                Priority::try_from(i32::from(priorities[&root_id])).unwrap_or(Priority::P3);
+            let current = priorities
+                .get(&root_id)
+                .and_then(|p| Priority::try_from(i32::from(*p)).ok())
+                .unwrap_or(Priority::P3);
             let raised = (self.rules.raises_priority && current != Priority::P1)
                 .then(|| classify::raise(current));
             let root = store::record_repeat(&mut tx, root_id, raised.unwrap_or(current) as i16)
