@@ -153,7 +153,9 @@ pub async fn insert_complaints(
                  email, customer_id, customer_tier, subject, description, demand, occurred_at, order_ref,
                  product_ref, language, category, matched_terms, severity, priority, complexity, reasons,
                  status, recorded_by, received_at, linked_to, attachments, taxonomy_version
-             FROM input ORDER BY n
+             -- In request-id order: two batches inserting the same ids never wait on each
+             -- other in a cycle (the events keep arrival order below).
+             FROM input ORDER BY request_id
              ON CONFLICT (request_id) DO NOTHING
              RETURNING {COLUMNS}),
          announced AS (
@@ -177,7 +179,8 @@ pub async fn find_by_request_ids(
     let rows = sqlx::query(&format!(
         "SELECT request_id, {COLUMNS} FROM intake.complaints WHERE request_id = ANY($1)"
     ))
-    // Planned for each call (see "Plans" in `complaints_kit::db`).
+    // Unprepared (see "Plans" in `complaints_kit::db`); inside the submit transaction its
+    // generic plan is built afresh each time.
     .persistent(false)
     .bind(request_ids)
     .fetch_all(conn)
@@ -216,7 +219,8 @@ pub async fn lock_all(
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM intake.complaints WHERE id = ANY($1) ORDER BY id FOR UPDATE"
     ))
-    // Planned for each call (see "Plans" in `complaints_kit::db`).
+    // Unprepared (see "Plans" in `complaints_kit::db`); inside the submit transaction its
+    // generic plan is built afresh each time.
     .persistent(false)
     .bind(&ids)
     .fetch_all(conn)
@@ -595,7 +599,8 @@ pub async fn publish_taxonomy(
 pub async fn set_cases(conn: &mut PgConnection, pairs: &[(Uuid, Uuid)]) -> Result<(), sqlx::Error> {
     // A complaint given a second case (a review) in the same run keeps the later one; one
     // statement may not update a row twice.
-    let latest: std::collections::HashMap<Uuid, Uuid> = pairs.iter().copied().collect();
+    // In complaint order, so concurrent writers lock rows in one order.
+    let latest: std::collections::BTreeMap<Uuid, Uuid> = pairs.iter().copied().collect();
     let (complaints, cases): (Vec<Uuid>, Vec<Uuid>) = latest.into_iter().unzip();
     sqlx::query(
         "INSERT INTO intake.complaint_cases (complaint_id, case_id)
@@ -631,11 +636,20 @@ pub async fn set_case_open(
     case_id: Uuid,
     open: bool,
 ) -> Result<(), sqlx::Error> {
-    // `complaints.case_id`: recorded there by replicas of earlier releases.
     sqlx::query(
         "UPDATE intake.complaints SET case_open = $2
-         WHERE id IN (SELECT complaint_id FROM intake.complaint_cases WHERE case_id = $1)
-            OR case_id = $1",
+         WHERE id = ANY (ARRAY(SELECT complaint_id FROM intake.complaint_cases WHERE case_id = $1))",
+    )
+    .bind(case_id)
+    .bind(open)
+    .execute(&mut *conn)
+    .await?;
+    // `complaints.case_id`: recorded there by replicas of earlier releases, and only where no
+    // later case was recorded in `complaint_cases`.
+    sqlx::query(
+        "UPDATE intake.complaints c SET case_open = $2
+         WHERE c.case_id = $1
+           AND NOT EXISTS (SELECT 1 FROM intake.complaint_cases cc WHERE cc.complaint_id = c.id)",
     )
     .bind(case_id)
     .bind(open)

@@ -153,16 +153,23 @@ impl Writer {
         match self.store(&batch).await {
             Ok(outcomes) => {
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
+                    let _ = job.reply.send(outcome);
+                }
+            }
+            // The database is out of reach: one by one would only make every caller wait for
+            // its own timeout.
+            Err(error) if error.code() == tonic::Code::Unavailable => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(error.clone()));
                 }
             }
             Err(error) if jobs.len() > 1 => {
                 tracing::warn!(error = %error.message(), size = jobs.len(), "submission batch failed; storing its complaints one by one");
                 for job in jobs {
-                    let outcome = self
-                        .store(&[&job.prepared])
-                        .await
-                        .map(|mut one| one.remove(0));
+                    let outcome = match self.store(&[&job.prepared]).await {
+                        Ok(mut one) => one.remove(0),
+                        Err(error) => Err(error),
+                    };
                     let _ = job.reply.send(outcome);
                 }
             }
@@ -174,8 +181,9 @@ impl Writer {
         }
     }
 
-    /// Stores a batch in one transaction; one outcome per submission, in order.
-    async fn store(&self, batch: &[&Prepared]) -> Result<Vec<Outcome>, Status> {
+    /// Stores a batch in one transaction; one outcome per submission, in order. An error means
+    /// nothing was stored; once the transaction committed, each submission has its own answer.
+    async fn store(&self, batch: &[&Prepared]) -> Result<Vec<Result<Outcome, Status>>, Status> {
         let storage = |e: sqlx::Error| grpc::storage(&e);
         // A request id given twice in one batch is stored once; the second is its replay.
         let mut first_with_id: HashMap<&str, usize> = HashMap::new();
@@ -305,6 +313,9 @@ impl Writer {
                 (row, announcement)
             })
             .collect();
+        // A contact linked to an earlier one of this batch whose request id turns out to be
+        // taken (a replay) would point at a complaint never stored: the foreign key on
+        // `linked_to` refuses the statement, and the batch is retried one by one.
         let mut inserted: HashMap<Uuid, ComplaintRow> = store::insert_complaints(&mut tx, &rows)
             .await
             .map_err(storage)?
@@ -371,34 +382,35 @@ impl Writer {
         }
         self.events.committed();
 
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+        // Committed: from here on every submission gets its own answer.
+        let mut outcomes: Vec<Result<Outcome, Status>> = Vec::with_capacity(batch.len());
         let mut unique_index = 0;
         for (i, p) in batch.iter().enumerate() {
             let outcome = match replay_of[i] {
                 Some(first) => match &outcomes[first] {
-                    Some(Outcome::Created { row, .. }) | Some(Outcome::Existing(row)) => {
-                        Outcome::Existing(row.clone())
+                    Ok(Outcome::Created { row, .. }) | Ok(Outcome::Existing(row)) => {
+                        Ok(Outcome::Existing(row.clone()))
                     }
-                    None => return Err(Status::aborted("concurrent submission; retry")),
+                    Err(_) => Err(Status::aborted("concurrent submission; retry")),
                 },
                 None => {
                     let k = unique_index;
                     unique_index += 1;
                     match inserted.remove(&contacts[k].id) {
-                        Some(row) => Outcome::Created {
+                        Some(row) => Ok(Outcome::Created {
                             row,
                             linked_reference: std::mem::take(&mut linked_references[k]),
-                        },
-                        None => match existing.remove(&p.complaint.request_id) {
-                            Some(row) => Outcome::Existing(row),
-                            None => return Err(Status::aborted("concurrent submission; retry")),
-                        },
+                        }),
+                        None => existing
+                            .remove(&p.complaint.request_id)
+                            .map(Outcome::Existing)
+                            .ok_or_else(|| Status::aborted("concurrent submission; retry")),
                     }
                 }
             };
-            outcomes.push(Some(outcome));
+            outcomes.push(outcome);
         }
-        Ok(outcomes.into_iter().flatten().collect())
+        Ok(outcomes)
     }
 
     /// Stored open, unlinked complaints of the batch's customers (one query).

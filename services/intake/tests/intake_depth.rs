@@ -774,3 +774,83 @@ async fn a_complaint_the_database_refuses_fails_alone_and_its_batch_is_stored() 
     assert_eq!(stored, 12, "ten good ones and both held contacts");
     h.service.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_case_closes_its_complaint_whether_recorded_now_or_by_an_earlier_release() {
+    let h = start().await;
+    let mut intake = h.client(Role::Service);
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let complaint = intake
+            .submit_complaint(own_contact(
+                &format!("cc-{i}"),
+                &format!("CC{i}"),
+                "O1",
+                "破损",
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .complaint
+            .unwrap();
+        ids.push(uuid::Uuid::parse_str(&complaint.id).unwrap());
+    }
+    let (first_case, review_case, legacy_case) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    // The first complaint: its case recorded by an earlier release, then a review case now.
+    sqlx::query("UPDATE intake.complaints SET case_id = $2 WHERE id = $1")
+        .bind(ids[0])
+        .bind(first_case)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    // The second: only by an earlier release.
+    sqlx::query("UPDATE intake.complaints SET case_id = $2 WHERE id = $1")
+        .bind(ids[1])
+        .bind(legacy_case)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    let mut conn = h.pool.acquire().await.unwrap();
+    intake::store::set_cases(&mut conn, &[(ids[0], review_case)])
+        .await
+        .unwrap();
+    let open = |id: uuid::Uuid| {
+        let pool = h.pool.clone();
+        async move {
+            let (open,): (bool,) =
+                sqlx::query_as("SELECT case_open FROM intake.complaints WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            open
+        }
+    };
+    // Closing the superseded case leaves the complaint open; closing its current case does not.
+    intake::store::set_case_open(&mut conn, first_case, false)
+        .await
+        .unwrap();
+    assert!(open(ids[0]).await);
+    intake::store::set_case_open(&mut conn, review_case, false)
+        .await
+        .unwrap();
+    assert!(!open(ids[0]).await);
+    intake::store::set_case_open(&mut conn, legacy_case, false)
+        .await
+        .unwrap();
+    assert!(!open(ids[1]).await);
+    assert_eq!(
+        intake::store::case_of(&mut conn, ids[0]).await.unwrap(),
+        Some(review_case)
+    );
+    assert_eq!(
+        intake::store::case_of(&mut conn, ids[1]).await.unwrap(),
+        Some(legacy_case)
+    );
+    drop(conn);
+    h.service.stop().await.unwrap();
+}
