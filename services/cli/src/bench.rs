@@ -34,7 +34,8 @@ use crate::suite::SERVICE_NAMES;
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub clients: usize,
-    /// Target submissions per second across all clients; `None` for a closed loop.
+    /// Target operations (of every kind in the mix) per second across all clients; `None` for
+    /// a closed loop.
     pub rate: Option<f64>,
     pub duration: Duration,
     /// Share of operations per kind, in percent: submit, acknowledge, transition, query.

@@ -31,6 +31,9 @@ USAGE:
       a fresh database (ports 46051..46055) unless --target names a running suite; runs
       pgbench -N with the same client count for the ratio; checks no complaint, case or clock
       was lost or duplicated. --mix: percent submit, acknowledge, transition, query.
+      --rate: operations per second across all clients (of every kind); without it, a
+      closed loop. Services run with one runtime thread each unless TOKIO_WORKER_THREADS
+      is set.
   complaints pg-stop
       Stops the private PostgreSQL started by `up`.
 

@@ -801,19 +801,15 @@ async fn a_case_closes_its_complaint_whether_recorded_now_or_by_an_earlier_relea
         uuid::Uuid::now_v7(),
     );
     // The first complaint: its case recorded by an earlier release, then a review case now.
-    sqlx::query("UPDATE intake.complaints SET case_id = $2 WHERE id = $1")
-        .bind(ids[0])
-        .bind(first_case)
-        .execute(&h.pool)
-        .await
-        .unwrap();
     // The second: only by an earlier release.
-    sqlx::query("UPDATE intake.complaints SET case_id = $2 WHERE id = $1")
-        .bind(ids[1])
-        .bind(legacy_case)
-        .execute(&h.pool)
-        .await
-        .unwrap();
+    for (id, case) in [(ids[0], first_case), (ids[1], legacy_case)] {
+        sqlx::query("UPDATE intake.complaints SET case_id = $2 WHERE id = $1")
+            .bind(id)
+            .bind(case)
+            .execute(&h.pool)
+            .await
+            .unwrap();
+    }
     let mut conn = h.pool.acquire().await.unwrap();
     intake::store::set_cases(&mut conn, &[(ids[0], review_case)])
         .await

@@ -603,12 +603,28 @@ async fn runs_of_hot_kinds_go_to_apply_set_in_order_and_only_batches_that_wrote_
         ],
         "runs split wherever the handler's answer changes, in stream order"
     );
+    // The handler records its runs before the batch commits; `after_commit` follows the commit.
+    eventually(
+        "the wake-up of the batch that wrote an event (for version 3)",
+        Duration::from_secs(20),
+        || {
+            let handler = handler.clone();
+            async move {
+                (handler
+                    .after_commits
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    >= 1)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     assert_eq!(
         handler
             .after_commits
             .load(std::sync::atomic::Ordering::SeqCst),
         1,
-        "the batch wrote an event (for version 3)"
+        "only the batch that wrote an event woke subscribers"
     );
     // Batches that write nothing wake nobody.
     write_event(&producer, "s").await;
