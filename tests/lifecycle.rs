@@ -7,7 +7,7 @@ use std::time::Duration;
 use complaints_kit::Role;
 use complaints_kit::testing::eventually;
 use complaints_proto::cases::v1::{
-    AcknowledgeCaseRequest, Agent, CreateAgentRequest, GetCaseByComplaintRequest,
+    AcknowledgeCaseRequest, Agent, CreateAgentRequest, GetCaseByComplaintRequest, GetCaseRequest,
     ListTimelineRequest, TransitionCaseRequest,
 };
 use complaints_proto::common::v1::{CaseStatus, Channel, ClockKind, CustomerTier};
@@ -103,18 +103,7 @@ async fn a_complaint_goes_through_its_whole_lifecycle() {
 
     // 2. Case-management opens a case, routed by category, with an owner.
     let mut cases_service = t.cases("sla-probe", Role::Service, None);
-    let case = eventually("the case to open", WAIT, || {
-        let mut client = cases_service.clone();
-        let complaint_id = complaint.id.clone();
-        async move {
-            client
-                .get_case_by_complaint(GetCaseByComplaintRequest { complaint_id })
-                .await
-                .ok()
-                .and_then(|r| r.into_inner().case)
-        }
-    })
-    .await;
+    let case = t.case_of(&complaint.id).await;
     assert_eq!(case.department_id, "quality");
     assert_eq!(case.owner_id, "agent-li");
     assert_eq!(case.status, CaseStatus::Accepted as i32);
@@ -435,5 +424,118 @@ async fn the_same_complaint_submitted_concurrently_makes_one_complaint_and_one_c
         .cases;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].complaint_id, complaint_id);
+    t.stop().await;
+}
+
+/// A contact about a matter whose case is still open is linked to it; once the case is
+/// cancelled (intake learns it from case-management's events), the next contact about the same
+/// matter opens a case of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_links_while_the_case_is_open_and_opens_a_new_case_after_it_is_cancelled() {
+    let t = TestSuite::start().await;
+    let mut intake = t.intake("web-adapter", Role::Service, None);
+    let contact = |request_id: &str| SubmitComplaintRequest {
+        request_id: request_id.into(),
+        channel: Channel::WebForm as i32,
+        complainant: Some(Complainant {
+            name: "赵敏".into(),
+            phone: "13911112222".into(),
+            customer_id: "CUST-77".into(),
+            ..Default::default()
+        }),
+        content: Some(ComplaintContent {
+            description: "洗衣机漏水，质量有问题".into(),
+            order_ref: "ORD-77".into(),
+            ..Default::default()
+        }),
+        recorded_by: String::new(),
+    };
+    let submit =
+        |intake: &mut complaints_proto::intake::v1::intake_service_client::IntakeServiceClient<
+            _,
+        >,
+         id: &str| {
+            let request = contact(id);
+            let mut intake = intake.clone();
+            async move {
+                intake
+                    .submit_complaint(request)
+                    .await
+                    .expect("submitted")
+                    .into_inner()
+                    .complaint
+                    .expect("complaint")
+            }
+        };
+    let first = submit(&mut intake, "matter-1").await;
+    let case = t.case_of(&first.id).await;
+    let again = submit(&mut intake, "matter-2").await;
+    assert_eq!(again.linked_to_complaint_id, first.id, "linked while open");
+
+    // Intake records the case it got, then learns that it was cancelled.
+    let pool = sqlx::PgPool::connect(&t.database.url).await.unwrap();
+    let complaint_id = uuid::Uuid::parse_str(&first.id).unwrap();
+    let recorded = eventually("intake to record the case", WAIT, || {
+        let pool = pool.clone();
+        async move {
+            let case: Option<(uuid::Uuid,)> = sqlx::query_as(
+                "SELECT case_id FROM intake.complaint_cases WHERE complaint_id = $1",
+            )
+            .bind(complaint_id)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            case.map(|(c,)| c.to_string())
+        }
+    })
+    .await;
+    assert_eq!(recorded, case.id, "intake recorded the case that opened");
+    // The repeat contact reaches the case (a timeline entry, a new version) before it is
+    // cancelled.
+    let cases = t.cases("probe", Role::Service, None);
+    let case = eventually("the repeat contact to reach the case", WAIT, || {
+        let mut cases = cases.clone();
+        let case_id = case.id.clone();
+        async move {
+            let current = cases
+                .get_case(GetCaseRequest { case_id })
+                .await
+                .ok()?
+                .into_inner()
+                .case?;
+            (current.version > case.version).then_some(current)
+        }
+    })
+    .await;
+    t.cases("supervisor", Role::Supervisor, Some(&case.department_id))
+        .transition_case(TransitionCaseRequest {
+            case_id: case.id.clone(),
+            version: case.version,
+            to_status: CaseStatus::Cancelled as i32,
+            note: "opened by mistake".into(),
+            customer_visible: false,
+        })
+        .await
+        .expect("cancelled");
+    eventually("intake to learn the case was cancelled", WAIT, || {
+        let pool = pool.clone();
+        async move {
+            let (open,): (bool,) =
+                sqlx::query_as("SELECT case_open FROM intake.complaints WHERE id = $1")
+                    .bind(complaint_id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (!open).then_some(())
+        }
+    })
+    .await;
+
+    let later = submit(&mut intake, "matter-3").await;
+    assert!(
+        later.linked_to_complaint_id.is_empty(),
+        "a cancelled matter is not linked to: {later:?}"
+    );
+    pool.close().await;
     t.stop().await;
 }

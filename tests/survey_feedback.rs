@@ -8,7 +8,7 @@ use std::time::Duration;
 use complaints_kit::Role;
 use complaints_kit::testing::eventually;
 use complaints_kit::time::to_timestamp;
-use complaints_proto::cases::v1::{Case, GetCaseByComplaintRequest, GetCaseRequest};
+use complaints_proto::cases::v1::{Case, GetCaseRequest};
 use complaints_proto::common::v1::{CaseStatus, Channel, ClockKind};
 use complaints_proto::intake::v1::{Complainant, ComplaintContent, SubmitComplaintRequest};
 use complaints_proto::sla::v1::{Clock, ClockState, ListCaseClocksRequest};
@@ -48,19 +48,7 @@ async fn phone_case(t: &TestSuite, request_id: &str) -> Case {
         .into_inner()
         .complaint
         .expect("complaint");
-    let cases = t.cases("probe", Role::Service, None);
-    eventually("the case to open", WAIT, || {
-        let mut cases = cases.clone();
-        let complaint_id = complaint.id.clone();
-        async move {
-            cases
-                .get_case_by_complaint(GetCaseByComplaintRequest { complaint_id })
-                .await
-                .ok()
-                .and_then(|r| r.into_inner().case)
-        }
-    })
-    .await
+    t.case_of(&complaint.id).await
 }
 
 async fn invitation_of(t: &TestSuite, case_id: &str) -> Invitation {

@@ -131,10 +131,15 @@ impl TestSuite {
             .into_inner()
             .complaint
             .expect("complaint");
+        self.case_of(&complaint.id).await
+    }
+
+    /// Waits for the case of a complaint to open.
+    pub async fn case_of(&self, complaint_id: &str) -> Case {
         let cases = self.cases("probe", Role::Service, None);
         testing::eventually("the case to open", WAIT, || {
             let mut cases = cases.clone();
-            let complaint_id = complaint.id.clone();
+            let complaint_id = complaint_id.to_owned();
             async move {
                 cases
                     .get_case_by_complaint(GetCaseByComplaintRequest { complaint_id })

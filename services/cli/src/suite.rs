@@ -99,7 +99,10 @@ impl Suite {
         let (trigger, shutdown) = Shutdown::new();
         let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
 
-        let config = intake::Config::new(metrics_for(0, &common));
+        let mut config = intake::Config::new(metrics_for(0, &common));
+        // Intake follows case-management's events (whether a complaint's case is still open);
+        // without this it dialled the default port 50052, right only for `up` on default ports.
+        config.cases_url = urls.cases.clone();
         tasks.push((
             "intake",
             tokio::spawn(intake::run(config, intake_l, shutdown.clone())),

@@ -503,7 +503,7 @@ impl Writer {
     }
 }
 
-pub(crate) fn contact_key(complaint: &NewComplaint) -> ContactKey {
+fn contact_key(complaint: &NewComplaint) -> ContactKey {
     ContactKey {
         customer_id: complaint.customer_id.clone(),
         phone: complaint.phone.clone(),

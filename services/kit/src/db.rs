@@ -12,7 +12,10 @@
 //! that run once per batch of events, or whose best plan depends on how many keys they are
 //! given, are therefore sent unprepared (`persistent(false)`): planned each time, for a few
 //! tens of microseconds per batch. Per-request statements are written so that every plan is
-//! an index scan (lookups by primary key, one branch per partial index).
+//! an index scan (lookups by primary key, one branch per partial index). The one exception is
+//! intake's submit transaction, which forces generic plans (`plan_cache_mode`): its lookup by
+//! arrays of identifiers is a nested loop of index scans in every plan, and re-planning it per
+//! batch cost more than running it.
 
 use std::str::FromStr;
 use std::time::Duration;
