@@ -34,8 +34,10 @@ from pathlib import Path
 import yaml
 
 ADMIN_URL = os.environ.get("DEPLOY_CHECK_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-SERVICE_PORT_BASE = 56051  # gRPC of step 4; metrics at +1000
-SCRAPE_PORT_BASE = 58051  # gRPC of `complaints up` in step 5; metrics at +1000
+# Below Linux's ephemeral range (32768–60999): an outgoing connection of this run can never
+# already hold one of them (58054 was taken that way once, and `complaints up` could not start).
+SERVICE_PORT_BASE = 26051  # gRPC of step 4; metrics at +1000
+SCRAPE_PORT_BASE = 28051  # gRPC of `complaints up` in step 5; metrics at +1000
 SCRAPE_DB = "complaints_deploy_scrape"
 # Synthesised by Prometheus itself, never exported by a target.
 PROMETHEUS_OWN = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}

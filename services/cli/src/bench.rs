@@ -115,10 +115,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let mut children = Vec::new();
     let mut scratch_db = None;
     let host = options.target.clone().unwrap_or_else(|| "127.0.0.1".into());
+    // Spawned services listen below Linux's ephemeral range (32768–60999), where no outgoing
+    // connection can already hold the port, and apart from deploy/verify's 26051+ and 28051+.
     let base_port: u16 = if options.target.is_some() {
         50051
     } else {
-        46051
+        24051
     };
     let urls: Vec<String> = (0..5)
         .map(|i| format!("http://{host}:{}", base_port + i))

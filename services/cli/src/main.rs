@@ -28,7 +28,7 @@ USAGE:
                    [--vip-share 0.1] [--repeat-share 0.05] [--pgbench-seconds 10]
                    [--intake-only] [--target HOST] [--json FILE]
       End-to-end load benchmark over gRPC. Starts the five services as separate processes on
-      a fresh database (ports 46051..46055) unless --target names a running suite; runs
+      a fresh database (ports 24051..24055) unless --target names a running suite; runs
       pgbench -N with the same client count for the ratio; checks no complaint, case or clock
       was lost or duplicated. --mix: percent submit, acknowledge, transition, query.
       --rate: operations per second across all clients (of every kind); without it, a
