@@ -104,12 +104,18 @@ const PHONE: &str = "13912345678";
 const EMAIL: &str = "private.person@example.com";
 const NAME: &str = "Secret Name";
 
+/// A port free now, below Linux's ephemeral range (32768–60999): a port the kernel hands out
+/// for `:0` can be taken by any outgoing connection (these services' own pools) before the
+/// child process binds it, and the test then waits for a service that never started.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 1_000) as u16 * 10;
+    loop {
+        let port = start + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
