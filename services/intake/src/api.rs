@@ -56,6 +56,7 @@ impl IntakeApi {
             pool.clone(),
             events.clone(),
             config.repeat_rules.clone(),
+            config.submit_lock_timeout,
             metrics,
         );
         Self {

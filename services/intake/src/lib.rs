@@ -49,6 +49,9 @@ pub struct Config {
     pub repeat_rules: domain::repeat::RepeatRules,
     /// `CASES_URL`, default `http://127.0.0.1:50052`: where intake learns whether cases are open.
     pub cases_url: String,
+    /// `SUBMIT_LOCK_TIMEOUT`, default `2s`: how long a submission waits for its customer's lock
+    /// (held by another replica's transaction) before the call fails with `ABORTED`.
+    pub submit_lock_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -66,6 +69,10 @@ impl Config {
                 raises_priority: config::parse_or("REPEAT_CONTACT_RAISES_PRIORITY", true)?,
             },
             cases_url: config::upstream_url("CASES_URL", "http://127.0.0.1:50052")?,
+            submit_lock_timeout: config::duration_or(
+                "SUBMIT_LOCK_TIMEOUT",
+                submit::DEFAULT_LOCK_TIMEOUT,
+            )?,
         })
     }
 
@@ -77,6 +84,7 @@ impl Config {
             org_timezone: chrono_tz::Asia::Shanghai,
             repeat_rules: Default::default(),
             cases_url: "http://127.0.0.1:50052".into(),
+            submit_lock_timeout: submit::DEFAULT_LOCK_TIMEOUT,
         }
     }
 }

@@ -34,6 +34,11 @@ use crate::store::{self, ComplaintRow};
 pub const MAX_BATCH: usize = 64;
 /// Writers taking batches at once: one collects the next batch while another commits.
 const WRITERS: usize = 2;
+/// Default for `SUBMIT_LOCK_TIMEOUT`: how long a batch waits for a lock (a customer's, or a
+/// stored complaint's row) before it gives up, so that one customer whose lock is held
+/// elsewhere (another replica's stuck transaction) cannot stall every submission of this
+/// replica: the batch is retried one by one and only that customer's calls get `ABORTED`.
+pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How many reference numbers a replica takes from the sequence at once (beyond what a batch
 /// needs). A restart skips what was left: references have gaps, never duplicates.
 const REFERENCE_BLOCK: usize = 20;
@@ -78,6 +83,7 @@ struct Writer {
     rules: RepeatRules,
     reference_numbers: std::sync::Mutex<VecDeque<i64>>,
     batch_size: prometheus::Histogram,
+    lock_timeout: std::time::Duration,
 }
 
 impl Submitter {
@@ -85,6 +91,7 @@ impl Submitter {
         pool: PgPool,
         events: EventLog,
         rules: RepeatRules,
+        lock_timeout: std::time::Duration,
         metrics: &complaints_kit::metrics::Metrics,
     ) -> Self {
         let batch_size = prometheus::Histogram::with_opts(
@@ -102,6 +109,7 @@ impl Submitter {
             rules,
             reference_numbers: Default::default(),
             batch_size,
+            lock_timeout,
         });
         let (queue, receiver) = mpsc::channel(4 * MAX_BATCH);
         let receiver = Arc::new(Mutex::new(receiver));
@@ -184,7 +192,7 @@ impl Writer {
     /// Stores a batch in one transaction; one outcome per submission, in order. An error means
     /// nothing was stored; once the transaction committed, each submission has its own answer.
     async fn store(&self, batch: &[&Prepared]) -> Result<Vec<Result<Outcome, Status>>, Status> {
-        let storage = |e: sqlx::Error| grpc::storage(&e);
+        let storage = |e: sqlx::Error| storage_or_busy(&e, self.lock_timeout);
         // A request id given twice in one batch is stored once; the second is its replay.
         let mut first_with_id: HashMap<&str, usize> = HashMap::new();
         let replay_of: Vec<Option<usize>> = batch
@@ -210,7 +218,7 @@ impl Writer {
             .iter()
             .flat_map(|p| customer_identifiers(&p.complaint))
             .collect();
-        let mut tx = store::begin_for_customer(&self.pool, &identifiers)
+        let mut tx = store::begin_for_customer(&self.pool, &identifiers, self.lock_timeout)
             .await
             .map_err(storage)?;
 
@@ -500,6 +508,22 @@ impl Writer {
             }
             Err(_) => Vec::new(),
         }
+    }
+}
+
+/// A storage error as the caller sees it: a lock wait that ran out is `ABORTED` (retry with
+/// the same request id; nothing was stored), everything else as the kit maps it.
+fn storage_or_busy(error: &sqlx::Error, waited: std::time::Duration) -> Status {
+    match error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+            tracing::warn!(error = %error, "submission gave up waiting for a lock");
+            Status::aborted(format!(
+                "another submission for the same customer is still being stored (waited {} ms); \
+                 nothing was stored: retry with the same request_id",
+                waited.as_millis()
+            ))
+        }
+        _ => grpc::storage(error),
     }
 }
 

@@ -27,10 +27,16 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    // The held-burst tests hold a customer's lock for a while on purpose.
+    start_with_lock_timeout(std::time::Duration::from_secs(60)).await
+}
+
+async fn start_with_lock_timeout(lock_timeout: std::time::Duration) -> Harness {
     let db = testing::fresh_database().await;
     let (listener, url) = testing::ephemeral_listener().await;
     let mut config = intake::Config::new(testing::common_config(&db.url));
     config.cases_url = "http://127.0.0.1:9".into();
+    config.submit_lock_timeout = lock_timeout;
     let service = RunningService::spawn(listener, url, |l, s| intake::run(config, l, s));
     let pool = PgPool::connect(&db.url).await.unwrap();
     Harness { service, pool }
@@ -848,5 +854,85 @@ async fn a_case_closes_its_complaint_whether_recorded_now_or_by_an_earlier_relea
         Some(legacy_case)
     );
     drop(conn);
+    h.service.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_locked_elsewhere_fails_alone_and_stalls_no_one_else() {
+    let h = start_with_lock_timeout(std::time::Duration::from_millis(300)).await;
+    // Another replica's transaction holds customer STUCK's lock and does not let go.
+    let mut holder = h.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(intake::store::customer_lock_id("customer:STUCK"))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut calls = Vec::new();
+    for (name, customer) in [("stuck", "STUCK"), ("stuck-again", "STUCK")]
+        .into_iter()
+        .chain((0..8).map(|i| ("free", ["F0", "F1", "F2", "F3", "F4", "F5", "F6", "F7"][i])))
+    {
+        let mut intake = h.client(Role::Service);
+        let request = own_contact(
+            &format!("{name}-{customer}"),
+            customer,
+            &format!("O-{name}-{customer}"),
+            "发票金额不对",
+        );
+        calls.push((
+            name,
+            tokio::spawn(async move { intake.submit_complaint(request).await }),
+        ));
+    }
+    let mut stuck_answers = Vec::new();
+    for (name, call) in calls {
+        // Without a lock timeout the stuck calls (and any batch they share) wait forever.
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(60), call)
+            .await
+            .expect("a submission stalled behind a lock held elsewhere")
+            .unwrap();
+        match name {
+            "free" => assert!(answer.unwrap().into_inner().created),
+            _ => stuck_answers.push(answer.map(|_| ()).unwrap_err()),
+        }
+    }
+    for status in &stuck_answers {
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        assert!(status.message().contains("request_id"), "{status:?}");
+    }
+    // Everyone else was stored while the lock was still held; nothing of STUCK's was.
+    let count = |sql: &'static str| {
+        let pool = h.pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
+            n
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM intake.complaints WHERE customer_id LIKE 'F%'").await,
+        8
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM intake.complaints WHERE customer_id = 'STUCK'").await,
+        0
+    );
+    release(holder).await;
+    // Retried with the same request id once the lock is free: stored, once.
+    let mut intake = h.client(Role::Service);
+    let retried = intake
+        .submit_complaint(own_contact(
+            "stuck-STUCK",
+            "STUCK",
+            "O-stuck-STUCK",
+            "发票金额不对",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retried.created);
+    assert_eq!(
+        count("SELECT count(*) FROM intake.complaints WHERE customer_id = 'STUCK'").await,
+        1
+    );
     h.service.stop().await.unwrap();
 }

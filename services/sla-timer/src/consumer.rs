@@ -15,8 +15,8 @@ use complaints_proto::events::v1::{CaseOpened, Event, event::Payload};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::engine::{ClockStart, Engine, active_of_kind};
-use crate::store::{self, CaseRow};
+use crate::engine::{ClockStart, Engine};
+use crate::store::{self, CaseClocks, CaseRow};
 
 pub struct ClockEvents {
     pub engine: Engine,
@@ -80,12 +80,12 @@ impl ClockEvents {
                 let at = when(&change.changed_at, now);
                 let from = CaseStatus::try_from(change.from).unwrap_or(CaseStatus::Unspecified);
                 let to = CaseStatus::try_from(change.to).unwrap_or(CaseStatus::Unspecified);
-                let clocks = store::lock_active_clocks(conn, case_id).await?;
+                let clocks = store::lock_clocks(conn, case_id).await?;
                 match to {
                     CaseStatus::WaitingOnCustomer => {
                         // The ball is in the customer's court: neither resolution nor updates count.
                         for kind in [ClockKind::Resolution, ClockKind::CustomerUpdate] {
-                            for clock in active_of_kind(&clocks, kind) {
+                            for clock in clocks.active_of_kind(kind as i16) {
                                 engine.pause(conn, clock, at).await?;
                             }
                         }
@@ -97,42 +97,38 @@ impl ClockEvents {
                             ClockKind::Resolution,
                             ClockKind::CustomerUpdate,
                         ] {
-                            for clock in active_of_kind(&clocks, kind) {
+                            for clock in clocks.active_of_kind(kind as i16) {
                                 engine.meet(conn, clock, at, trace).await?;
                             }
                         }
                         if let Some(case) = store::case(conn, case_id).await? {
-                            let cycle = store::max_cycle(conn, case_id, ClockKind::FollowUp as i16)
-                                .await?
-                                + 1;
+                            let cycle = clocks.max_cycle(ClockKind::FollowUp as i16) + 1;
                             engine
                                 .start_clock(conn, &case, ClockKind::FollowUp, cycle, at, trace)
                                 .await?;
                         }
                     }
                     CaseStatus::Cancelled => {
-                        for clock in clocks {
+                        for clock in clocks.active() {
                             engine.cancel(conn, clock, at).await?;
                         }
                     }
                     CaseStatus::Reopened => {
-                        for clock in active_of_kind(&clocks, ClockKind::FollowUp) {
+                        for clock in clocks.active_of_kind(ClockKind::FollowUp as i16) {
                             engine.cancel(conn, clock, at).await?;
                         }
                         if let Some(case) = store::case(conn, case_id).await? {
-                            let cycle =
-                                store::max_cycle(conn, case_id, ClockKind::Resolution as i16)
-                                    .await?
-                                    + 1;
+                            let cycle = clocks.max_cycle(ClockKind::Resolution as i16) + 1;
                             engine
                                 .start_clock(conn, &case, ClockKind::Resolution, cycle, at, trace)
                                 .await?;
-                            self.start_update_cycle(conn, &case, at, trace).await?;
+                            self.start_update_cycle(conn, &case, &clocks, at, trace)
+                                .await?;
                         }
                     }
                     _ if from == CaseStatus::WaitingOnCustomer => {
                         for kind in [ClockKind::Resolution, ClockKind::CustomerUpdate] {
-                            for clock in active_of_kind(&clocks, kind) {
+                            for clock in clocks.active_of_kind(kind as i16) {
                                 engine.resume(conn, clock, at).await?;
                             }
                         }
@@ -171,34 +167,37 @@ impl ClockEvents {
         let Some(case) = store::case(conn, case_id).await? else {
             return Ok(());
         };
-        let clocks = store::lock_active_clocks(conn, case_id).await?;
+        let mut clocks = store::lock_clocks(conn, case_id).await?;
         for kind in [ClockKind::FirstResponse, ClockKind::CustomerUpdate] {
-            for clock in active_of_kind(&clocks, kind) {
+            for clock in clocks.active_of_kind(kind as i16) {
+                let id = clock.id;
                 engine.meet(conn, clock, at, trace).await?;
+                clocks.met(id);
             }
         }
         // Updates are owed only while the case is being worked on (a resolution clock runs).
-        if !active_of_kind(&clocks, ClockKind::Resolution).is_empty() {
-            self.start_update_cycle(conn, &case, at, trace).await?;
+        if !clocks.active_of_kind(ClockKind::Resolution as i16).is_empty() {
+            self.start_update_cycle(conn, &case, &clocks, at, trace)
+                .await?;
         }
         Ok(())
     }
 
     /// Starts the next customer-update period — never before the first response exists, so
-    /// the periodic target cannot override the first-response target.
+    /// the periodic target cannot override the first-response target. `clocks` are the case's
+    /// clocks as locked (and changed) by the caller.
     async fn start_update_cycle(
         &self,
         conn: &mut PgConnection,
         case: &CaseRow,
+        clocks: &CaseClocks,
         at: DateTime<Utc>,
         trace: &str,
     ) -> anyhow::Result<()> {
-        let kind = ClockKind::CustomerUpdate as i16;
-        if !store::first_response_given(conn, case.case_id, ClockKind::FirstResponse as i16).await?
-        {
+        if !clocks.any_met(ClockKind::FirstResponse as i16) {
             return Ok(());
         }
-        let cycle = store::max_cycle(conn, case.case_id, kind).await? + 1;
+        let cycle = clocks.max_cycle(ClockKind::CustomerUpdate as i16) + 1;
         self.engine
             .start_clock(conn, case, ClockKind::CustomerUpdate, cycle, at, trace)
             .await?;

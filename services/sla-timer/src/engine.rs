@@ -590,7 +590,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> anyhow::Result<usize> {
         let chosen = self.policy_for(conn, &facts_of(case)).await?;
-        let clocks = store::lock_active_clocks(conn, case.case_id).await?;
+        let clocks = store::lock_clocks(conn, case.case_id).await?.active();
         let count = clocks.len();
         for mut clock in clocks {
             let kind = ClockKind::try_from(clock.kind as i32).unwrap_or(ClockKind::Unspecified);
@@ -917,15 +917,6 @@ impl Engine {
 
 fn millis(durations: &[Duration]) -> Vec<i64> {
     durations.iter().map(|d| d.num_milliseconds()).collect()
-}
-
-/// A clock kind's clocks that are still counting.
-pub fn active_of_kind(clocks: &[ClockRow], kind: ClockKind) -> Vec<ClockRow> {
-    clocks
-        .iter()
-        .filter(|c| c.kind == kind as i16 && c.is_active())
-        .cloned()
-        .collect()
 }
 
 pub const ACTIVE_STATES: [i16; 3] = [RUNNING, PAUSED, BREACHED];

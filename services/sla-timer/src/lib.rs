@@ -42,6 +42,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_case_trace",
         sql: include_str!("../migrations/0003_case_trace.sql"),
     },
+    Migration {
+        name: "0004_drop_redundant_clock_index",
+        sql: include_str!("../migrations/0004_drop_redundant_clock_index.sql"),
+    },
 ];
 
 #[derive(Clone, Debug)]

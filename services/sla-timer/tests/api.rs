@@ -13,7 +13,8 @@ use complaints_kit::testing::{self, RunningService};
 use complaints_kit::time::{from_pb_duration, from_timestamp, to_pb_duration, to_timestamp};
 use complaints_proto::common::v1::{CaseStatus, ClockKind, Complexity, Priority, Severity};
 use complaints_proto::events::v1::{
-    CaseAcknowledged, CaseOpened, CaseReclassified, CaseStatusChanged, Event, event::Payload,
+    CaseAcknowledged, CaseCustomerContacted, CaseOpened, CaseReclassified, CaseStatusChanged, Event,
+    event::Payload,
 };
 use complaints_proto::sla::v1 as pb;
 use complaints_proto::sla::v1::sla_service_client::SlaServiceClient;
@@ -456,6 +457,31 @@ async fn the_update_target_never_overrides_the_first_response_target() {
     let update = h.clock(&case, ClockKind::CustomerUpdate).await;
     assert_eq!(update.state, pb::ClockState::Running as i32);
     assert_eq!(at(&update.due_at), sh(25, 10, 10));
+    assert_eq!(update.cycle, 1);
+    // A contact that reached the customer meets that period and starts the next one.
+    h.apply(
+        &case,
+        Payload::CaseCustomerContacted(CaseCustomerContacted {
+            case_id: case.clone(),
+            kind: "CONTACT_KIND_CALL".into(),
+            reached: true,
+            by: "agent-wang".into(),
+            contacted_at: Some(to_timestamp(sh(25, 9, 55))),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let updates: Vec<pb::Clock> = h
+        .clocks(&case)
+        .await
+        .into_iter()
+        .filter(|c| c.kind == ClockKind::CustomerUpdate as i32)
+        .collect();
+    assert_eq!(updates.len(), 2, "{updates:?}");
+    assert_eq!(updates[0].state, pb::ClockState::Met as i32);
+    assert_eq!(updates[1].cycle, 2);
+    assert_eq!(updates[1].state, pb::ClockState::Running as i32);
+    assert_eq!(at(&updates[1].due_at), sh(25, 10, 25));
     // Waiting on the customer pauses it; resolution meets it.
     h.status(
         &case,
