@@ -366,6 +366,74 @@ pub async fn save(conn: &mut PgConnection, case: &CaseRow) -> Result<CaseRow, sq
     .await
 }
 
+/// Writes a decided change — the case row, its timeline entry and its event — with one
+/// statement outside any explicit transaction, if the case is still at `expected_version`
+/// (every update of a case moves its version, so nothing written since the caller read it is
+/// overwritten). `None`, and nothing written, when it moved on: the caller then takes the
+/// locked path. Three round trips and the BEGIN/COMMIT pair fewer than writing under a lock.
+/// The event goes to the kit's outbox table (`kit_0001_event_outbox`).
+pub async fn save_if_unchanged(
+    pool: &PgPool,
+    case: &CaseRow,
+    expected_version: i64,
+    entry: &TimelineEntry,
+    event: &complaints_kit::events::EncodedEvent,
+) -> Result<Option<CaseRow>, sqlx::Error> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "WITH saved AS (
+                 UPDATE cases.cases
+                 SET status = $2, department_id = $3, owner_id = $4, category = $5, severity = $6,
+                     priority = $7, complexity = $8, escalation_level = $9, acknowledged_at = $10,
+                     resolved_at = $11, closed_at = $12, problem_id = $13, under_review = $14,
+                     version = version + 1
+                 WHERE id = $1 AND version = $15
+                 RETURNING {CASE_COLUMNS}
+             ), entry AS (
+                 INSERT INTO cases.timeline
+                     (id, case_id, at, actor, kind, from_value, to_value, note, customer_visible)
+                 SELECT $16, id, $17, $18, $19, $20, $21, $22, $23 FROM saved
+             ), announced AS (
+                 INSERT INTO cases.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
+                 SELECT $24, $25, $26, $27, $28 FROM saved
+             )
+             SELECT {CASE_COLUMNS} FROM saved"
+        )
+    });
+    sqlx::query_as(sql)
+        .bind(case.id)
+        .bind(case.status)
+        .bind(&case.department_id)
+        .bind(&case.owner_id)
+        .bind(&case.category)
+        .bind(case.severity)
+        .bind(case.priority)
+        .bind(case.complexity)
+        .bind(case.escalation_level)
+        .bind(case.acknowledged_at)
+        .bind(case.resolved_at)
+        .bind(case.closed_at)
+        .bind(case.problem_id)
+        .bind(case.under_review)
+        .bind(expected_version)
+        .bind(Uuid::now_v7())
+        .bind(entry.at)
+        .bind(&entry.actor)
+        .bind(entry.kind)
+        .bind(&entry.from_value)
+        .bind(&entry.to_value)
+        .bind(&entry.note)
+        .bind(entry.customer_visible)
+        .bind(event.event_id)
+        .bind(&event.aggregate_id)
+        .bind(event.event_type)
+        .bind(event.occurred_at)
+        .bind(&event.payload)
+        .fetch_optional(pool)
+        .await
+}
+
 pub async fn append_timeline(
     conn: &mut PgConnection,
     entry: &TimelineEntry,

@@ -1,6 +1,9 @@
 //! What happens to a case, inside one transaction: the case row is locked first, the rules of
 //! `domain` decide, then the case, its timeline and its events are written together. Used by the
-//! gRPC handlers and by the event consumers alike.
+//! gRPC handlers and by the event consumers alike. Acknowledgements and transitions are also
+//! decided without a lock ([`plan_simple`]) and written with one statement guarded by the
+//! version read (`store::save_if_unchanged`); the handler falls back to the locked path when
+//! the case moved on in between.
 
 use chrono::{DateTime, Utc};
 use complaints_kit::events::EventLog;
@@ -245,6 +248,94 @@ pub enum Change {
     },
 }
 
+/// The whole effect of a change that writes only the case row, one timeline entry and one
+/// event: what [`plan_simple`] decides, before anything is written.
+#[derive(Debug)]
+pub struct SimpleChange {
+    pub case: CaseRow,
+    pub entry: TimelineEntry,
+    pub event: Payload,
+}
+
+/// Decides an acknowledgement or a status transition of `case` as it stands (pure). `None`
+/// for the other kinds of change, which read more than the case (departments, agents).
+pub fn plan_simple(
+    mut case: CaseRow,
+    change: &Change,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Option<Result<SimpleChange, WorkflowError>> {
+    let aggregate = case.id.to_string();
+    Some(match change {
+        Change::Acknowledge { note } => {
+            if !lifecycle::can_acknowledge(status_of(&case), case.acknowledged_at.is_some()) {
+                return Some(Err(WorkflowError::Precondition(
+                    "the case was already acknowledged, or is closed or cancelled".into(),
+                )));
+            }
+            case.acknowledged_at = Some(now);
+            let entry = TimelineEntry {
+                case_id: case.id,
+                at: now,
+                actor: actor.into(),
+                kind: "acknowledged",
+                from_value: String::new(),
+                to_value: String::new(),
+                note: note.clone(),
+                customer_visible: true,
+            };
+            let event = Payload::CaseAcknowledged(CaseAcknowledged {
+                case_id: aggregate,
+                by: actor.into(),
+                acknowledged_at: ts(now),
+            });
+            Ok(SimpleChange { case, entry, event })
+        }
+        Change::Transition {
+            to,
+            note,
+            customer_visible,
+        } => {
+            let (from, to) = (status_of(&case), *to);
+            if let Err(illegal) = lifecycle::check_transition(from, to) {
+                return Some(Err(WorkflowError::Illegal(illegal)));
+            }
+            case.status = to as i16;
+            match to {
+                CaseStatus::Resolved => case.resolved_at = Some(now),
+                CaseStatus::Closed | CaseStatus::Cancelled => case.closed_at = Some(now),
+                CaseStatus::Reopened => {
+                    case.resolved_at = None;
+                    case.closed_at = None;
+                }
+                _ => {}
+            }
+            let entry = TimelineEntry {
+                case_id: case.id,
+                at: now,
+                actor: actor.into(),
+                kind: "status_changed",
+                from_value: from.as_str_name().into(),
+                to_value: to.as_str_name().into(),
+                note: note.clone(),
+                customer_visible: *customer_visible,
+            };
+            let event = Payload::CaseStatusChanged(CaseStatusChanged {
+                case_id: aggregate,
+                from: from as i32,
+                to: to as i32,
+                by: actor.into(),
+                changed_at: ts(now),
+                department_id: case.department_id.clone(),
+                owner_id: case.owner_id.clone(),
+                reason: note.clone(),
+            });
+            Ok(SimpleChange { case, entry, event })
+        }
+        _ => return None,
+    })
+}
+
 /// Applies `change` to a locked case whose access and version the caller has checked.
 pub async fn apply_change(
     conn: &mut PgConnection,
@@ -258,90 +349,15 @@ pub async fn apply_change(
     let traceparent = &case.trace_for(traceparent);
     let aggregate = case.id.to_string();
     match change {
-        Change::Acknowledge { note } => {
-            if !lifecycle::can_acknowledge(status_of(&case), case.acknowledged_at.is_some()) {
-                return Err(WorkflowError::Precondition(
-                    "the case was already acknowledged, or is closed or cancelled".into(),
-                ));
-            }
-            case.acknowledged_at = Some(now);
-            let saved = store::save(&mut *conn, &case).await?;
-            store::append_timeline(
-                &mut *conn,
-                &TimelineEntry {
-                    case_id: case.id,
-                    at: now,
-                    actor: actor.into(),
-                    kind: "acknowledged",
-                    from_value: String::new(),
-                    to_value: String::new(),
-                    note,
-                    customer_visible: true,
-                },
-            )
-            .await?;
+        Change::Acknowledge { .. } | Change::Transition { .. } => {
+            let Some(planned) = plan_simple(case, &change, actor, now) else {
+                unreachable!("acknowledgements and transitions are simple changes")
+            };
+            let planned = planned?;
+            let saved = store::save(&mut *conn, &planned.case).await?;
+            store::append_timeline(&mut *conn, &planned.entry).await?;
             events
-                .append(
-                    &mut *conn,
-                    &aggregate,
-                    traceparent,
-                    Payload::CaseAcknowledged(CaseAcknowledged {
-                        case_id: aggregate.clone(),
-                        by: actor.into(),
-                        acknowledged_at: ts(now),
-                    }),
-                )
-                .await?;
-            Ok(saved)
-        }
-        Change::Transition {
-            to,
-            note,
-            customer_visible,
-        } => {
-            let from = status_of(&case);
-            lifecycle::check_transition(from, to).map_err(WorkflowError::Illegal)?;
-            case.status = to as i16;
-            match to {
-                CaseStatus::Resolved => case.resolved_at = Some(now),
-                CaseStatus::Closed | CaseStatus::Cancelled => case.closed_at = Some(now),
-                CaseStatus::Reopened => {
-                    case.resolved_at = None;
-                    case.closed_at = None;
-                }
-                _ => {}
-            }
-            let saved = store::save(&mut *conn, &case).await?;
-            store::append_timeline(
-                &mut *conn,
-                &TimelineEntry {
-                    case_id: case.id,
-                    at: now,
-                    actor: actor.into(),
-                    kind: "status_changed",
-                    from_value: from.as_str_name().into(),
-                    to_value: to.as_str_name().into(),
-                    note: note.clone(),
-                    customer_visible,
-                },
-            )
-            .await?;
-            events
-                .append(
-                    &mut *conn,
-                    &aggregate,
-                    traceparent,
-                    Payload::CaseStatusChanged(CaseStatusChanged {
-                        case_id: aggregate.clone(),
-                        from: from as i32,
-                        to: to as i32,
-                        by: actor.into(),
-                        changed_at: ts(now),
-                        department_id: saved.department_id.clone(),
-                        owner_id: saved.owner_id.clone(),
-                        reason: note,
-                    }),
-                )
+                .append(&mut *conn, &aggregate, traceparent, planned.event)
                 .await?;
             Ok(saved)
         }
@@ -1063,4 +1079,103 @@ pub async fn escalate(
         )
         .await?;
     Ok((saved, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(status: CaseStatus) -> CaseRow {
+        let at = Utc::now();
+        CaseRow {
+            id: Uuid::now_v7(),
+            complaint_id: Uuid::now_v7(),
+            complaint_reference: "CMP-1".into(),
+            status: status as i16,
+            department_id: "quality".into(),
+            owner_id: "agent-a".into(),
+            category: "quality".into(),
+            severity: 2,
+            priority: 3,
+            complexity: 1,
+            channel: 1,
+            customer_tier: 1,
+            customer_id: "C1".into(),
+            escalation_level: 0,
+            received_at: at,
+            opened_at: at,
+            acknowledged_at: None,
+            resolved_at: None,
+            closed_at: None,
+            version: 4,
+            product_ref: String::new(),
+            order_ref: String::new(),
+            problem_id: None,
+            under_review: false,
+            traceparent: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_acknowledgement_is_planned_once_with_its_entry_and_event() {
+        let now = Utc::now();
+        let ack = Change::Acknowledge {
+            note: "收到".into(),
+        };
+        let planned = plan_simple(case(CaseStatus::Accepted), &ack, "agent-a", now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(planned.case.acknowledged_at, Some(now));
+        assert_eq!(planned.case.version, 4, "the store moves the version");
+        assert_eq!(planned.entry.kind, "acknowledged");
+        assert_eq!(planned.entry.note, "收到");
+        assert!(matches!(planned.event, Payload::CaseAcknowledged(ref a) if a.by == "agent-a"));
+        let again = plan_simple(planned.case, &ack, "agent-a", now).unwrap();
+        assert!(matches!(again, Err(WorkflowError::Precondition(_))));
+    }
+
+    #[test]
+    fn a_transition_sets_its_times_and_an_illegal_one_is_refused() {
+        let now = Utc::now();
+        let to = |to| Change::Transition {
+            to,
+            note: "done".into(),
+            customer_visible: true,
+        };
+        let resolved = plan_simple(
+            case(CaseStatus::Investigating),
+            &to(CaseStatus::Resolved),
+            "agent-a",
+            now,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(resolved.case.status, CaseStatus::Resolved as i16);
+        assert_eq!(resolved.case.resolved_at, Some(now));
+        assert_eq!(resolved.entry.from_value, "CASE_STATUS_INVESTIGATING");
+        assert_eq!(resolved.entry.to_value, "CASE_STATUS_RESOLVED");
+        assert!(resolved.entry.customer_visible);
+        match &resolved.event {
+            Payload::CaseStatusChanged(c) => {
+                assert_eq!(c.from, CaseStatus::Investigating as i32);
+                assert_eq!(c.to, CaseStatus::Resolved as i32);
+                assert_eq!(c.owner_id, "agent-a");
+            }
+            other => panic!("{other:?}"),
+        }
+        let reopened = plan_simple(resolved.case, &to(CaseStatus::Reopened), "agent-a", now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(reopened.case.resolved_at, None);
+        let illegal = plan_simple(
+            case(CaseStatus::Cancelled),
+            &to(CaseStatus::Investigating),
+            "agent-a",
+            now,
+        )
+        .unwrap();
+        assert!(matches!(illegal, Err(WorkflowError::Illegal(_))));
+        let other = Change::LinkProblem { problem_id: None };
+        assert!(plan_simple(case(CaseStatus::Accepted), &other, "agent-a", now).is_none());
+    }
 }

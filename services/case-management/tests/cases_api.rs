@@ -217,6 +217,32 @@ async fn two_concurrent_updates_never_both_win() {
         .case
         .unwrap();
     assert_eq!(now.version, case.version + 1);
+    // The winner's timeline entry and event were written with it, the losers' never.
+    let pool = sqlx::PgPool::connect(&h._db.url).await.unwrap();
+    let count = |sql: &'static str| {
+        let (pool, id) = (pool.clone(), case.id.clone());
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sql)
+                .bind(uuid::Uuid::parse_str(&id).unwrap())
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM cases.timeline WHERE case_id = $1 AND kind = 'status_changed'")
+            .await,
+        1
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM cases.event_outbox
+             WHERE aggregate_id = $1::text AND event_type = 'CaseStatusChanged'"
+        )
+        .await,
+        1
+    );
     h.stop().await;
 }
 

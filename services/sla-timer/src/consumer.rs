@@ -176,7 +176,10 @@ impl ClockEvents {
             }
         }
         // Updates are owed only while the case is being worked on (a resolution clock runs).
-        if !clocks.active_of_kind(ClockKind::Resolution as i16).is_empty() {
+        if !clocks
+            .active_of_kind(ClockKind::Resolution as i16)
+            .is_empty()
+        {
             self.start_update_cycle(conn, &case, &clocks, at, trace)
                 .await?;
         }

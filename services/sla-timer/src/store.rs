@@ -279,7 +279,10 @@ pub async fn clocks_of_case(pool: &PgPool, case_id: Uuid) -> Result<Vec<ClockRow
 }
 
 /// Locks every clock of a case.
-pub async fn lock_clocks(conn: &mut PgConnection, case_id: Uuid) -> Result<CaseClocks, sqlx::Error> {
+pub async fn lock_clocks(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+) -> Result<CaseClocks, sqlx::Error> {
     // Every clock of the case is locked (a handful) and what an event needs is derived in
     // memory: with the state in the query, plans ANDed in the partial index of every open
     // clock in the system (0.5 ms a call after twenty thousand clocks); and the cycles used

@@ -13,8 +13,8 @@ use complaints_kit::testing::{self, RunningService};
 use complaints_kit::time::{from_pb_duration, from_timestamp, to_pb_duration, to_timestamp};
 use complaints_proto::common::v1::{CaseStatus, ClockKind, Complexity, Priority, Severity};
 use complaints_proto::events::v1::{
-    CaseAcknowledged, CaseCustomerContacted, CaseOpened, CaseReclassified, CaseStatusChanged, Event,
-    event::Payload,
+    CaseAcknowledged, CaseCustomerContacted, CaseOpened, CaseReclassified, CaseStatusChanged,
+    Event, event::Payload,
 };
 use complaints_proto::sla::v1 as pb;
 use complaints_proto::sla::v1::sla_service_client::SlaServiceClient;
