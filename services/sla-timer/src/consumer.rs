@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use complaints_kit::events::{EventHandler, Incoming};
 use complaints_kit::time::from_timestamp;
 use complaints_proto::common::v1::{CaseStatus, ClockKind};
-use complaints_proto::events::v1::{CaseOpened, Event, event::Payload};
+use complaints_proto::events::v1::{CaseAcknowledged, CaseOpened, Event, event::Payload};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -163,26 +163,60 @@ impl ClockEvents {
         at: DateTime<Utc>,
         trace: &str,
     ) -> anyhow::Result<()> {
-        let engine = &self.engine;
-        let Some(case) = store::case(conn, case_id).await? else {
+        self.customers_heard_from_us(conn, &[(case_id, at, trace)])
+            .await
+    }
+
+    /// [`Self::customer_heard_from_us`] for several cases, with set-based statements: the
+    /// cases and all their clocks locked at once, one update of the clocks met, the next
+    /// update periods started together. A case given twice is taken one contact at a time.
+    async fn customers_heard_from_us(
+        &self,
+        conn: &mut PgConnection,
+        contacts: &[(Uuid, DateTime<Utc>, &str)],
+    ) -> anyhow::Result<()> {
+        let mut ids: Vec<Uuid> = contacts.iter().map(|(id, _, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() < contacts.len() && contacts.len() > 1 {
+            for contact in contacts {
+                Box::pin(self.customers_heard_from_us(conn, std::slice::from_ref(contact))).await?;
+            }
             return Ok(());
-        };
-        let mut clocks = store::lock_clocks(conn, case_id).await?;
-        for kind in [ClockKind::FirstResponse, ClockKind::CustomerUpdate] {
-            for clock in clocks.active_of_kind(kind as i16) {
-                let id = clock.id;
-                engine.meet(conn, clock, at, trace).await?;
-                clocks.met(id);
+        }
+        let cases = store::cases_locked(conn, &ids).await?;
+        let mut clocks = store::lock_clocks_of(conn, &ids).await?;
+        let mut met = Vec::new();
+        let mut next_periods = Vec::new();
+        for &(case_id, at, trace) in contacts {
+            let Some(case) = cases.get(&case_id) else {
+                continue;
+            };
+            let clocks = clocks.entry(case_id).or_default();
+            for kind in [ClockKind::FirstResponse, ClockKind::CustomerUpdate] {
+                for clock in clocks.active_of_kind(kind as i16) {
+                    clocks.met(clock.id);
+                    met.push((clock, at, trace));
+                }
+            }
+            // Updates are owed only while the case is being worked on (a resolution clock
+            // runs), and never before the first response exists.
+            if !clocks
+                .active_of_kind(ClockKind::Resolution as i16)
+                .is_empty()
+                && clocks.any_met(ClockKind::FirstResponse as i16)
+            {
+                next_periods.push(ClockStart {
+                    case,
+                    kind: ClockKind::CustomerUpdate,
+                    cycle: clocks.max_cycle(ClockKind::CustomerUpdate as i16) + 1,
+                    origin: at,
+                    traceparent: trace,
+                });
             }
         }
-        // Updates are owed only while the case is being worked on (a resolution clock runs).
-        if !clocks
-            .active_of_kind(ClockKind::Resolution as i16)
-            .is_empty()
-        {
-            self.start_update_cycle(conn, &case, &clocks, at, trace)
-                .await?;
-        }
+        self.engine.meet_all(conn, met).await?;
+        self.engine.start_clocks(conn, &next_periods).await?;
         Ok(())
     }
 
@@ -263,10 +297,12 @@ impl EventHandler for ClockEvents {
     }
 
     fn in_sets(&self, event: &Event) -> bool {
-        opened_of(event).is_some()
+        opened_of(event).is_some() || acknowledged_of(event).is_some()
     }
 
-    /// Starts the clocks of a run of opened cases with set-based statements.
+    /// Starts the clocks of the opened cases of a run, then meets the first responses of the
+    /// acknowledged ones, with set-based statements. Taking the openings first keeps each
+    /// case's order: a case is acknowledged only after it opened.
     fn apply_set<'a>(
         &'a self,
         tx: &'a mut PgConnection,
@@ -276,7 +312,26 @@ impl EventHandler for ClockEvents {
             .iter()
             .filter_map(|i| opened_of(i.event).map(|o| (o, i.event)))
             .collect();
-        Box::pin(async move { self.cases_opened(tx, &cases).await })
+        Box::pin(async move {
+            let now = Utc::now();
+            let mut acknowledged = Vec::new();
+            for incoming in run {
+                if let Some(ack) = acknowledged_of(incoming.event) {
+                    acknowledged.push((
+                        Uuid::parse_str(&ack.case_id)?,
+                        when(&ack.acknowledged_at, now),
+                        incoming.event.traceparent.as_str(),
+                    ));
+                }
+            }
+            if !cases.is_empty() {
+                self.cases_opened(tx, &cases).await?;
+            }
+            if !acknowledged.is_empty() {
+                self.customers_heard_from_us(tx, &acknowledged).await?;
+            }
+            Ok(())
+        })
     }
 
     fn after_commit(&self) {
@@ -287,6 +342,13 @@ impl EventHandler for ClockEvents {
 fn opened_of(event: &Event) -> Option<&CaseOpened> {
     match &event.payload {
         Some(Payload::CaseOpened(opened)) => Some(opened),
+        _ => None,
+    }
+}
+
+fn acknowledged_of(event: &Event) -> Option<&CaseAcknowledged> {
+    match &event.payload {
+        Some(Payload::CaseAcknowledged(ack)) => Some(ack),
         _ => None,
     }
 }

@@ -416,26 +416,47 @@ impl Engine {
     pub async fn meet(
         &self,
         conn: &mut PgConnection,
-        mut clock: ClockRow,
+        clock: ClockRow,
         at: DateTime<Utc>,
         traceparent: &str,
     ) -> anyhow::Result<()> {
-        let calendar = self.calendar(conn, &clock.calendar_id, false).await?;
-        let mut timing = clock.timing();
-        timing.pause(&calendar, at);
-        let elapsed = timing.consumed;
-        let on_time = elapsed <= timing.target && clock.breached_at.is_none();
-        clock.set_timing(&timing);
-        clock.state = MET;
-        clock.met_at = Some(at);
-        clock.met_on_time = Some(on_time);
-        clock.next_fire_at = None;
-        store::save_clock(conn, &clock).await?;
-        self.events
-            .append(
-                conn,
-                &clock.case_id.to_string(),
-                traceparent,
+        self.meet_all(conn, vec![(clock, at, traceparent)]).await
+    }
+
+    /// Meets several clocks (each target achieved at its instant) with one update and one
+    /// event statement; each calendar involved is read once.
+    pub async fn meet_all(
+        &self,
+        conn: &mut PgConnection,
+        met: Vec<(ClockRow, DateTime<Utc>, &str)>,
+    ) -> anyhow::Result<()> {
+        if met.is_empty() {
+            return Ok(());
+        }
+        let mut calendars: HashMap<String, Arc<BusinessCalendar>> = HashMap::new();
+        let mut clocks = Vec::with_capacity(met.len());
+        let mut events = Vec::with_capacity(met.len());
+        for (mut clock, at, traceparent) in met {
+            let calendar = match calendars.get(&clock.calendar_id) {
+                Some(calendar) => calendar.clone(),
+                None => {
+                    let calendar = self.calendar(conn, &clock.calendar_id, false).await?;
+                    calendars.insert(clock.calendar_id.clone(), calendar.clone());
+                    calendar
+                }
+            };
+            let mut timing = clock.timing();
+            timing.pause(&calendar, at);
+            let elapsed = timing.consumed;
+            let on_time = elapsed <= timing.target && clock.breached_at.is_none();
+            clock.set_timing(&timing);
+            clock.state = MET;
+            clock.met_at = Some(at);
+            clock.met_on_time = Some(on_time);
+            clock.next_fire_at = None;
+            events.push((
+                clock.case_id.to_string(),
+                traceparent.to_owned(),
                 Payload::ClockMet(ClockMet {
                     clock_id: clock.id.to_string(),
                     case_id: clock.case_id.to_string(),
@@ -445,8 +466,11 @@ impl Engine {
                     on_time,
                     elapsed: Some(to_pb_duration(elapsed)),
                 }),
-            )
-            .await?;
+            ));
+            clocks.push(clock);
+        }
+        store::save_met_clocks(conn, &clocks).await?;
+        self.events.append_all(conn, events).await?;
         Ok(())
     }
 

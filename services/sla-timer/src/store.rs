@@ -137,6 +137,24 @@ pub async fn case(conn: &mut PgConnection, case_id: Uuid) -> Result<Option<CaseR
     .await
 }
 
+/// Several cases, locked in `case_id` order (as [`case`] locks one).
+pub async fn cases_locked(
+    conn: &mut PgConnection,
+    case_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, CaseRow>, sqlx::Error> {
+    let rows: Vec<CaseRow> = sqlx::query_as(
+        "SELECT case_id, department_id, owner_id, category, severity, priority, complexity, customer_tier,
+             channel, received_at
+         FROM sla.cases WHERE case_id = ANY($1) ORDER BY case_id FOR UPDATE",
+    )
+    // Planned for each batch (see "Plans" in `complaints_kit::db`).
+    .persistent(false)
+    .bind(case_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|c| (c.case_id, c)).collect())
+}
+
 /// Inserts clocks with one statement, skipping any whose (case, kind, cycle) already has one;
 /// returns the ids of the clocks inserted.
 pub async fn insert_clocks(
@@ -294,6 +312,63 @@ pub async fn lock_clocks(
     .fetch_all(conn)
     .await?;
     Ok(CaseClocks(clocks))
+}
+
+/// Every clock of several cases, locked (in case, kind, cycle order), by case; a case without
+/// clocks is absent.
+pub async fn lock_clocks_of(
+    conn: &mut PgConnection,
+    case_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, CaseClocks>, sqlx::Error> {
+    let clocks: Vec<ClockRow> = sqlx::query_as(&format!(
+        "SELECT {CLOCK_COLUMNS} FROM sla.clocks WHERE case_id = ANY($1)
+         ORDER BY case_id, kind, cycle FOR UPDATE"
+    ))
+    // Planned for each batch (see "Plans" in `complaints_kit::db`).
+    .persistent(false)
+    .bind(case_ids)
+    .fetch_all(conn)
+    .await?;
+    let mut by_case: std::collections::HashMap<Uuid, CaseClocks> = Default::default();
+    for clock in clocks {
+        by_case.entry(clock.case_id).or_default().0.push(clock);
+    }
+    Ok(by_case)
+}
+
+/// Saves clocks that were met (state, time used, when, whether on time; nothing left to
+/// fire) with one statement.
+pub async fn save_met_clocks(
+    conn: &mut PgConnection,
+    clocks: &[ClockRow],
+) -> Result<(), sqlx::Error> {
+    if clocks.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = clocks.iter().map(|c| c.id).collect();
+    let consumed: Vec<i64> = clocks.iter().map(|c| c.consumed_ms).collect();
+    let running: Vec<Option<DateTime<Utc>>> = clocks.iter().map(|c| c.running_since).collect();
+    let met_at: Vec<Option<DateTime<Utc>>> = clocks.iter().map(|c| c.met_at).collect();
+    let on_time: Vec<Option<bool>> = clocks.iter().map(|c| c.met_on_time).collect();
+    sqlx::query(
+        "UPDATE sla.clocks c
+         SET state = $6, consumed_ms = m.consumed_ms, running_since = m.running_since,
+             met_at = m.met_at, met_on_time = m.met_on_time, next_fire_at = NULL
+         FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::bool[])
+              AS m(id, consumed_ms, running_since, met_at, met_on_time)
+         WHERE c.id = m.id",
+    )
+    // Planned for each batch (see "Plans" in `complaints_kit::db`).
+    .persistent(false)
+    .bind(&ids)
+    .bind(&consumed)
+    .bind(&running)
+    .bind(&met_at)
+    .bind(&on_time)
+    .bind(MET)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Every clock of one case, as locked by [`lock_clocks`] and kept up to date by the caller

@@ -8,7 +8,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use complaints_kit::auth::Role;
-use complaints_kit::events::{EventHandler, EventLog};
+use complaints_kit::events::{EventHandler, EventLog, Incoming};
 use complaints_kit::testing::{self, RunningService};
 use complaints_kit::time::{from_pb_duration, from_timestamp, to_pb_duration, to_timestamp};
 use complaints_proto::common::v1::{CaseStatus, ClockKind, Complexity, Priority, Severity};
@@ -981,4 +981,115 @@ async fn two_replicas_fire_each_clock_overdue_after_downtime_exactly_once() {
     for server in h.servers.drain(..) {
         server.stop().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_run_of_openings_and_acknowledgements_applies_as_one_at_a_time_would() {
+    let h = Harness::start().await;
+    let mut client = h.client();
+    let mut policy = policy_for_category("chatty", "delivery", "standard");
+    policy.first_response = business(1);
+    policy.customer_update = minutes_business(30);
+    create_policy(&mut client, policy).await;
+    let event = |case_id: &str, payload: Payload| Event {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        aggregate_id: case_id.to_owned(),
+        payload: Some(payload),
+        ..Event::default()
+    };
+    let opened = |case_id: &str| {
+        Payload::CaseOpened(CaseOpened {
+            case_id: case_id.into(),
+            department_id: "after-sales".into(),
+            owner_id: "agent-wang".into(),
+            category: "delivery".into(),
+            severity: Severity::General as i32,
+            priority: Priority::P3 as i32,
+            complexity: Complexity::Simple as i32,
+            channel: 1,
+            customer_tier: 2,
+            received_at: Some(to_timestamp(sh(25, 9, 0))),
+            opened_at: Some(to_timestamp(sh(25, 9, 0))),
+            ..CaseOpened::default()
+        })
+    };
+    let acknowledged = |case_id: &str, minute: u32| {
+        Payload::CaseAcknowledged(CaseAcknowledged {
+            case_id: case_id.into(),
+            by: "agent-wang".into(),
+            acknowledged_at: Some(to_timestamp(sh(25, 9, minute))),
+        })
+    };
+    let apply_run = |events: Vec<Event>| {
+        let (pool, handler) = (h.pool.clone(), &h.handler);
+        async move {
+            assert!(events.iter().all(|e| handler.in_sets(e)));
+            let run: Vec<Incoming<'_>> = events
+                .iter()
+                .map(|event| Incoming {
+                    event,
+                    span: tracing::Span::none(),
+                })
+                .collect();
+            let mut tx = pool.begin().await.unwrap();
+            handler.apply_set(&mut tx, &run).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    let (a, b) = (
+        uuid::Uuid::now_v7().to_string(),
+        uuid::Uuid::now_v7().to_string(),
+    );
+    // One run: both cases open, then both are acknowledged.
+    apply_run(vec![
+        event(&a, opened(&a)),
+        event(&b, opened(&b)),
+        event(&a, acknowledged(&a, 40)),
+        event(&b, acknowledged(&b, 45)),
+    ])
+    .await;
+    // Another: two contacts with the same case, taken in order.
+    apply_run(vec![
+        event(&a, acknowledged(&a, 50)),
+        event(&a, acknowledged(&a, 55)),
+    ])
+    .await;
+    let of_kind = |clocks: &[pb::Clock], kind: ClockKind| -> Vec<(u32, i32, DateTime<Utc>)> {
+        clocks
+            .iter()
+            .filter(|c| c.kind == kind as i32)
+            .map(|c| (c.cycle, c.state, at(&c.due_at)))
+            .collect()
+    };
+    let (met, running) = (pb::ClockState::Met as i32, pb::ClockState::Running as i32);
+    let clocks_a = h.clocks(&a).await;
+    let first_a = h.clock(&a, ClockKind::FirstResponse).await;
+    assert_eq!(first_a.state, met);
+    assert!(first_a.met_on_time);
+    assert_eq!(at(&first_a.met_at), sh(25, 9, 40));
+    assert_eq!(
+        of_kind(&clocks_a, ClockKind::CustomerUpdate),
+        vec![
+            (1, met, sh(25, 10, 10)),
+            (2, met, sh(25, 10, 20)),
+            (3, running, sh(25, 10, 25)),
+        ]
+    );
+    let clocks_b = h.clocks(&b).await;
+    assert_eq!(h.clock(&b, ClockKind::FirstResponse).await.state, met);
+    assert_eq!(
+        of_kind(&clocks_b, ClockKind::CustomerUpdate),
+        vec![(1, running, sh(25, 10, 15))]
+    );
+    assert_eq!(
+        of_kind(&clocks_b, ClockKind::Resolution)[0].1,
+        running,
+        "the resolution clock keeps running"
+    );
+    // One event per clock met: a's first response and two update periods, b's first response.
+    assert_eq!(
+        h.count("SELECT count(*) FROM sla.event_outbox WHERE event_type = 'ClockMet'")
+            .await,
+        4
+    );
 }
