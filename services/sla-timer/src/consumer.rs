@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use complaints_kit::events::{EventHandler, Incoming};
 use complaints_kit::time::from_timestamp;
 use complaints_proto::common::v1::{CaseStatus, ClockKind};
-use complaints_proto::events::v1::{CaseAcknowledged, CaseOpened, Event, event::Payload};
+use complaints_proto::events::v1::{CaseOpened, Event, event::Payload};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -297,12 +297,12 @@ impl EventHandler for ClockEvents {
     }
 
     fn in_sets(&self, event: &Event) -> bool {
-        opened_of(event).is_some() || acknowledged_of(event).is_some()
+        opened_of(event).is_some() || heard_from_us(event).is_some()
     }
 
-    /// Starts the clocks of the opened cases of a run, then meets the first responses of the
-    /// acknowledged ones, with set-based statements. Taking the openings first keeps each
-    /// case's order: a case is acknowledged only after it opened.
+    /// Starts the clocks of the opened cases of a run, then takes the acknowledgements and the
+    /// contacts that reached the customer (in their order), with set-based statements. Taking
+    /// the openings first keeps each case's order: a case is contacted only after it opened.
     fn apply_set<'a>(
         &'a self,
         tx: &'a mut PgConnection,
@@ -316,10 +316,10 @@ impl EventHandler for ClockEvents {
             let now = Utc::now();
             let mut acknowledged = Vec::new();
             for incoming in run {
-                if let Some(ack) = acknowledged_of(incoming.event) {
+                if let Some((case_id, at)) = heard_from_us(incoming.event) {
                     acknowledged.push((
-                        Uuid::parse_str(&ack.case_id)?,
-                        when(&ack.acknowledged_at, now),
+                        Uuid::parse_str(case_id)?,
+                        when(at, now),
                         incoming.event.traceparent.as_str(),
                     ));
                 }
@@ -346,9 +346,13 @@ fn opened_of(event: &Event) -> Option<&CaseOpened> {
     }
 }
 
-fn acknowledged_of(event: &Event) -> Option<&CaseAcknowledged> {
+/// (case, when) of an acknowledgement or of a contact that reached the customer.
+fn heard_from_us(event: &Event) -> Option<(&str, &Option<prost_types::Timestamp>)> {
     match &event.payload {
-        Some(Payload::CaseAcknowledged(ack)) => Some(ack),
+        Some(Payload::CaseAcknowledged(ack)) => Some((&ack.case_id, &ack.acknowledged_at)),
+        Some(Payload::CaseCustomerContacted(contact)) if contact.reached => {
+            Some((&contact.case_id, &contact.contacted_at))
+        }
         _ => None,
     }
 }

@@ -1048,10 +1048,21 @@ async fn a_run_of_openings_and_acknowledgements_applies_as_one_at_a_time_would()
         event(&b, acknowledged(&b, 45)),
     ])
     .await;
-    // Another: two contacts with the same case, taken in order.
+    // Another: two calls that reached the customer of one case, taken in order.
+    let reached = |case_id: &str, minute: u32, reached: bool| {
+        Payload::CaseCustomerContacted(CaseCustomerContacted {
+            case_id: case_id.into(),
+            kind: "CONTACT_KIND_CALL".into(),
+            reached,
+            by: "agent-wang".into(),
+            contacted_at: Some(to_timestamp(sh(25, 9, minute))),
+            ..Default::default()
+        })
+    };
+    assert!(!h.handler.in_sets(&event(&a, reached(&a, 50, false))));
     apply_run(vec![
-        event(&a, acknowledged(&a, 50)),
-        event(&a, acknowledged(&a, 55)),
+        event(&a, reached(&a, 50, true)),
+        event(&a, reached(&a, 55, true)),
     ])
     .await;
     let of_kind = |clocks: &[pb::Clock], kind: ClockKind| -> Vec<(u32, i32, DateTime<Utc>)> {
