@@ -8,8 +8,8 @@ use complaints_kit::auth::BearerToken;
 use complaints_kit::testing::{self, RunningService, eventually};
 use complaints_proto::cases::v1::case_service_client::CaseServiceClient;
 use complaints_proto::cases::v1::{
-    Case, EscalateRequest, GetCaseByComplaintRequest, GetCaseRequest, ListCasesRequest,
-    ListTimelineRequest, TransitionCaseRequest,
+    AcknowledgeCaseRequest, Case, EscalateRequest, GetCaseByComplaintRequest, GetCaseRequest,
+    ListCasesRequest, ListTimelineRequest, TransitionCaseRequest,
 };
 use complaints_proto::common::v1::{CaseStatus, Channel};
 use complaints_proto::intake::v1::intake_service_client::IntakeServiceClient;
@@ -344,5 +344,63 @@ async fn a_complaint_rejected_at_verification_cancels_its_case() {
         }
     })
     .await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_case_moves_on_while_it_is_written_is_refused_as_stale() {
+    let h = start().await;
+    let case = h.case_for("moved-1", "质量问题").await;
+    let pool = sqlx::PgPool::connect(&h._db.url).await.unwrap();
+    let id = uuid::Uuid::parse_str(&case.id).unwrap();
+    // Another writer holds the case's row and moves its version on.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("UPDATE cases.cases SET version = version + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let mut agent = h.cases("agent-a", Role::Agent, Some("quality"));
+    let request = AcknowledgeCaseRequest {
+        case_id: case.id.clone(),
+        version: case.version,
+        note: "收到".into(),
+    };
+    let call = tokio::spawn(async move { agent.acknowledge_case(request).await });
+    // The call read the case at the version it names, decided, and now waits for the row.
+    eventually(
+        "the acknowledgement waiting for the row",
+        Duration::from_secs(20),
+        || {
+            let pool = pool.clone();
+            async move {
+                let (waiting,): (i64,) = sqlx::query_as(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND query LIKE 'WITH saved AS%'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                (waiting > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    other.commit().await.unwrap();
+    let status = call.await.unwrap().expect_err("the case moved on");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    // Nothing of the refused change was written.
+    let (acknowledged, entries, events): (Option<chrono::DateTime<chrono::Utc>>, i64, i64) =
+        sqlx::query_as(
+            "SELECT (SELECT acknowledged_at FROM cases.cases WHERE id = $1),
+                    (SELECT count(*) FROM cases.timeline WHERE case_id = $1 AND kind = 'acknowledged'),
+                    (SELECT count(*) FROM cases.event_outbox
+                     WHERE aggregate_id = $1::text AND event_type = 'CaseAcknowledged')",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((acknowledged, entries, events), (None, 0, 0));
     h.stop().await;
 }

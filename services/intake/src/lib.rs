@@ -69,10 +69,7 @@ impl Config {
                 raises_priority: config::parse_or("REPEAT_CONTACT_RAISES_PRIORITY", true)?,
             },
             cases_url: config::upstream_url("CASES_URL", "http://127.0.0.1:50052")?,
-            submit_lock_timeout: config::duration_or(
-                "SUBMIT_LOCK_TIMEOUT",
-                submit::DEFAULT_LOCK_TIMEOUT,
-            )?,
+            submit_lock_timeout: submit_lock_timeout()?,
         })
     }
 
@@ -87,6 +84,27 @@ impl Config {
             submit_lock_timeout: submit::DEFAULT_LOCK_TIMEOUT,
         }
     }
+}
+
+/// `SUBMIT_LOCK_TIMEOUT`: from 1 ms to 10 min (PostgreSQL's `lock_timeout` takes at most
+/// 2^31 ms, and 0 would mean waiting for ever, which the setting exists to prevent).
+fn submit_lock_timeout() -> Result<std::time::Duration, ConfigError> {
+    checked_lock_timeout(config::duration_or(
+        "SUBMIT_LOCK_TIMEOUT",
+        submit::DEFAULT_LOCK_TIMEOUT,
+    )?)
+}
+
+fn checked_lock_timeout(timeout: std::time::Duration) -> Result<std::time::Duration, ConfigError> {
+    let range = std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(600);
+    if !range.contains(&timeout) {
+        return Err(ConfigError::Invalid {
+            name: "SUBMIT_LOCK_TIMEOUT".into(),
+            value: format!("{timeout:?}"),
+            reason: "must be from 1ms to 10m".into(),
+        });
+    }
+    Ok(timeout)
 }
 
 /// Runs the intake service on `listener` until `shutdown` fires.
@@ -127,4 +145,28 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> a
             ],
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_submission_lock_timeout_must_be_one_postgres_accepts_and_not_zero() {
+        for ok in [
+            Duration::from_millis(1),
+            Duration::from_secs(2),
+            Duration::from_secs(600),
+        ] {
+            assert_eq!(super::checked_lock_timeout(ok).unwrap(), ok);
+        }
+        for bad in [
+            Duration::ZERO,
+            Duration::from_secs(601),
+            Duration::from_secs(25 * 86_400),
+        ] {
+            let error = super::checked_lock_timeout(bad).unwrap_err().to_string();
+            assert!(error.contains("SUBMIT_LOCK_TIMEOUT"), "{error}");
+        }
+    }
 }

@@ -37,7 +37,9 @@ const WRITERS: usize = 2;
 /// Default for `SUBMIT_LOCK_TIMEOUT`: how long a batch waits for a lock (a customer's, or a
 /// stored complaint's row) before it gives up, so that one customer whose lock is held
 /// elsewhere (another replica's stuck transaction) cannot stall every submission of this
-/// replica: the batch is retried one by one and only that customer's calls get `ABORTED`.
+/// replica for good: the batch is retried one by one and only that customer's calls get
+/// `ABORTED`. Its batch-mates still wait: the timeout, plus one more for each of that
+/// customer's calls ahead of them in the retry.
 pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How many reference numbers a replica takes from the sequence at once (beyond what a batch
 /// needs). A restart skips what was left: references have gaps, never duplicates.
@@ -518,8 +520,9 @@ fn storage_or_busy(error: &sqlx::Error, waited: std::time::Duration) -> Status {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
             tracing::warn!(error = %error, "submission gave up waiting for a lock");
             Status::aborted(format!(
-                "another submission for the same customer is still being stored (waited {} ms); \
-                 nothing was stored: retry with the same request_id",
+                "a lock this submission needs (its customer's, or a stored complaint's) is held by \
+                 another transaction (waited {} ms); nothing was stored: retry with the same \
+                 request_id",
                 waited.as_millis()
             ))
         }

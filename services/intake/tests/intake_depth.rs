@@ -858,7 +858,7 @@ async fn a_case_closes_its_complaint_whether_recorded_now_or_by_an_earlier_relea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_customer_locked_elsewhere_fails_alone_and_stalls_no_one_else() {
+async fn a_customer_locked_elsewhere_fails_alone_and_everyone_else_is_stored() {
     let h = start_with_lock_timeout(std::time::Duration::from_millis(300)).await;
     // Another replica's transaction holds customer STUCK's lock and does not let go.
     let mut holder = h.pool.acquire().await.unwrap();

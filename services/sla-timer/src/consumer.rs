@@ -179,6 +179,11 @@ impl ClockEvents {
         ids.sort_unstable();
         ids.dedup();
         if ids.len() < contacts.len() && contacts.len() > 1 {
+            // Lock every case of the run first, in case order as a run without repeats does
+            // (two replicas racing over overlapping runs then never lock in opposite orders);
+            // each contact then re-reads what it changes under the locks it already holds.
+            store::cases_locked(conn, &ids).await?;
+            store::lock_clocks_of(conn, &ids).await?;
             for contact in contacts {
                 Box::pin(self.customers_heard_from_us(conn, std::slice::from_ref(contact))).await?;
             }

@@ -1040,11 +1040,12 @@ async fn a_run_of_openings_and_acknowledgements_applies_as_one_at_a_time_would()
         uuid::Uuid::now_v7().to_string(),
         uuid::Uuid::now_v7().to_string(),
     );
-    // One run: both cases open, then both are acknowledged.
+    // One run: each case opens and is acknowledged, the two interleaved (the openings are
+    // taken first, which keeps each case's own order).
     apply_run(vec![
         event(&a, opened(&a)),
-        event(&b, opened(&b)),
         event(&a, acknowledged(&a, 40)),
+        event(&b, opened(&b)),
         event(&b, acknowledged(&b, 45)),
     ])
     .await;
