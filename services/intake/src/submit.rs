@@ -38,9 +38,13 @@ const WRITERS: usize = 2;
 /// stored complaint's row) before it gives up, so that one customer whose lock is held
 /// elsewhere (another replica's stuck transaction) cannot stall every submission of this
 /// replica for good: the batch is retried one by one and only that customer's calls get
-/// `ABORTED`. Its batch-mates still wait: the timeout, plus one more for each of that
-/// customer's calls ahead of them in the retry.
+/// `ABORTED`. Its batch-mates still wait the timeout, plus [`RETRY_LOCK_TIMEOUT`] for each of
+/// that customer's calls ahead of them in the retry.
 pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The lock wait of each one-by-one retry after a batch failed: enough for another batch to
+/// commit (a few milliseconds), short enough that a customer whose lock stays held costs its
+/// batch-mates little beyond the batch's own timeout.
+const RETRY_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
 /// How many reference numbers a replica takes from the sequence at once (beyond what a batch
 /// needs). A restart skips what was left: references have gaps, never duplicates.
 const REFERENCE_BLOCK: usize = 20;
@@ -160,7 +164,7 @@ impl Writer {
     async fn write(&self, jobs: Vec<Job>) {
         self.batch_size.observe(jobs.len() as f64);
         let batch: Vec<&Prepared> = jobs.iter().map(|j| &j.prepared).collect();
-        match self.store(&batch).await {
+        match self.store(&batch, self.lock_timeout).await {
             Ok(outcomes) => {
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     let _ = job.reply.send(outcome);
@@ -176,7 +180,10 @@ impl Writer {
             Err(error) if jobs.len() > 1 => {
                 tracing::warn!(error = %error.message(), size = jobs.len(), "submission batch failed; storing its complaints one by one");
                 for job in jobs {
-                    let outcome = match self.store(&[&job.prepared]).await {
+                    // A lock wait that ran out would otherwise be paid again, in full, by
+                    // each call of the locked customer, and by everyone queued behind them.
+                    let wait = self.lock_timeout.min(RETRY_LOCK_TIMEOUT);
+                    let outcome = match self.store(&[&job.prepared], wait).await {
                         Ok(mut one) => one.remove(0),
                         Err(error) => Err(error),
                     };
@@ -193,8 +200,12 @@ impl Writer {
 
     /// Stores a batch in one transaction; one outcome per submission, in order. An error means
     /// nothing was stored; once the transaction committed, each submission has its own answer.
-    async fn store(&self, batch: &[&Prepared]) -> Result<Vec<Result<Outcome, Status>>, Status> {
-        let storage = |e: sqlx::Error| storage_or_busy(&e, self.lock_timeout);
+    async fn store(
+        &self,
+        batch: &[&Prepared],
+        lock_timeout: std::time::Duration,
+    ) -> Result<Vec<Result<Outcome, Status>>, Status> {
+        let storage = |e: sqlx::Error| storage_or_busy(&e, lock_timeout);
         // A request id given twice in one batch is stored once; the second is its replay.
         let mut first_with_id: HashMap<&str, usize> = HashMap::new();
         let replay_of: Vec<Option<usize>> = batch
@@ -220,7 +231,7 @@ impl Writer {
             .iter()
             .flat_map(|p| customer_identifiers(&p.complaint))
             .collect();
-        let mut tx = store::begin_for_customer(&self.pool, &identifiers, self.lock_timeout)
+        let mut tx = store::begin_for_customer(&self.pool, &identifiers, lock_timeout)
             .await
             .map_err(storage)?;
 
