@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use complaints_kit::events::{EventHandler, Incoming};
 use complaints_kit::time::from_timestamp;
 use complaints_proto::common::v1::{CaseStatus, ClockKind};
-use complaints_proto::events::v1::{CaseOpened, Event, event::Payload};
+use complaints_proto::events::v1::{CaseOpened, CaseStatusChanged, Event, event::Payload};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -75,7 +75,7 @@ impl ClockEvents {
                     engine.reclassify(conn, &case, &change.reason, now).await?;
                 }
             }
-            Some(Payload::CaseStatusChanged(change)) => {
+            Some(Payload::CaseStatusChanged(change)) if !clockless(change) => {
                 let case_id = Uuid::parse_str(&change.case_id)?;
                 let at = when(&change.changed_at, now);
                 let from = CaseStatus::try_from(change.from).unwrap_or(CaseStatus::Unspecified);
@@ -302,11 +302,14 @@ impl EventHandler for ClockEvents {
     }
 
     fn in_sets(&self, event: &Event) -> bool {
-        opened_of(event).is_some() || heard_from_us(event).is_some()
+        opened_of(event).is_some()
+            || heard_from_us(event).is_some()
+            || matches!(&event.payload, Some(Payload::CaseStatusChanged(c)) if clockless(c))
     }
 
     /// Starts the clocks of the opened cases of a run, then takes the acknowledgements and the
-    /// contacts that reached the customer (in their order), with set-based statements. Taking
+    /// contacts that reached the customer (in their order), with set-based statements; status
+    /// changes that move no clock are in runs only so as not to split them. Taking
     /// the openings first keeps each case's order: a case is contacted only after it opened.
     fn apply_set<'a>(
         &'a self,
@@ -351,6 +354,21 @@ fn opened_of(event: &Event) -> Option<&CaseOpened> {
     }
 }
 
+/// Whether a status change leaves every clock as it is (e.g. accepted → investigating): no
+/// pause, resume, meeting, cancellation or new clock, so nothing to lock or write.
+fn clockless(change: &CaseStatusChanged) -> bool {
+    let from = CaseStatus::try_from(change.from).unwrap_or(CaseStatus::Unspecified);
+    let to = CaseStatus::try_from(change.to).unwrap_or(CaseStatus::Unspecified);
+    from != CaseStatus::WaitingOnCustomer
+        && !matches!(
+            to,
+            CaseStatus::WaitingOnCustomer
+                | CaseStatus::Resolved
+                | CaseStatus::Cancelled
+                | CaseStatus::Reopened
+        )
+}
+
 /// (case, when) of an acknowledgement or of a contact that reached the customer.
 fn heard_from_us(event: &Event) -> Option<(&str, &Option<prost_types::Timestamp>)> {
     match &event.payload {
@@ -359,5 +377,27 @@ fn heard_from_us(event: &Event) -> Option<(&str, &Option<prost_types::Timestamp>
             Some((&contact.case_id, &contact.contacted_at))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_status_changes_that_move_no_clock_are_clockless() {
+        let change = |from: CaseStatus, to: CaseStatus| CaseStatusChanged {
+            from: from as i32,
+            to: to as i32,
+            ..Default::default()
+        };
+        use CaseStatus::*;
+        assert!(clockless(&change(Accepted, Investigating)));
+        assert!(clockless(&change(Resolved, Closed)));
+        for to in [WaitingOnCustomer, Resolved, Cancelled, Reopened] {
+            assert!(!clockless(&change(Investigating, to)), "{to:?}");
+        }
+        // Leaving the customer's court resumes the paused clocks.
+        assert!(!clockless(&change(WaitingOnCustomer, Investigating)));
     }
 }

@@ -1042,9 +1042,20 @@ async fn a_run_of_openings_and_acknowledgements_applies_as_one_at_a_time_would()
     );
     // One run: each case opens and is acknowledged, the two interleaved (the openings are
     // taken first, which keeps each case's own order).
+    let investigating = |case_id: &str| {
+        Payload::CaseStatusChanged(CaseStatusChanged {
+            case_id: case_id.into(),
+            from: CaseStatus::Accepted as i32,
+            to: CaseStatus::Investigating as i32,
+            changed_at: Some(to_timestamp(sh(25, 9, 41))),
+            ..CaseStatusChanged::default()
+        })
+    };
     apply_run(vec![
         event(&a, opened(&a)),
         event(&a, acknowledged(&a, 40)),
+        // Moves no clock: part of the run, so as not to split it.
+        event(&a, investigating(&a)),
         event(&b, opened(&b)),
         event(&b, acknowledged(&b, 45)),
     ])
