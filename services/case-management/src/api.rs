@@ -61,7 +61,8 @@ impl CaseApi {
         Ok(case)
     }
 
-    /// Locks, checks access and version, applies the change, commits.
+    /// Locks, checks access and version, applies the change, commits. Acknowledgements and
+    /// transitions try [`Self::change_unlocked`] first.
     async fn change(
         &self,
         principal: &Principal,
@@ -71,32 +72,20 @@ impl CaseApi {
         may: ChangeRule,
     ) -> Result<CaseRow, Status> {
         let id = grpc::parse_uuid("case_id", case_id)?;
-        if let Some(saved) = self
-            .change_unlocked(principal, id, version, &change, may)
-            .await?
+        let simple = workflow::is_simple(&change);
+        if simple
+            && let Some(saved) = self
+                .change_unlocked(principal, id, version, &change, may)
+                .await?
         {
             return Ok(saved);
         }
         let mut tx = self.pool.begin().await.map_err(|e| grpc::storage(&e))?;
-        let case = store::lock(&mut tx, id)
+        let found = store::lock(&mut tx, id)
             .await
-            .map_err(|e| grpc::storage(&e))?
-            .filter(|c| access::can_read(principal, &scope(c)))
-            .ok_or_else(|| grpc::not_found("case", &id.to_string()))?;
-        if !may(principal, &case) {
-            return Err(Status::permission_denied(
-                "you may read this case but not make this change",
-            ));
-        }
-        if case.version as u64 != version {
-            return Err(WorkflowError::Stale {
-                expected: version,
-                actual: case.version as u64,
-            }
-            .into());
-        }
-        complaints_kit::telemetry::link_current_to(&case.traceparent);
-        complaints_kit::telemetry::record_case(&case.id.to_string());
+            .map_err(|e| grpc::storage(&e))?;
+        // The unlocked attempt already linked the trace.
+        let case = checked(principal, id, found, version, may, !simple)?;
         let saved = workflow::apply_change(
             &mut tx,
             &self.events,
@@ -115,8 +104,8 @@ impl CaseApi {
     /// The fast path of [`Self::change`] for acknowledgements and transitions: read the case,
     /// decide, and write case, timeline and event with one statement that applies only if
     /// the case is still at the version read (two round trips, no transaction to hold open).
-    /// `None` when the change is of another kind or the case moved on meanwhile: the locked
-    /// path then decides with the case as it is.
+    /// `None` when the case moved on meanwhile: the locked path then decides with the case as
+    /// it is.
     async fn change_unlocked(
         &self,
         principal: &Principal,
@@ -125,31 +114,10 @@ impl CaseApi {
         change: &Change,
         may: ChangeRule,
     ) -> Result<Option<CaseRow>, Status> {
-        if !matches!(
-            change,
-            Change::Acknowledge { .. } | Change::Transition { .. }
-        ) {
-            return Ok(None);
-        }
-        let case = store::get(&self.pool, id)
+        let found = store::get(&self.pool, id)
             .await
-            .map_err(|e| grpc::storage(&e))?
-            .filter(|c| access::can_read(principal, &scope(c)))
-            .ok_or_else(|| grpc::not_found("case", &id.to_string()))?;
-        if !may(principal, &case) {
-            return Err(Status::permission_denied(
-                "you may read this case but not make this change",
-            ));
-        }
-        if case.version as u64 != version {
-            return Err(WorkflowError::Stale {
-                expected: version,
-                actual: case.version as u64,
-            }
-            .into());
-        }
-        complaints_kit::telemetry::link_current_to(&case.traceparent);
-        complaints_kit::telemetry::record_case(&case.id.to_string());
+            .map_err(|e| grpc::storage(&e))?;
+        let case = checked(principal, id, found, version, may, true)?;
         let read_version = case.version;
         let traceparent = case.trace_for("");
         let Some(planned) = workflow::plan_simple(case, change, &principal.subject, Utc::now())
@@ -162,6 +130,7 @@ impl CaseApi {
             .encode(&id.to_string(), &traceparent, planned.event);
         let saved = store::save_if_unchanged(
             &self.pool,
+            &self.events,
             &planned.case,
             read_version,
             &planned.entry,
@@ -175,6 +144,38 @@ impl CaseApi {
         }
         Ok(saved)
     }
+}
+
+/// The case a change is about, if the caller may see it and make this change, and names the
+/// version it is at; `link` joins the current span to the complaint's trace.
+fn checked(
+    principal: &Principal,
+    id: Uuid,
+    found: Option<CaseRow>,
+    version: u64,
+    may: ChangeRule,
+    link: bool,
+) -> Result<CaseRow, Status> {
+    let case = found
+        .filter(|c| access::can_read(principal, &scope(c)))
+        .ok_or_else(|| grpc::not_found("case", &id.to_string()))?;
+    if !may(principal, &case) {
+        return Err(Status::permission_denied(
+            "you may read this case but not make this change",
+        ));
+    }
+    if case.version as u64 != version {
+        return Err(WorkflowError::Stale {
+            expected: version,
+            actual: case.version as u64,
+        }
+        .into());
+    }
+    if link {
+        complaints_kit::telemetry::link_current_to(&case.traceparent);
+        complaints_kit::telemetry::record_case(&case.id.to_string());
+    }
+    Ok(case)
 }
 
 fn scope(case: &CaseRow) -> CaseScope<'_> {

@@ -1,6 +1,7 @@
 //! SQL of the `cases` schema.
 
 use chrono::{DateTime, Utc};
+use complaints_kit::events::{EncodedEvent, EventLog};
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
@@ -338,70 +339,17 @@ pub async fn lock_by_complaint(
     .await
 }
 
-/// Writes the mutable fields and bumps the version.
-pub async fn save(conn: &mut PgConnection, case: &CaseRow) -> Result<CaseRow, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "UPDATE cases.cases
-         SET status = $2, department_id = $3, owner_id = $4, category = $5, severity = $6, priority = $7,
-             complexity = $8, escalation_level = $9, acknowledged_at = $10, resolved_at = $11, closed_at = $12,
-             problem_id = $13, under_review = $14, version = version + 1
-         WHERE id = $1
-         RETURNING {CASE_COLUMNS}"
-    ))
-    .bind(case.id)
-    .bind(case.status)
-    .bind(&case.department_id)
-    .bind(&case.owner_id)
-    .bind(&case.category)
-    .bind(case.severity)
-    .bind(case.priority)
-    .bind(case.complexity)
-    .bind(case.escalation_level)
-    .bind(case.acknowledged_at)
-    .bind(case.resolved_at)
-    .bind(case.closed_at)
-    .bind(case.problem_id)
-    .bind(case.under_review)
-    .fetch_one(conn)
-    .await
-}
+/// The mutable fields of a case as `$2`…`$14` (its id is `$1`), bound by [`bind_case`].
+const CASE_UPDATE: &str = "UPDATE cases.cases
+     SET status = $2, department_id = $3, owner_id = $4, category = $5, severity = $6, priority = $7,
+         complexity = $8, escalation_level = $9, acknowledged_at = $10, resolved_at = $11, closed_at = $12,
+         problem_id = $13, under_review = $14, version = version + 1";
 
-/// Writes a decided change — the case row, its timeline entry and its event — with one
-/// statement outside any explicit transaction, if the case is still at `expected_version`
-/// (every update of a case moves its version, so nothing written since the caller read it is
-/// overwritten). `None`, and nothing written, when it moved on: the caller then takes the
-/// locked path. Three round trips and the BEGIN/COMMIT pair fewer than writing under a lock.
-/// The event goes to the kit's outbox table (`kit_0001_event_outbox`).
-pub async fn save_if_unchanged(
-    pool: &PgPool,
-    case: &CaseRow,
-    expected_version: i64,
-    entry: &TimelineEntry,
-    event: &complaints_kit::events::EncodedEvent,
-) -> Result<Option<CaseRow>, sqlx::Error> {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        format!(
-            "WITH saved AS (
-                 UPDATE cases.cases
-                 SET status = $2, department_id = $3, owner_id = $4, category = $5, severity = $6,
-                     priority = $7, complexity = $8, escalation_level = $9, acknowledged_at = $10,
-                     resolved_at = $11, closed_at = $12, problem_id = $13, under_review = $14,
-                     version = version + 1
-                 WHERE id = $1 AND version = $15
-                 RETURNING {CASE_COLUMNS}
-             ), entry AS (
-                 INSERT INTO cases.timeline
-                     (id, case_id, at, actor, kind, from_value, to_value, note, customer_visible)
-                 SELECT $16, id, $17, $18, $19, $20, $21, $22, $23 FROM saved
-             ), announced AS (
-                 INSERT INTO cases.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
-                 SELECT $24, $25, $26, $27, $28 FROM saved
-             )
-             SELECT {CASE_COLUMNS} FROM saved"
-        )
-    });
-    sqlx::query_as(sql)
+type CaseQuery<'q> = sqlx::query::QueryAs<'q, sqlx::Postgres, CaseRow, sqlx::postgres::PgArguments>;
+
+/// Binds `$1`…`$14` of [`CASE_UPDATE`].
+fn bind_case<'q>(query: CaseQuery<'q>, case: &'q CaseRow) -> CaseQuery<'q> {
+    query
         .bind(case.id)
         .bind(case.status)
         .bind(&case.department_id)
@@ -416,6 +364,43 @@ pub async fn save_if_unchanged(
         .bind(case.closed_at)
         .bind(case.problem_id)
         .bind(case.under_review)
+}
+
+/// Writes the mutable fields and bumps the version.
+pub async fn save(conn: &mut PgConnection, case: &CaseRow) -> Result<CaseRow, sqlx::Error> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| format!("{CASE_UPDATE} WHERE id = $1 RETURNING {CASE_COLUMNS}"));
+    bind_case(sqlx::query_as(sql), case).fetch_one(conn).await
+}
+
+/// Writes a decided change — the case row, its timeline entry and its event — with one
+/// statement outside any explicit transaction, if the case is still at `expected_version`
+/// (every update of a case moves its version, so nothing written since the caller read it is
+/// overwritten). `None`, and nothing written, when it moved on: the caller then takes the
+/// locked path. Three round trips and the BEGIN/COMMIT pair fewer than writing under a lock.
+pub async fn save_if_unchanged(
+    pool: &PgPool,
+    events: &EventLog,
+    case: &CaseRow,
+    expected_version: i64,
+    entry: &TimelineEntry,
+    event: &EncodedEvent,
+) -> Result<Option<CaseRow>, sqlx::Error> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "WITH saved AS (
+                 {CASE_UPDATE} WHERE id = $1 AND version = $15 RETURNING {CASE_COLUMNS}
+             ), entry AS (
+                 INSERT INTO cases.timeline
+                     (id, case_id, at, actor, kind, from_value, to_value, note, customer_visible)
+                 SELECT $16, id, $17, $18, $19, $20, $21, $22, $23 FROM saved
+             ), announced AS ({})
+             SELECT {CASE_COLUMNS} FROM saved",
+            events.insert_one_sql("saved", 24)
+        )
+    });
+    let query = bind_case(sqlx::query_as(sql), case)
         .bind(expected_version)
         .bind(Uuid::now_v7())
         .bind(entry.at)
@@ -424,12 +409,8 @@ pub async fn save_if_unchanged(
         .bind(&entry.from_value)
         .bind(&entry.to_value)
         .bind(&entry.note)
-        .bind(entry.customer_visible)
-        .bind(event.event_id)
-        .bind(&event.aggregate_id)
-        .bind(event.event_type)
-        .bind(event.occurred_at)
-        .bind(&event.payload)
+        .bind(entry.customer_visible);
+    complaints_kit::events::bind_event(query, event)
         .fetch_optional(pool)
         .await
 }

@@ -257,8 +257,17 @@ pub struct SimpleChange {
     pub event: Payload,
 }
 
+/// Whether `change` is decided from the case alone ([`plan_simple`]); the other kinds read
+/// departments or agents too.
+pub fn is_simple(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::Acknowledge { .. } | Change::Transition { .. }
+    )
+}
+
 /// Decides an acknowledgement or a status transition of `case` as it stands (pure). `None`
-/// for the other kinds of change, which read more than the case (departments, agents).
+/// for the other kinds of change (see [`is_simple`]).
 pub fn plan_simple(
     mut case: CaseRow,
     change: &Change,
@@ -1177,5 +1186,7 @@ mod tests {
         assert!(matches!(illegal, Err(WorkflowError::Illegal(_))));
         let other = Change::LinkProblem { problem_id: None };
         assert!(plan_simple(case(CaseStatus::Accepted), &other, "agent-a", now).is_none());
+        assert!(!is_simple(&other));
+        assert!(is_simple(&to(CaseStatus::Resolved)));
     }
 }

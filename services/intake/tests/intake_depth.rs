@@ -568,12 +568,7 @@ fn own_contact(
 /// with one submission of that customer) while whatever is submitted next queues up; the
 /// returned connection releases it when told to.
 async fn hold_writers(h: &Harness) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
-    let mut holder = h.pool.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(intake::store::customer_lock_id("customer:HOLD"))
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_customer(h, "HOLD").await;
     for i in 1..=2 {
         let mut intake = h.client(Role::Service);
         tokio::spawn(async move {
@@ -597,6 +592,20 @@ async fn hold_writers(h: &Harness) -> sqlx::pool::PoolConnection<sqlx::Postgres>
         )
         .await;
     }
+    holder
+}
+
+/// Takes customer `customer`'s submission lock from outside, as another replica's
+/// transaction would, until [`release`].
+async fn hold_customer(h: &Harness, customer: &str) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+    let mut holder = h.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(intake::store::customer_lock_id(&format!(
+            "customer:{customer}"
+        )))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
     holder
 }
 
@@ -861,12 +870,7 @@ async fn a_case_closes_its_complaint_whether_recorded_now_or_by_an_earlier_relea
 async fn a_customer_locked_elsewhere_fails_alone_and_everyone_else_is_stored() {
     let h = start_with_lock_timeout(std::time::Duration::from_millis(300)).await;
     // Another replica's transaction holds customer STUCK's lock and does not let go.
-    let mut holder = h.pool.acquire().await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(intake::store::customer_lock_id("customer:STUCK"))
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = hold_customer(&h, "STUCK").await;
     let mut calls = Vec::new();
     for (name, customer) in [("stuck", "STUCK"), ("stuck-again", "STUCK")]
         .into_iter()

@@ -119,6 +119,19 @@ pub struct EncodedEvent {
     pub payload: Vec<u8>,
 }
 
+/// Binds the five parameters of [`EventLog::insert_one_sql`], in its order.
+pub fn bind_event<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    event: &'q EncodedEvent,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(event.event_id)
+        .bind(&event.aggregate_id)
+        .bind(event.event_type)
+        .bind(event.occurred_at)
+        .bind(&event.payload)
+}
+
 /// The producer side: appends events inside the caller's transaction and serves them.
 #[derive(Clone)]
 pub struct EventLog {
@@ -259,6 +272,20 @@ impl EventLog {
             self.produced(event.event_type);
         }
         Ok(ids)
+    }
+
+    /// An `INSERT … SELECT $first…$first+4 FROM {source}` writing one encoded event into this
+    /// log, for a producer that writes a change and its event with one statement (as a CTE
+    /// over the change's `RETURNING`: no row there, no event). Bind with [`bind_event`]; call
+    /// [`EventLog::produced`] and [`EventLog::committed`] once it committed.
+    pub fn insert_one_sql(&self, source: &str, first: usize) -> String {
+        let params: Vec<String> = (first..first + 5).map(|n| format!("${n}")).collect();
+        format!(
+            "INSERT INTO {}.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
+             SELECT {} FROM {source}",
+            self.inner.schema,
+            params.join(", ")
+        )
     }
 
     /// Wakes the subscription streams after a commit that wrote events.

@@ -259,6 +259,15 @@ fn policy_for_category(id: &str, category: &str, calendar_id: &str) -> pb::Polic
     }
 }
 
+/// Delivery cases: first response within a business hour, then an update every 30 business
+/// minutes.
+async fn create_update_policy(h: &Harness) {
+    let mut policy = policy_for_category("chatty", "delivery", "standard");
+    policy.first_response = business(1);
+    policy.customer_update = minutes_business(30);
+    create_policy(&mut h.client(), policy).await;
+}
+
 async fn create_policy(client: &mut SlaServiceClient<Channel>, policy: pb::Policy) -> pb::Policy {
     client
         .create_policy(admin_req(pb::CreatePolicyRequest {
@@ -409,11 +418,7 @@ async fn a_warning_one_hour_before_the_deadline_fires_one_business_hour_before_i
 #[tokio::test]
 async fn the_update_target_never_overrides_the_first_response_target() {
     let h = Harness::start().await;
-    let mut client = h.client();
-    let mut policy = policy_for_category("chatty", "delivery", "standard");
-    policy.first_response = business(1);
-    policy.customer_update = minutes_business(30);
-    create_policy(&mut client, policy).await;
+    create_update_policy(&h).await;
     let case = h.open_case(sh(25, 9, 0), "delivery").await;
     // Before the first response there is no update clock: nothing is due at 09:30.
     let kinds: Vec<i32> = h.clocks(&case).await.iter().map(|c| c.kind).collect();
@@ -986,11 +991,7 @@ async fn two_replicas_fire_each_clock_overdue_after_downtime_exactly_once() {
 #[tokio::test]
 async fn a_run_of_openings_and_acknowledgements_applies_as_one_at_a_time_would() {
     let h = Harness::start().await;
-    let mut client = h.client();
-    let mut policy = policy_for_category("chatty", "delivery", "standard");
-    policy.first_response = business(1);
-    policy.customer_update = minutes_business(30);
-    create_policy(&mut client, policy).await;
+    create_update_policy(&h).await;
     let event = |case_id: &str, payload: Payload| Event {
         event_id: uuid::Uuid::now_v7().to_string(),
         aggregate_id: case_id.to_owned(),
