@@ -356,17 +356,17 @@ pub async fn repeat_candidates(
 /// contacts of one customer cannot both open a case. A contact is the same customer's when any of its identifiers
 /// matches, so every identifier given (`customer:…`, `phone:…`, `email:…`) is locked, in one
 /// order for all, with one statement after the `BEGIN`. No identifiers: no lock.
-pub async fn begin_for_customer(
-    pool: &PgPool,
+pub async fn begin_for_customer<'c>(
+    connection: &'c mut PgConnection,
     identifiers: &[String],
     lock_timeout: std::time::Duration,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, sqlx::Error> {
     // Lock ids are numbers computed here, never text from the request.
     let mut ids: Vec<i64> = identifiers.iter().map(|k| customer_lock_id(k)).collect();
     ids.sort_unstable();
     ids.dedup();
     if ids.is_empty() {
-        return pool.begin().await;
+        return sqlx::Connection::begin(connection).await;
     }
     // One statement whatever the count, taking the locks in the array's (sorted) order. The
     // transaction keeps generic plans: the repeat-contact lookup is a nested loop of index
@@ -377,8 +377,9 @@ pub async fn begin_for_customer(
     // The locks are not taken in the `BEGIN` round trip itself: when a statement of sqlx's
     // `begin_with` fails, the connection goes back to the pool inside the failed transaction
     // (sqlx 0.8 rolls back only transactions it counted as begun), poisoning its next user.
-    let mut tx = pool
-        .begin_with(format!(
+    let mut tx = sqlx::Connection::begin_with(
+        connection,
+        format!(
             "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '{}ms'",
             lock_timeout.as_millis().max(1)
         ))

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use complaints_kit::db::HeldConnection;
 use complaints_kit::events::{EncodedEvent, EventLog};
 use complaints_kit::grpc;
 use complaints_kit::time::to_timestamp;
@@ -140,10 +141,16 @@ impl Submitter {
 
 impl Writer {
     async fn run(self: Arc<Self>, receiver: Arc<Mutex<mpsc::Receiver<Job>>>) {
+        // The writer keeps its connection while submissions keep coming and gives it back
+        // when the queue runs dry (see `HeldConnection`).
+        let mut connection = HeldConnection::new(self.pool.clone());
         loop {
             let mut jobs = Vec::with_capacity(MAX_BATCH);
             {
                 let mut receiver = receiver.lock().await;
+                if receiver.is_empty() {
+                    connection.release();
+                }
                 if receiver.recv_many(&mut jobs, MAX_BATCH).await == 0 {
                     return;
                 }
@@ -151,20 +158,25 @@ impl Writer {
             // A panic must not take a writer away for good: its callers get an error (their
             // replies are dropped) and the writer goes on with the next batch.
             use futures_util::FutureExt as _;
-            if std::panic::AssertUnwindSafe(self.write(jobs))
+            if std::panic::AssertUnwindSafe(self.write(&mut connection, jobs))
                 .catch_unwind()
                 .await
                 .is_err()
             {
+                connection.release();
                 tracing::error!("submission writer panicked; its batch was answered with errors");
             }
         }
     }
 
-    async fn write(&self, jobs: Vec<Job>) {
+    async fn write(&self, connection: &mut HeldConnection, jobs: Vec<Job>) {
         self.batch_size.observe(jobs.len() as f64);
         let batch: Vec<&Prepared> = jobs.iter().map(|j| &j.prepared).collect();
-        match self.store(&batch, self.lock_timeout).await {
+        let stored = self.store(connection, &batch, self.lock_timeout).await;
+        if stored.is_err() {
+            connection.release();
+        }
+        match stored {
             Ok(outcomes) => {
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     let _ = job.reply.send(outcome);
@@ -183,9 +195,12 @@ impl Writer {
                     // A lock wait that ran out would otherwise be paid again, in full, by
                     // each call of the locked customer, and by everyone queued behind them.
                     let wait = self.lock_timeout.min(RETRY_LOCK_TIMEOUT);
-                    let outcome = match self.store(&[&job.prepared], wait).await {
+                    let outcome = match self.store(connection, &[&job.prepared], wait).await {
                         Ok(mut one) => one.remove(0),
-                        Err(error) => Err(error),
+                        Err(error) => {
+                            connection.release();
+                            Err(error)
+                        }
                     };
                     let _ = job.reply.send(outcome);
                 }
@@ -202,6 +217,7 @@ impl Writer {
     /// nothing was stored; once the transaction committed, each submission has its own answer.
     async fn store(
         &self,
+        connection: &mut HeldConnection,
         batch: &[&Prepared],
         lock_timeout: std::time::Duration,
     ) -> Result<Vec<Result<Outcome, Status>>, Status> {
@@ -231,7 +247,8 @@ impl Writer {
             .iter()
             .flat_map(|p| customer_identifiers(&p.complaint))
             .collect();
-        let mut tx = store::begin_for_customer(&self.pool, &identifiers, lock_timeout)
+        let connection = connection.get().await.map_err(storage)?;
+        let mut tx = store::begin_for_customer(connection, &identifiers, lock_timeout)
             .await
             .map_err(storage)?;
 

@@ -1,0 +1,81 @@
+//! The pool's connection checks and `HeldConnection`, against real Postgres.
+
+use std::time::Duration;
+
+use complaints_kit::db::{self, CHECK_IDLE_AFTER, HeldConnection};
+use complaints_kit::testing::fresh_database;
+use sqlx::{Connection, PgConnection};
+
+async fn backend_pid(conn: &mut PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .expect("backend pid")
+}
+
+async fn terminate(url: &str, pid: i32) {
+    let mut admin = PgConnection::connect(url).await.expect("admin connection");
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .expect("terminate backend");
+    assert!(ended, "backend {pid} was not terminated");
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_the_check_is_tested_and_replaced_when_dead() {
+    let database = fresh_database().await;
+    let pool = db::connect(&database.url, "pool-test", 1).await.unwrap();
+    let first = {
+        let mut conn = pool.acquire().await.unwrap();
+        backend_pid(&mut conn).await
+    };
+    terminate(&database.url, first).await;
+    tokio::time::sleep(CHECK_IDLE_AFTER + Duration::from_millis(200)).await;
+    // Without the check the pool would hand out the dead connection and this would fail.
+    let mut conn = pool.acquire().await.unwrap();
+    let second = backend_pid(&mut conn).await;
+    assert_ne!(first, second, "a fresh connection replaced the dead one");
+}
+
+#[tokio::test]
+async fn a_held_connection_is_kept_between_uses_and_given_back_on_release() {
+    let database = fresh_database().await;
+    let pool = db::connect(&database.url, "pool-test", 2).await.unwrap();
+    let mut held = HeldConnection::new(pool.clone());
+    assert!(!held.is_held());
+    let first = backend_pid(held.get().await.unwrap()).await;
+    {
+        let mut tx = Connection::begin(held.get().await.unwrap()).await.unwrap();
+        assert_eq!(backend_pid(&mut tx).await, first, "same connection");
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(backend_pid(held.get().await.unwrap()).await, first);
+    assert_eq!(pool.size() as usize - pool.num_idle(), 1, "held, not idle");
+
+    held.release();
+    assert!(!held.is_held());
+    // Given back: with the pool limited to two, two more can be taken at once.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let a = pool.acquire().await.unwrap();
+        let b = pool.acquire().await.unwrap();
+        drop((a, b));
+    })
+    .await
+    .expect("the released connection went back to the pool");
+
+    // A held connection that died fails its next use; after `release` the worker gets a
+    // working one.
+    let pid = backend_pid(held.get().await.unwrap()).await;
+    terminate(&database.url, pid).await;
+    assert!(
+        sqlx::query("SELECT 1")
+            .execute(held.get().await.unwrap())
+            .await
+            .is_err()
+    );
+    held.release();
+    let replaced = backend_pid(held.get().await.unwrap()).await;
+    assert_ne!(replaced, pid);
+}
