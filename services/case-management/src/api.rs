@@ -114,7 +114,10 @@ impl CaseApi {
         change: &Change,
         may: ChangeRule,
     ) -> Result<Option<CaseRow>, Status> {
-        let found = store::get(&self.pool, id)
+        // One connection for both statements: the pool pings a connection each time it
+        // comes back.
+        let mut conn = self.pool.acquire().await.map_err(|e| grpc::storage(&e))?;
+        let found = store::get(&mut *conn, id)
             .await
             .map_err(|e| grpc::storage(&e))?;
         let case = checked(principal, id, found, version, may, true)?;
@@ -129,7 +132,7 @@ impl CaseApi {
             .events
             .encode(&id.to_string(), &traceparent, planned.event);
         let saved = store::save_if_unchanged(
-            &self.pool,
+            &mut conn,
             &self.events,
             &planned.case,
             read_version,

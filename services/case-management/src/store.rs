@@ -296,12 +296,15 @@ pub async fn insert_cases(
     query.build_query_scalar().fetch_all(conn).await
 }
 
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<CaseRow>, sqlx::Error> {
+pub async fn get<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<CaseRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {CASE_COLUMNS} FROM cases.cases WHERE id = $1"
     ))
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 
@@ -379,7 +382,7 @@ pub async fn save(conn: &mut PgConnection, case: &CaseRow) -> Result<CaseRow, sq
 /// overwritten). `None`, and nothing written, when it moved on: the caller then takes the
 /// locked path. Three round trips and the BEGIN/COMMIT pair fewer than writing under a lock.
 pub async fn save_if_unchanged(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     events: &EventLog,
     case: &CaseRow,
     expected_version: i64,
@@ -411,7 +414,7 @@ pub async fn save_if_unchanged(
         .bind(&entry.note)
         .bind(entry.customer_visible);
     complaints_kit::events::bind_event(query, event)
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await
 }
 

@@ -940,3 +940,46 @@ async fn a_customer_locked_elsewhere_fails_alone_and_everyone_else_is_stored() {
     );
     h.service.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_that_times_out_leaves_the_connection_clean_for_its_next_use() {
+    let h = start().await;
+    let holder = hold_customer(&h, "HELD").await;
+    let mut conn = h.pool.acquire().await.unwrap();
+    let identifiers = ["customer:HELD".to_owned()];
+    let timeout = std::time::Duration::from_millis(50);
+    let failed = intake::store::begin_for_customer(&mut conn, &identifiers, timeout).await;
+    let error = failed.map(|_| ()).unwrap_err();
+    assert_eq!(
+        error.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("55P03"),
+        "{error}"
+    );
+    // No transaction left open, failed or not (two statements get two transaction ids), and
+    // no setting of it left behind.
+    let xid = "SELECT pg_current_xact_id()::text, current_setting('lock_timeout')";
+    let (first, lock_timeout): (String, String) = sqlx::query_as(xid)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("the connection is usable after the failed begin");
+    let (second, _): (String, String) = sqlx::query_as(xid).fetch_one(&mut *conn).await.unwrap();
+    assert_ne!(first, second, "a transaction was left open");
+    assert_eq!(lock_timeout, "0");
+    release(holder).await;
+    // The next batch on the same connection begins, holds the lock and commits.
+    let mut tx = intake::store::begin_for_customer(&mut conn, &identifiers, timeout)
+        .await
+        .unwrap();
+    let (locks, setting): (i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_locks
+                 WHERE pid = pg_backend_pid() AND locktype = 'advisory'),
+                current_setting('lock_timeout')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!((locks, setting.as_str()), (1, "50ms"));
+    tx.commit().await.unwrap();
+    drop(conn);
+    h.service.stop().await.unwrap();
+}

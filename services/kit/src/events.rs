@@ -76,6 +76,8 @@ const SETTLE_IDLE: Duration = Duration::from_millis(2);
 const SETTLE_BUSY: Duration = Duration::from_millis(25);
 /// How often an idle stream tells its consumer it is caught up.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Most events the shared tail keeps (a subscription further behind reads on its own).
+const TAIL_CAPACITY: usize = 2 * DEFAULT_BATCH as usize;
 
 /// Name of an event's payload, stored beside it for operators.
 pub fn payload_name(payload: &Payload) -> &'static str {
@@ -147,6 +149,10 @@ struct EventLogInner {
     insert_many_sql: String,
     fetch_sql: String,
     committed: watch::Sender<u64>,
+    /// The newest events read, shared by every subscription at the head of the log.
+    tail: std::sync::Mutex<Tail>,
+    /// Held while one subscription reads past the tail for all of them, with its connection.
+    tail_reader: tokio::sync::Mutex<Option<crate::db::HeldConnection>>,
 }
 
 impl EventLog {
@@ -174,6 +180,8 @@ impl EventLog {
                      LIMIT $3"
                 ),
                 committed,
+                tail: std::sync::Mutex::new(Tail::default()),
+                tail_reader: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -311,13 +319,23 @@ impl EventLog {
         let (pool_n, shutdown_n) = (pool.clone(), shutdown.clone());
         tokio::spawn(async move {
             let sql = format!("SELECT pg_notify('{}', '')", log.channel());
+            let mut connection = crate::db::HeldConnection::new(pool_n);
             loop {
                 tokio::select! {
                     _ = log.inner.notify_peers.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)), if connection.is_held() => {
+                        connection.release();
+                        continue;
+                    }
                     _ = shutdown_n.wait() => return,
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                if let Err(error) = sqlx::query(&sql).execute(&pool_n).await {
+                let sent = match connection.get().await {
+                    Ok(conn) => sqlx::query(&sql).execute(conn).await.map(drop),
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = sent {
+                    connection.release();
                     tracing::debug!(%error, "event notification not sent; peers will poll");
                 }
             }
@@ -412,10 +430,66 @@ impl EventLog {
         });
     }
 
-    /// Reads up to `limit` events released after `after`.
-    pub async fn read_after(
+    /// Up to `limit` events released after `after`, for a subscription.
+    ///
+    /// Subscriptions at the head of the log (every consumer that keeps up) share their reads:
+    /// the first to find nothing new in the tail reads the database for all of them, and the
+    /// others take what it read. A subscription behind the tail (catching up, or a new
+    /// consumer replaying from zero) reads on its own.
+    pub async fn next_after(
         &self,
         pool: &PgPool,
+        after: (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<Event>, sqlx::Error> {
+        let served = |after| {
+            self.inner
+                .tail
+                .lock()
+                .expect("tail")
+                .serve(after, limit as usize)
+        };
+        match served(after) {
+            Served::Events(events) => return Ok(events),
+            Served::Elsewhere => return self.read_after(pool, after, limit).await,
+            Served::AtEnd => {}
+        }
+        let mut reader = self.inner.tail_reader.lock().await;
+        // Another subscription may have read while this one waited.
+        match served(after) {
+            Served::Events(events) => return Ok(events),
+            Served::Elsewhere => return self.read_after(pool, after, limit).await,
+            Served::AtEnd => {}
+        }
+        // The reader keeps its connection while there is something to read (see
+        // `HeldConnection`).
+        let connection = reader.get_or_insert_with(|| crate::db::HeldConnection::new(pool.clone()));
+        let read = match connection.get().await {
+            Ok(conn) => self.read_after(conn, after, limit).await,
+            Err(error) => Err(error),
+        };
+        let events = match read {
+            Ok(events) => events,
+            Err(error) => {
+                connection.release();
+                return Err(error);
+            }
+        };
+        if events.is_empty() {
+            connection.release();
+        }
+        self.inner
+            .tail
+            .lock()
+            .expect("tail")
+            .append(after, &events, TAIL_CAPACITY);
+        Ok(events)
+    }
+
+    /// Reads up to `limit` events released after `after`.
+    pub async fn read_after<'e>(
+        &self,
+        db: impl sqlx::PgExecutor<'e>,
         after: (i64, i64),
         limit: i64,
     ) -> Result<Vec<Event>, sqlx::Error> {
@@ -423,7 +497,7 @@ impl EventLog {
             .bind(after.0)
             .bind(after.1)
             .bind(limit)
-            .fetch_all(pool)
+            .fetch_all(db)
             .await?;
         let mut events = Vec::with_capacity(rows.len());
         for row in rows {
@@ -509,7 +583,7 @@ impl EventStream for EventStreamService {
         tokio::spawn(async move {
             let mut idle_since = tokio::time::Instant::now();
             loop {
-                let events = match log.read_after(&pool, position, limit).await {
+                let events = match log.next_after(&pool, position, limit).await {
                     Ok(events) => events,
                     Err(error) => {
                         let _ = tx.send(Err(crate::grpc::storage(&error))).await;
@@ -739,6 +813,9 @@ impl<H: EventHandler> Consumer<H> {
             })
             .await?
             .into_inner();
+        // Kept while batches keep coming, given back when the stream goes quiet (an empty
+        // batch is a heartbeat: nothing new for seconds) and dropped with any error.
+        let mut connection = crate::db::HeldConnection::new(self.pool.clone());
         loop {
             let message = tokio::select! {
                 message = stream.message() => message?,
@@ -752,7 +829,10 @@ impl<H: EventHandler> Consumer<H> {
             // event committed after it began (positions are released below the oldest running
             // writer), so a long batch would stall every stream in the cluster.
             if batch.events.is_empty() {
-                cursor = self.apply_batch(cursor, &batch.events).await?;
+                cursor = self
+                    .apply_batch(&mut connection, cursor, &batch.events)
+                    .await?;
+                connection.release();
             }
             for chunk in batch.events.chunks(APPLY_CHUNK) {
                 let _turn = match &self.serial {
@@ -761,7 +841,7 @@ impl<H: EventHandler> Consumer<H> {
                 };
                 let (applied, produced) = BATCH_PRODUCED
                     .scope(std::cell::Cell::new(false), async {
-                        let applied = self.apply_batch(cursor, chunk).await;
+                        let applied = self.apply_batch(&mut connection, cursor, chunk).await;
                         (applied, BATCH_PRODUCED.with(|p| p.get()))
                     })
                     .await;
@@ -860,10 +940,11 @@ impl<H: EventHandler> Consumer<H> {
 
     async fn apply_batch(
         &self,
+        connection: &mut crate::db::HeldConnection,
         cursor: (i64, i64),
         events: &[Event],
     ) -> Result<(i64, i64), BatchError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = sqlx::Connection::begin(connection.get().await?).await?;
         let mut last = cursor;
         let mut fresh = Vec::with_capacity(events.len());
         for event in events {
@@ -913,5 +994,139 @@ impl<H: EventHandler> Consumer<H> {
         }
         tx.commit().await?;
         Ok(last)
+    }
+}
+
+fn position_of(event: &Event) -> (i64, i64) {
+    event
+        .position
+        .map(|p| (p.transaction_id as i64, p.sequence as i64))
+        .unwrap_or((0, 0))
+}
+
+/// The newest events read from the outbox, in order. Invariant: `events` holds every released
+/// event with a position in `(from, to]` and nothing else, which holds because reads return
+/// every released event after a position, in order, up to their limit (see the module
+/// comment), and the tail only grows by reads that start at its end.
+#[derive(Default)]
+struct Tail {
+    /// `None` until the first read.
+    range: Option<((i64, i64), (i64, i64))>,
+    events: std::collections::VecDeque<Event>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Served {
+    /// Events after the position, from the tail.
+    Events(Vec<Event>),
+    /// The position is the tail's end (or there is no tail yet): read on for everyone.
+    AtEnd,
+    /// The position is outside the tail: read on its own.
+    Elsewhere,
+}
+
+impl Tail {
+    fn serve(&self, after: (i64, i64), limit: usize) -> Served {
+        let Some((from, to)) = self.range else {
+            return Served::AtEnd;
+        };
+        if after == to {
+            return Served::AtEnd;
+        }
+        if after < from || after > to {
+            return Served::Elsewhere;
+        }
+        let first = self.events.partition_point(|e| position_of(e) <= after);
+        Served::Events(
+            self.events
+                .iter()
+                .skip(first)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Records what a read after `after` returned; ignored unless it starts at the end.
+    fn append(&mut self, after: (i64, i64), events: &[Event], capacity: usize) {
+        let (from, to) = match self.range {
+            None => (after, after),
+            Some((from, to)) if to == after => (from, to),
+            Some(_) => return,
+        };
+        let to = events.last().map(position_of).unwrap_or(to);
+        self.events.extend(events.iter().cloned());
+        let mut from = from;
+        while self.events.len() > capacity {
+            if let Some(dropped) = self.events.pop_front() {
+                from = position_of(&dropped);
+            }
+        }
+        self.range = Some((from, to));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(txid: i64, seq: i64) -> Event {
+        Event {
+            event_id: format!("{txid}-{seq}"),
+            position: Some(Position {
+                transaction_id: txid as u64,
+                sequence: seq as u64,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn ids(served: Served) -> Vec<String> {
+        match served {
+            Served::Events(events) => events.into_iter().map(|e| e.event_id).collect(),
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_tail_asks_for_a_read_and_starts_where_it_began() {
+        let mut tail = Tail::default();
+        assert_eq!(tail.serve((5, 1), 10), Served::AtEnd);
+        tail.append((5, 1), &[event(5, 2), event(7, 3)], 100);
+        // The subscription that read, and one that was where it started, both continue.
+        assert_eq!(tail.serve((7, 3), 10), Served::AtEnd);
+        assert_eq!(ids(tail.serve((5, 1), 10)), ["5-2", "7-3"]);
+        assert_eq!(ids(tail.serve((5, 2), 10)), ["7-3"]);
+        // Before the start, or past the end: not the tail's to answer.
+        assert_eq!(tail.serve((4, 9), 10), Served::Elsewhere);
+        assert_eq!(tail.serve((9, 9), 10), Served::Elsewhere);
+    }
+
+    #[test]
+    fn reads_from_the_end_extend_the_tail_and_other_reads_are_ignored() {
+        let mut tail = Tail::default();
+        tail.append((0, 0), &[event(3, 1)], 100);
+        // A read that found nothing leaves the end where it was.
+        tail.append((3, 1), &[], 100);
+        assert_eq!(tail.serve((3, 1), 10), Served::AtEnd);
+        // A read by a subscription catching up elsewhere does not touch the tail.
+        tail.append((1, 0), &[event(2, 1), event(3, 1)], 100);
+        assert_eq!(ids(tail.serve((0, 0), 10)), ["3-1"]);
+        tail.append((3, 1), &[event(4, 2), event(4, 3), event(6, 4)], 100);
+        assert_eq!(ids(tail.serve((0, 0), 10)), ["3-1", "4-2", "4-3", "6-4"]);
+        assert_eq!(ids(tail.serve((0, 0), 2)), ["3-1", "4-2"], "limit");
+        // A position between events (a cursor from before a gap) gets what follows it.
+        assert_eq!(ids(tail.serve((4, 9), 10)), ["6-4"]);
+    }
+
+    #[test]
+    fn a_full_tail_forgets_its_oldest_events_and_their_range() {
+        let mut tail = Tail::default();
+        tail.append((0, 0), &[event(1, 1), event(1, 2), event(2, 3)], 2);
+        assert_eq!(tail.serve((0, 0), 10), Served::Elsewhere);
+        assert_eq!(ids(tail.serve((1, 1), 10)), ["1-2", "2-3"]);
+        tail.append((2, 3), &[event(3, 4)], 2);
+        assert_eq!(tail.serve((1, 1), 10), Served::Elsewhere);
+        assert_eq!(ids(tail.serve((1, 2), 10)), ["2-3", "3-4"]);
     }
 }
