@@ -279,7 +279,7 @@ async fn a_complaint_is_one_trace_across_all_five_services() {
 
     // Wait until spans of all five services arrived for the complaint's trace.
     let spans = eventually(
-        "spans of all five services in one trace",
+        "spans of all five services in one trace, each with its parent",
         Duration::from_secs(30),
         || {
             let receiver = receiver.clone();
@@ -313,8 +313,18 @@ async fn a_complaint_is_one_trace_across_all_five_services() {
                 let invited = in_trace.iter().any(|s| {
                     s.service == "feedback-survey" && s.name == "process CaseStatusChanged"
                 });
-                (SERVICES.iter().all(|s| services.contains(s)) && breach && escalated && invited)
-                    .then_some(in_trace)
+                // Each service exports on its own schedule: a consumer's span can arrive
+                // before the span of the call that wrote its event. Wait for the parents too
+                // (asserted below, with the span that lacks one).
+                let ids: HashSet<&Vec<u8>> = in_trace.iter().map(|s| &s.span_id).collect();
+                let parented = in_trace.iter().all(|s| {
+                    s.parent_span_id.is_empty()
+                        || ids.contains(&s.parent_span_id)
+                        || s.links.iter().any(|l| ids.contains(l))
+                });
+                let complete =
+                    SERVICES.iter().all(|s| services.contains(s)) && breach && escalated && invited;
+                (complete && parented).then_some(in_trace)
             }
         },
     )

@@ -173,8 +173,9 @@ impl Writer {
         self.batch_size.observe(jobs.len() as f64);
         let batch: Vec<&Prepared> = jobs.iter().map(|j| &j.prepared).collect();
         let stored = self.store(connection, &batch, self.lock_timeout).await;
-        if stored.is_err() {
-            connection.release();
+        match &stored {
+            Ok(_) => connection.finish(),
+            Err(_) => connection.release(),
         }
         match stored {
             Ok(outcomes) => {
@@ -196,7 +197,10 @@ impl Writer {
                     // each call of the locked customer, and by everyone queued behind them.
                     let wait = self.lock_timeout.min(RETRY_LOCK_TIMEOUT);
                     let outcome = match self.store(connection, &[&job.prepared], wait).await {
-                        Ok(mut one) => one.remove(0),
+                        Ok(mut one) => {
+                            connection.finish();
+                            one.remove(0)
+                        }
                         Err(error) => {
                             connection.release();
                             Err(error)

@@ -89,9 +89,9 @@ pub async fn connect(
 ///
 /// sqlx pings a connection every time it goes back to the pool (one more round trip per
 /// transaction, which no option turns off); a worker that keeps its connection pays that once
-/// per busy spell instead. The worker gives it back when it runs out of work (`release`) and
-/// after any error, so a connection in an unknown state is never reused here: the pool checks
-/// and cleans it.
+/// per busy spell instead. The worker gives it back when it runs out of work (`release`), when
+/// the pool has no other connection to spare (`finish`), and after any error, so a connection
+/// in an unknown state is never reused here: the pool checks and cleans it.
 pub struct HeldConnection {
     pool: PgPool,
     connection: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
@@ -116,6 +116,17 @@ impl HeldConnection {
     /// Gives the connection back to the pool (idle worker, or after an error).
     pub fn release(&mut self) {
         self.connection = None;
+    }
+
+    /// Ends one use: the connection is kept only while the pool has another to spare (an idle
+    /// one, or room for a new one), so workers that keep theirs never starve the others; a
+    /// caller waiting for a connection waits at most one use of a kept one.
+    pub fn finish(&mut self) {
+        let spare = self.pool.num_idle() > 0
+            || self.pool.size() < self.pool.options().get_max_connections();
+        if !spare {
+            self.release();
+        }
     }
 
     pub fn is_held(&self) -> bool {

@@ -151,8 +151,8 @@ struct EventLogInner {
     committed: watch::Sender<u64>,
     /// The newest events read, shared by every subscription at the head of the log.
     tail: std::sync::Mutex<Tail>,
-    /// Held while one subscription reads past the tail for all of them, with its connection.
-    tail_reader: tokio::sync::Mutex<Option<crate::db::HeldConnection>>,
+    /// Held while one subscription reads past the tail for all of them.
+    tail_reader: tokio::sync::Mutex<()>,
 }
 
 impl EventLog {
@@ -181,7 +181,7 @@ impl EventLog {
                 ),
                 committed,
                 tail: std::sync::Mutex::new(Tail::default()),
-                tail_reader: tokio::sync::Mutex::new(None),
+                tail_reader: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -334,9 +334,12 @@ impl EventLog {
                     Ok(conn) => sqlx::query(&sql).execute(conn).await.map(drop),
                     Err(error) => Err(error),
                 };
-                if let Err(error) = sent {
-                    connection.release();
-                    tracing::debug!(%error, "event notification not sent; peers will poll");
+                match sent {
+                    Ok(()) => connection.finish(),
+                    Err(error) => {
+                        connection.release();
+                        tracing::debug!(%error, "event notification not sent; peers will poll");
+                    }
                 }
             }
         });
@@ -454,30 +457,14 @@ impl EventLog {
             Served::Elsewhere => return self.read_after(pool, after, limit).await,
             Served::AtEnd => {}
         }
-        let mut reader = self.inner.tail_reader.lock().await;
+        let _reader = self.inner.tail_reader.lock().await;
         // Another subscription may have read while this one waited.
         match served(after) {
             Served::Events(events) => return Ok(events),
             Served::Elsewhere => return self.read_after(pool, after, limit).await,
             Served::AtEnd => {}
         }
-        // The reader keeps its connection while there is something to read (see
-        // `HeldConnection`).
-        let connection = reader.get_or_insert_with(|| crate::db::HeldConnection::new(pool.clone()));
-        let read = match connection.get().await {
-            Ok(conn) => self.read_after(conn, after, limit).await,
-            Err(error) => Err(error),
-        };
-        let events = match read {
-            Ok(events) => events,
-            Err(error) => {
-                connection.release();
-                return Err(error);
-            }
-        };
-        if events.is_empty() {
-            connection.release();
-        }
+        let events = self.read_after(pool, after, limit).await?;
         self.inner
             .tail
             .lock()
@@ -846,6 +833,7 @@ impl<H: EventHandler> Consumer<H> {
                     })
                     .await;
                 cursor = applied?;
+                connection.finish();
                 if produced {
                     self.handler.after_commit();
                 }

@@ -79,3 +79,24 @@ async fn a_held_connection_is_kept_between_uses_and_given_back_on_release() {
     let replaced = backend_pid(held.get().await.unwrap()).await;
     assert_ne!(replaced, pid);
 }
+
+#[tokio::test]
+async fn a_held_connection_is_kept_only_while_the_pool_has_another_to_spare() {
+    let database = fresh_database().await;
+    let pool = db::connect(&database.url, "pool-test", 2).await.unwrap();
+    let mut held = HeldConnection::new(pool.clone());
+    held.get().await.unwrap();
+    held.finish();
+    assert!(held.is_held(), "room for a second connection: kept");
+
+    // Someone else takes the last connection: the next use ends by giving this one back.
+    let other = pool.acquire().await.unwrap();
+    held.get().await.unwrap();
+    held.finish();
+    assert!(!held.is_held(), "nothing to spare: given back");
+    let waiting = tokio::time::timeout(Duration::from_secs(5), pool.acquire())
+        .await
+        .expect("a caller waiting for a connection gets the one given back")
+        .unwrap();
+    drop((other, waiting));
+}
