@@ -1007,9 +1007,10 @@ struct Tail {
 enum Served {
     /// Events after the position, from the tail.
     Events(Vec<Event>),
-    /// The position is the tail's end (or there is no tail yet): read on for everyone.
+    /// The position is the tail's end, past it, or there is no tail yet: read on for everyone
+    /// (a read from past the end starts the tail again there).
     AtEnd,
-    /// The position is outside the tail: read on its own.
+    /// The position is before the tail: read on its own.
     Elsewhere,
 }
 
@@ -1018,10 +1019,12 @@ impl Tail {
         let Some((from, to)) = self.range else {
             return Served::AtEnd;
         };
-        if after == to {
+        if after >= to {
+            // Past the end: the subscriptions that kept this tail going have left (moved to
+            // another replica, say), and one further on would otherwise read alone for good.
             return Served::AtEnd;
         }
-        if after < from || after > to {
+        if after < from {
             return Served::Elsewhere;
         }
         let first = self.events.partition_point(|e| position_of(e) <= after);
@@ -1035,12 +1038,16 @@ impl Tail {
         )
     }
 
-    /// Records what a read after `after` returned; ignored unless it starts at the end.
+    /// Records what a read after `after` returned: extends the tail when the read started at
+    /// its end, starts it again when the read started past it, and is ignored otherwise.
     fn append(&mut self, after: (i64, i64), events: &[Event], capacity: usize) {
         let (from, to) = match self.range {
-            None => (after, after),
             Some((from, to)) if to == after => (from, to),
-            Some(_) => return,
+            Some((_, to)) if after < to => return,
+            _ => {
+                self.events.clear();
+                (after, after)
+            }
         };
         let to = events.last().map(position_of).unwrap_or(to);
         self.events.extend(events.iter().cloned());
@@ -1085,9 +1092,8 @@ mod tests {
         assert_eq!(tail.serve((7, 3), 10), Served::AtEnd);
         assert_eq!(ids(tail.serve((5, 1), 10)), ["5-2", "7-3"]);
         assert_eq!(ids(tail.serve((5, 2), 10)), ["7-3"]);
-        // Before the start, or past the end: not the tail's to answer.
+        // Before the start: not the tail's to answer.
         assert_eq!(tail.serve((4, 9), 10), Served::Elsewhere);
-        assert_eq!(tail.serve((9, 9), 10), Served::Elsewhere);
     }
 
     #[test]
@@ -1105,6 +1111,22 @@ mod tests {
         assert_eq!(ids(tail.serve((0, 0), 2)), ["3-1", "4-2"], "limit");
         // A position between events (a cursor from before a gap) gets what follows it.
         assert_eq!(ids(tail.serve((4, 9), 10)), ["6-4"]);
+    }
+
+    #[test]
+    fn a_read_from_past_the_end_starts_the_tail_again_there() {
+        let mut tail = Tail::default();
+        tail.append((0, 0), &[event(1, 1), event(2, 2)], 100);
+        // Whoever kept the tail going left; a subscription further on reads for everyone.
+        assert_eq!(tail.serve((5, 7), 10), Served::AtEnd);
+        tail.append((5, 7), &[event(6, 8), event(6, 9)], 100);
+        assert_eq!(ids(tail.serve((5, 7), 10)), ["6-8", "6-9"]);
+        assert_eq!(ids(tail.serve((6, 8), 10)), ["6-9"]);
+        assert_eq!(tail.serve((6, 9), 10), Served::AtEnd);
+        // The old events are gone with the old range: what lies between (2, 2) and (5, 7)
+        // was never read here, so a subscription there reads on its own.
+        assert_eq!(tail.serve((2, 2), 10), Served::Elsewhere);
+        assert_eq!(tail.serve((0, 0), 10), Served::Elsewhere);
     }
 
     #[test]

@@ -641,3 +641,37 @@ async fn runs_of_hot_kinds_go_to_apply_set_in_order_and_only_batches_that_wrote_
     let _ = handle.await;
     producer.trigger.trigger();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_whose_kept_connection_dies_resumes_and_applies_each_event_once() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    let consumer = start_consumer(&db.url, "main", &producer.url, recorder("main")).await;
+    for i in 0..5 {
+        write_event(&producer, &format!("agg-{i}")).await;
+    }
+    wait_applied(&producer.pool, "main", 5).await;
+    // The consumer keeps its connection between batches; kill it (and its pool's others), as
+    // a database restart or a network cut would.
+    let (killed,): (i64,) = sqlx::query_as(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'consumer'",
+    )
+    .fetch_one(&producer.pool)
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the consumer held a connection");
+    for i in 0..5 {
+        write_event(&producer, &format!("agg-{i}")).await;
+    }
+    wait_applied(&producer.pool, "main", 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (max_times,): (i32,) = sqlx::query_as("SELECT max(times) FROM consumer_test.applied")
+        .fetch_one(&producer.pool)
+        .await
+        .unwrap();
+    assert_eq!(max_times, 1, "no event applied twice");
+    assert_eq!(applied(&producer.pool, "main").await, 10);
+    consumer.stop().await;
+    producer.trigger.trigger();
+}
