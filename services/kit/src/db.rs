@@ -119,8 +119,9 @@ impl HeldConnection {
     }
 
     /// Ends one use: the connection is kept only while the pool has another to spare (an idle
-    /// one, or room for a new one), so workers that keep theirs never starve the others; a
-    /// caller waiting for a connection waits at most one use of a kept one.
+    /// one, or room for a new one), so workers that keep theirs do not starve the others. The
+    /// check is made when a use ends: if the pool runs dry later, a caller waits until a
+    /// keeper's next use ends or it goes idle (a consumer: at the next heartbeat, 5 s).
     pub fn finish(&mut self) {
         let spare = self.pool.num_idle() > 0
             || self.pool.size() < self.pool.options().get_max_connections();
