@@ -213,6 +213,18 @@ async fn wait_applied(pool: &PgPool, source: &str, expected: i64) {
     .await;
 }
 
+/// After a moment for any late duplicate: `source` applied exactly `expected` events and no
+/// event anywhere was applied twice.
+async fn assert_applied_once(pool: &PgPool, source: &str, expected: i64) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (max_times,): (i32,) = sqlx::query_as("SELECT max(times) FROM consumer_test.applied")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(max_times, 1, "no event applied twice");
+    assert_eq!(applied(pool, source).await, expected);
+}
+
 fn recorder(source: &str) -> Arc<Recorder> {
     Arc::new(Recorder {
         source: source.into(),
@@ -282,13 +294,7 @@ async fn a_stopped_consumer_catches_up_and_a_new_one_replays_from_zero() {
     wait_applied(&producer.pool, "main", 25).await;
     let fresh = start_consumer(&db.url, "replay", &producer.url, recorder("replay")).await;
     wait_applied(&producer.pool, "replay", 25).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (max_times,): (i32,) = sqlx::query_as("SELECT max(times) FROM consumer_test.applied")
-        .fetch_one(&producer.pool)
-        .await
-        .unwrap();
-    assert_eq!(max_times, 1, "no event applied twice");
-    assert_eq!(applied(&producer.pool, "main").await, 25);
+    assert_applied_once(&producer.pool, "main", 25).await;
     // Catching up from behind happens in batches, not one transaction per event.
     let (transactions,): (i64,) = sqlx::query_as(
         "SELECT count(DISTINCT consumer_txid) FROM consumer_test.applied WHERE source = 'replay'",
@@ -665,13 +671,7 @@ async fn a_consumer_whose_kept_connection_dies_resumes_and_applies_each_event_on
         write_event(&producer, &format!("agg-{i}")).await;
     }
     wait_applied(&producer.pool, "main", 10).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (max_times,): (i32,) = sqlx::query_as("SELECT max(times) FROM consumer_test.applied")
-        .fetch_one(&producer.pool)
-        .await
-        .unwrap();
-    assert_eq!(max_times, 1, "no event applied twice");
-    assert_eq!(applied(&producer.pool, "main").await, 10);
+    assert_applied_once(&producer.pool, "main", 10).await;
     consumer.stop().await;
     producer.trigger.trigger();
 }
