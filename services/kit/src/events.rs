@@ -68,12 +68,12 @@ pub const CURSOR_MIGRATION: Migration = Migration {
 
 pub const DEFAULT_BATCH: u32 = 500;
 /// Most events a consumer applies in one transaction.
-const APPLY_CHUNK: usize = 32;
+const APPLY_CHUNK: usize = 64;
 const MAX_BATCH: u32 = 2000;
 const POLL_FALLBACK: Duration = Duration::from_millis(200);
 /// How long a woken stream waits for more commits before reading, when idle and when busy.
 const SETTLE_IDLE: Duration = Duration::from_millis(2);
-const SETTLE_BUSY: Duration = Duration::from_millis(25);
+const SETTLE_BUSY: Duration = Duration::from_millis(50);
 /// How often an idle stream tells its consumer it is caught up.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Most events the shared tail keeps (a subscription further behind reads on its own).
@@ -635,9 +635,11 @@ pub trait EventHandler: Send + Sync + 'static {
         false
     }
 
-    /// Applies a run of consecutive events for which [`EventHandler::in_sets`] holds, in
-    /// order, with set-based statements: a few round trips per run instead of several per
-    /// event. Runs inside a span linked to every event's trace.
+    /// Applies a run of events for which [`EventHandler::in_sets`] holds, in order, with
+    /// set-based statements: a few round trips per run instead of several per event. Runs
+    /// inside a span linked to every event's trace. A chunk's set events go first, ahead of
+    /// other aggregates' events that came before them (never of their own aggregate's), so
+    /// effects of events of different aggregates must not depend on each other's order.
     fn apply_set<'a>(
         &'a self,
         tx: &'a mut PgConnection,
@@ -649,6 +651,30 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Runs after a batch that wrote events committed (e.g. to wake this service's own
     /// subscribers); batches that wrote none skip it, so they wake nobody.
     fn after_commit(&self) {}
+}
+
+/// The order a chunk is applied in: first, as one run, every event the handler takes in sets
+/// (`in_sets`) that no event of the same aggregate left behind precedes; then the others, in
+/// their order. Each aggregate's events keep their order (the delivery contract); only
+/// events of different aggregates change places, so a chunk of openings with a few repeat
+/// contacts among them is one set-based run instead of one per gap.
+fn set_first<'e>(
+    events: Vec<Incoming<'e>>,
+    in_sets: impl Fn(&Event) -> bool,
+) -> (Vec<Incoming<'e>>, Vec<Incoming<'e>>) {
+    let mut left_behind: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let (mut sets, mut rest) = (Vec::new(), Vec::new());
+    for incoming in events {
+        let event: &'e Event = incoming.event;
+        let aggregate = event.aggregate_id.as_str();
+        if in_sets(event) && !left_behind.contains(aggregate) {
+            sets.push(incoming);
+        } else {
+            left_behind.insert(aggregate);
+            rest.push(incoming);
+        }
+    }
+    (sets, rest)
 }
 
 /// An event to apply, with the span of its processing (a child of the trace it carries).
@@ -950,7 +976,11 @@ impl<H: EventHandler> Consumer<H> {
             last = position;
         }
         let handler = &*self.handler;
-        for run in fresh.chunk_by(|a, b| handler.in_sets(a.event) == handler.in_sets(b.event)) {
+        let (sets, rest) = set_first(fresh, |event| handler.in_sets(event));
+        let runs = std::iter::once(&sets[..])
+            .filter(|run| !run.is_empty())
+            .chain(rest.chunk_by(|a, b| handler.in_sets(a.event) == handler.in_sets(b.event)));
+        for run in runs {
             if handler.in_sets(run[0].event) {
                 use tracing::Instrument as _;
                 handler
@@ -1138,5 +1168,64 @@ mod tests {
         tail.append((2, 3), &[event(3, 4)], 2);
         assert_eq!(tail.serve((1, 1), 10), Served::Elsewhere);
         assert_eq!(ids(tail.serve((1, 2), 10)), ["2-3", "3-4"]);
+    }
+
+    fn of(aggregate: &str, kind: &str) -> Event {
+        Event {
+            event_id: format!("{aggregate}:{kind}"),
+            aggregate_id: aggregate.into(),
+            ..Default::default()
+        }
+    }
+
+    fn order(events: &[Event]) -> (Vec<String>, Vec<String>) {
+        let incoming = events
+            .iter()
+            .map(|event| Incoming {
+                event,
+                span: tracing::Span::none(),
+            })
+            .collect();
+        let (sets, rest) = set_first(incoming, |e| e.event_id.ends_with(":set"));
+        let ids = |v: Vec<Incoming>| v.iter().map(|i| i.event.event_id.clone()).collect();
+        (ids(sets), ids(rest))
+    }
+
+    #[test]
+    fn set_events_go_first_past_other_aggregates_never_past_their_own() {
+        let events = [
+            of("a", "set"),
+            of("b", "single"),
+            of("c", "set"),
+            of("b", "set"),
+            of("d", "set"),
+            of("a", "single"),
+            of("a", "set"),
+            of("e", "set"),
+        ];
+        let (sets, rest) = order(&events);
+        // c, d and e pass b's single; b's set stays behind it, a's last set behind a's single.
+        assert_eq!(sets, ["a:set", "c:set", "d:set", "e:set"]);
+        assert_eq!(rest, ["b:single", "b:set", "a:single", "a:set"]);
+        // Per aggregate, the order of the input.
+        for aggregate in ["a", "b", "c", "d", "e"] {
+            let mine = |v: &[String]| -> Vec<String> {
+                v.iter()
+                    .filter(|id| id.starts_with(aggregate))
+                    .cloned()
+                    .collect()
+            };
+            let applied: Vec<String> = [sets.clone(), rest.clone()].concat();
+            let given: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+            assert_eq!(mine(&applied), mine(&given), "aggregate {aggregate}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_without_set_events_keeps_its_order() {
+        let events = [of("a", "single"), of("b", "single"), of("a", "single")];
+        let (sets, rest) = order(&events);
+        assert!(sets.is_empty());
+        assert_eq!(rest, ["a:single", "b:single", "a:single"]);
     }
 }
