@@ -629,8 +629,8 @@ pub trait EventHandler: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
 
     /// Whether the handler applies `event` through [`EventHandler::apply_set`], together with
-    /// the neighbouring events for which this also holds (its hot event kinds; a run may mix
-    /// kinds if the handler says yes to several).
+    /// the other events of the chunk for which this also holds (its hot event kinds; a run may
+    /// mix kinds if the handler says yes to several; see `apply_set` for the order).
     fn in_sets(&self, _event: &Event) -> bool {
         false
     }
@@ -657,7 +657,8 @@ pub trait EventHandler: Send + Sync + 'static {
 /// (`in_sets`) that no event of the same aggregate left behind precedes; then the others, in
 /// their order. Each aggregate's events keep their order (the delivery contract); only
 /// events of different aggregates change places, so a chunk of openings with a few repeat
-/// contacts among them is one set-based run instead of one per gap.
+/// contacts among them is one set-based run instead of one per gap. Events without an
+/// aggregate id count as one aggregate.
 fn set_first<'e>(
     events: Vec<Incoming<'e>>,
     in_sets: impl Fn(&Event) -> bool,

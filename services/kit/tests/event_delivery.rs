@@ -556,10 +556,12 @@ async fn runs_of_hot_kinds_go_to_apply_set_in_order_and_only_batches_that_wrote_
     for _ in 0..6 {
         write_event(&producer, "s").await;
     }
+    // Another aggregate's set event, last in the stream.
+    write_event(&producer, "t").await;
     // Released once every older transaction of the cluster has ended (other tests share it).
-    eventually("six events released", Duration::from_secs(20), || {
+    eventually("seven events released", Duration::from_secs(20), || {
         let (log, pool) = (producer.log.clone(), producer.pool.clone());
-        async move { (log.read_after(&pool, (0, 0), 100).await.unwrap().len() == 6).then_some(()) }
+        async move { (log.read_after(&pool, (0, 0), 100).await.unwrap().len() == 7).then_some(()) }
     })
     .await;
     let (trigger, shutdown) = Shutdown::new();
@@ -598,16 +600,17 @@ async fn runs_of_hot_kinds_go_to_apply_set_in_order_and_only_batches_that_wrote_
             .await
         }
     };
-    applied(6).await;
+    applied(7).await;
     assert_eq!(
         *handler.runs.lock().unwrap(),
         vec![
-            (true, vec![1, 2]),
+            (true, vec![1, 2, 1]),
             (false, vec![3]),
             (true, vec![4, 5]),
             (false, vec![6]),
         ],
-        "runs split wherever the handler's answer changes, in stream order"
+        "one aggregate's runs split wherever the handler's answer changes, in stream order; \
+         the other aggregate's set event joins the chunk's first run"
     );
     // The handler records its runs before the batch commits; `after_commit` follows the commit.
     eventually(
@@ -635,7 +638,7 @@ async fn runs_of_hot_kinds_go_to_apply_set_in_order_and_only_batches_that_wrote_
     // Batches that write nothing wake nobody.
     write_event(&producer, "s").await;
     write_event(&producer, "s").await;
-    applied(8).await;
+    applied(9).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         handler
