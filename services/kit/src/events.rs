@@ -439,38 +439,53 @@ impl EventLog {
     /// the first to find nothing new in the tail reads the database for all of them, and the
     /// others take what it read. A subscription behind the tail (catching up, or a new
     /// consumer replaying from zero) reads on its own.
+    ///
+    /// Also says whether the subscriber is caught up with them: fewer than `limit` events from
+    /// the database, or from a tail whose end was read a moment ago (within the poll interval,
+    /// as fresh as a polling stream ever is). A tail read long ago may end before what has been
+    /// released since, so a subscription served from it reads on.
     pub async fn next_after(
         &self,
         pool: &PgPool,
         after: (i64, i64),
         limit: i64,
-    ) -> Result<Vec<Event>, sqlx::Error> {
+    ) -> Result<(Vec<Event>, bool), sqlx::Error> {
+        let short = |events: &Vec<Event>| events.len() < limit as usize;
         let served = |after| {
-            self.inner
-                .tail
-                .lock()
-                .expect("tail")
-                .serve(after, limit as usize)
+            let tail = self.inner.tail.lock().expect("tail");
+            match tail.serve(after, limit as usize) {
+                Served::Events(events) => {
+                    let caught_up = tail.is_current(std::time::Instant::now()) && short(&events);
+                    Served::Events((events, caught_up))
+                }
+                Served::AtEnd => Served::AtEnd,
+                Served::Elsewhere => Served::Elsewhere,
+            }
+        };
+        let alone = |events: Vec<Event>| {
+            let caught_up = short(&events);
+            (events, caught_up)
         };
         match served(after) {
-            Served::Events(events) => return Ok(events),
-            Served::Elsewhere => return self.read_after(pool, after, limit).await,
+            Served::Events(batch) => return Ok(batch),
+            Served::Elsewhere => return self.read_after(pool, after, limit).await.map(alone),
             Served::AtEnd => {}
         }
         let _reader = self.inner.tail_reader.lock().await;
         // Another subscription may have read while this one waited.
         match served(after) {
-            Served::Events(events) => return Ok(events),
-            Served::Elsewhere => return self.read_after(pool, after, limit).await,
+            Served::Events(batch) => return Ok(batch),
+            Served::Elsewhere => return self.read_after(pool, after, limit).await.map(alone),
             Served::AtEnd => {}
         }
+        let started = std::time::Instant::now();
         let events = self.read_after(pool, after, limit).await?;
-        self.inner
-            .tail
-            .lock()
-            .expect("tail")
-            .append(after, &events, TAIL_CAPACITY);
-        Ok(events)
+        let mut tail = self.inner.tail.lock().expect("tail");
+        if tail.append(after, &events, TAIL_CAPACITY) {
+            tail.end_read = Some(started);
+        }
+        drop(tail);
+        Ok(alone(events))
     }
 
     /// Reads up to `limit` events released after `after`.
@@ -569,30 +584,30 @@ impl EventStream for EventStreamService {
         let mut wake = log.inner.committed.subscribe();
         tokio::spawn(async move {
             let mut idle_since = tokio::time::Instant::now();
+            // Whether the subscriber has yet to hear that it is caught up (a new subscription
+            // hears it at once, even from an empty log).
+            let mut owed_caught_up = true;
             loop {
-                let events = match log.next_after(&pool, position, limit).await {
-                    Ok(events) => events,
+                let (events, caught_up) = match log.next_after(&pool, position, limit).await {
+                    Ok(batch) => batch,
                     Err(error) => {
                         let _ = tx.send(Err(crate::grpc::storage(&error))).await;
                         return;
                     }
                 };
-                let full = events.len() as i64 == limit;
                 let busy = !events.is_empty();
                 if let Some(last) = events.last().and_then(|e| e.position) {
                     position = (last.transaction_id as i64, last.sequence as i64);
-                    let response = SubscribeResponse {
-                        events,
-                        caught_up: !full,
-                    };
+                    let response = SubscribeResponse { events, caught_up };
                     if tx.send(Ok(response)).await.is_err() {
                         return;
                     }
                     idle_since = tokio::time::Instant::now();
-                    if full {
+                    owed_caught_up = !caught_up;
+                    if !caught_up {
                         continue;
                     }
-                } else if idle_since.elapsed() >= HEARTBEAT {
+                } else if owed_caught_up || idle_since.elapsed() >= HEARTBEAT {
                     let heartbeat = SubscribeResponse {
                         events: Vec::new(),
                         caught_up: true,
@@ -601,6 +616,7 @@ impl EventStream for EventStreamService {
                         return;
                     }
                     idle_since = tokio::time::Instant::now();
+                    owed_caught_up = false;
                 }
                 tokio::select! {
                     _ = wake.changed() => {
@@ -1032,12 +1048,14 @@ struct Tail {
     /// `None` until the first read.
     range: Option<((i64, i64), (i64, i64))>,
     events: std::collections::VecDeque<Event>,
+    /// When the read that reached the tail's end started.
+    end_read: Option<std::time::Instant>,
 }
 
 #[derive(Debug, PartialEq)]
-enum Served {
+enum Served<E = Vec<Event>> {
     /// Events after the position, from the tail.
-    Events(Vec<Event>),
+    Events(E),
     /// The position is the tail's end, past it, or there is no tail yet: read on for everyone
     /// (a read from past the end starts the tail again there).
     AtEnd,
@@ -1069,12 +1087,19 @@ impl Tail {
         )
     }
 
+    /// Whether the tail's end was read within the poll interval before `now`.
+    fn is_current(&self, now: std::time::Instant) -> bool {
+        self.end_read
+            .is_some_and(|started| now.duration_since(started) < POLL_FALLBACK)
+    }
+
     /// Records what a read after `after` returned: extends the tail when the read started at
-    /// its end, starts it again when the read started past it, and is ignored otherwise.
-    fn append(&mut self, after: (i64, i64), events: &[Event], capacity: usize) {
+    /// its end, starts it again when the read started past it, and is ignored otherwise
+    /// (returns whether it took the read).
+    fn append(&mut self, after: (i64, i64), events: &[Event], capacity: usize) -> bool {
         let (from, to) = match self.range {
             Some((from, to)) if to == after => (from, to),
-            Some((_, to)) if after < to => return,
+            Some((_, to)) if after < to => return false,
             _ => {
                 self.events.clear();
                 (after, after)
@@ -1089,6 +1114,7 @@ impl Tail {
             }
         }
         self.range = Some((from, to));
+        true
     }
 }
 
@@ -1112,6 +1138,20 @@ mod tests {
             Served::Events(events) => events.into_iter().map(|e| e.event_id).collect(),
             other => panic!("expected events, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_tail_is_current_only_within_the_poll_interval_of_its_last_read_at_the_end() {
+        let mut tail = Tail::default();
+        let start = std::time::Instant::now();
+        assert!(!tail.is_current(start), "never read");
+        assert!(tail.append((0, 0), &[event(1, 1)], 100));
+        tail.end_read = Some(start);
+        assert!(tail.is_current(start + POLL_FALLBACK / 2));
+        assert!(!tail.is_current(start + POLL_FALLBACK));
+        // Reads that do not reach its end (a subscription catching up) do not renew it.
+        assert!(!tail.append((0, 0), &[event(1, 1)], 100));
+        assert!(tail.append((1, 1), &[], 100));
     }
 
     #[test]

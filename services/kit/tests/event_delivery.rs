@@ -678,3 +678,59 @@ async fn a_consumer_whose_kept_connection_dies_resumes_and_applies_each_event_on
     consumer.stop().await;
     producer.trigger.trigger();
 }
+
+/// What a one-off reader sees from zero up to the first response that says it is caught up.
+async fn read_until_caught_up(producer: &Producer) -> Vec<String> {
+    let token = testing::token("reader", complaints_kit::Role::Service, None);
+    let mut client = EventStreamClient::new(testing::channel(&producer.url));
+    let mut stream = client
+        .subscribe(testing::authed(SubscribeRequest::default(), &token))
+        .await
+        .expect("subscribed")
+        .into_inner();
+    let mut seen = Vec::new();
+    loop {
+        // Within a second, not the five of an idle stream's heartbeat.
+        let batch = tokio::time::timeout(Duration::from_secs(1), stream.message())
+            .await
+            .expect("an answer at once")
+            .unwrap()
+            .expect("open stream");
+        seen.extend(batch.events.into_iter().map(|e| e.aggregate_id));
+        if batch.caught_up {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_is_told_it_is_caught_up_only_with_everything_released() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    // An empty log: caught up at once.
+    assert!(read_until_caught_up(&producer).await.is_empty());
+    write_event(&producer, "agg-1").await;
+    let released = |n: usize| {
+        let producer = &producer;
+        async move {
+            let events = producer.log.read_after(&producer.pool, (0, 0), 100).await;
+            (events.unwrap().len() == n).then_some(())
+        }
+    };
+    eventually("the first event released", Duration::from_secs(20), || {
+        released(1)
+    })
+    .await;
+    assert_eq!(read_until_caught_up(&producer).await, ["agg-1"]);
+    // That reader has gone: nobody follows the log while the second event is written, so what
+    // the log last read for its subscribers ends before it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    write_event(&producer, "agg-2").await;
+    eventually("the second event released", Duration::from_secs(20), || {
+        released(2)
+    })
+    .await;
+    assert_eq!(read_until_caught_up(&producer).await, ["agg-1", "agg-2"]);
+    drop(producer.context);
+    producer.trigger.trigger();
+}
