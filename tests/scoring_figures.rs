@@ -53,14 +53,24 @@ async fn real_events_reach_the_scorecard_and_a_rebuild_gives_the_same_figures() 
                 .scorecard
         }
     };
-    let before = eventually("both cases and the resolution to be scored", WAIT, || {
-        let card = card_of(department.clone());
-        async move {
-            let card = card.await?;
-            let handled = card.handling_time_samples == 1;
-            (card.cases_opened == 2 && card.cases_resolved == 1 && handled).then_some(card)
-        }
-    })
+    let before = eventually(
+        "both cases, the resolution and its survey to be scored",
+        WAIT,
+        || {
+            let card = card_of(department.clone());
+            async move {
+                let card = card.await?;
+                let handled = card.handling_time_samples == 1;
+                // The resolution's survey invitation comes from a third service, on its own
+                // stream: figures taken before it arrived would never match the replay's.
+                let invited = card
+                    .survey_response_rate
+                    .is_some_and(|r| r.denominator == 1);
+                (card.cases_opened == 2 && card.cases_resolved == 1 && handled && invited)
+                    .then_some(card)
+            }
+        },
+    )
     .await;
     let rate = before.resolution_rate.expect("rate");
     assert_eq!((rate.numerator, rate.denominator), (1, 2));

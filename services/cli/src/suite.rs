@@ -94,6 +94,7 @@ impl Suite {
             db_pool_max: options.pool_size,
             shutdown_grace: Duration::from_secs(10),
             event_retention: Duration::from_secs(30 * 86_400),
+            event_tuning: complaints_kit::config::event_tuning_from_env()?,
             auth: options.auth.clone(),
         };
         let (trigger, shutdown) = Shutdown::new();

@@ -355,7 +355,8 @@ pub async fn repeat_candidates(
 /// Begins a transaction that serialises submissions of the customers given, so two first
 /// contacts of one customer cannot both open a case. A contact is the same customer's when any of its identifiers
 /// matches, so every identifier given (`customer:…`, `phone:…`, `email:…`) is locked, in one
-/// order for all, with one statement in the `BEGIN` round trip. No identifiers: no lock.
+/// order for all, with one statement in the `BEGIN` round trip. No identifiers: no lock, but
+/// the same `lock_timeout`.
 pub async fn begin_for_customer<'c>(
     connection: &'c mut PgConnection,
     identifiers: &[String],
@@ -365,8 +366,12 @@ pub async fn begin_for_customer<'c>(
     let mut ids: Vec<i64> = identifiers.iter().map(|k| customer_lock_id(k)).collect();
     ids.sort_unstable();
     ids.dedup();
+    let timeout_ms = lock_timeout.as_millis().max(1);
     if ids.is_empty() {
-        return sqlx::Connection::begin(connection).await;
+        // No customer to lock, but the batch's waits on stored complaints (another
+        // transaction inserting the same request id) are bounded all the same.
+        let begin = format!("SET LOCAL lock_timeout = '{timeout_ms}ms'; BEGIN");
+        return sqlx::Connection::begin_with(connection, begin).await;
     }
     // One statement whatever the count, taking the locks in the array's (sorted) order, sent
     // with the `BEGIN` in one round trip (a simple query: never prepared). The transaction
@@ -385,7 +390,7 @@ pub async fn begin_for_customer<'c>(
     let begin = format!(
         "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '{}ms'; \
          SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{{{}}}'::bigint[]) AS k; BEGIN",
-        lock_timeout.as_millis().max(1),
+        timeout_ms,
         list.join(",")
     );
     sqlx::Connection::begin_with(connection, begin).await

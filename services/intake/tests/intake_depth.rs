@@ -980,6 +980,25 @@ async fn a_lock_that_times_out_leaves_the_connection_clean_for_its_next_use() {
     .unwrap();
     assert_eq!((locks, setting.as_str()), (1, "50ms"));
     tx.commit().await.unwrap();
+    // A batch without identifiers locks no customer, and its waits are bounded all the same.
+    let mut tx = intake::store::begin_for_customer(&mut conn, &[], timeout)
+        .await
+        .unwrap();
+    let (locks, setting): (i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_locks
+                 WHERE pid = pg_backend_pid() AND locktype = 'advisory'),
+                current_setting('lock_timeout')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!((locks, setting.as_str()), (0, "50ms"));
+    tx.commit().await.unwrap();
+    let (after,): (String,) = sqlx::query_as("SELECT current_setting('lock_timeout')")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(after, "0", "the setting ends with its transaction");
     drop(conn);
     h.service.stop().await.unwrap();
 }

@@ -118,6 +118,10 @@ pub struct CommonConfig {
     /// `EVENT_RETENTION`, default 30d: produced events older than this are deleted; a consumer
     /// whose cursor fell behind gets OUT_OF_RANGE, never a silent gap.
     pub event_retention: Duration,
+    /// `EVENT_SETTLE_BUSY` (default 50ms, at most 200ms) and `EVENT_APPLY_CHUNK` (default 64,
+    /// 1 to 2000): how long a busy event stream lets commits gather before it reads on, and the
+    /// most events a consumer applies per transaction.
+    pub event_tuning: crate::events::EventTuning,
     /// `SHUTDOWN_GRACE`, default 25s: how long in-flight calls may take to drain.
     pub shutdown_grace: Duration,
     pub auth: AuthConfig,
@@ -146,9 +150,44 @@ impl CommonConfig {
             db_pool_max: parse_or("DB_POOL_MAX_CONNECTIONS", 10)?,
             shutdown_grace: duration_or("SHUTDOWN_GRACE", Duration::from_secs(25))?,
             event_retention: duration_or("EVENT_RETENTION", Duration::from_secs(30 * 86_400))?,
+            event_tuning: event_tuning_from_env()?,
             auth: AuthConfig::from_env()?,
         })
     }
+}
+
+/// `EVENT_SETTLE_BUSY` and `EVENT_APPLY_CHUNK`, checked (see [`CommonConfig::event_tuning`]).
+pub fn event_tuning_from_env() -> Result<crate::events::EventTuning, ConfigError> {
+    use crate::events::EventTuning;
+    let defaults = EventTuning::default();
+    let tuning = EventTuning {
+        settle_busy: duration_or("EVENT_SETTLE_BUSY", defaults.settle_busy)?,
+        apply_chunk: parse_or("EVENT_APPLY_CHUNK", defaults.apply_chunk)?,
+    };
+    check_event_tuning(&tuning)?;
+    Ok(tuning)
+}
+
+fn check_event_tuning(tuning: &crate::events::EventTuning) -> Result<(), ConfigError> {
+    use crate::events::EventTuning;
+    if tuning.settle_busy > EventTuning::MAX_SETTLE {
+        return Err(ConfigError::Invalid {
+            name: "EVENT_SETTLE_BUSY".into(),
+            value: format!("{:?}", tuning.settle_busy),
+            reason: format!(
+                "at most {:?} (streams poll that often anyway)",
+                EventTuning::MAX_SETTLE
+            ),
+        });
+    }
+    if !(1..=EventTuning::MAX_CHUNK).contains(&tuning.apply_chunk) {
+        return Err(ConfigError::Invalid {
+            name: "EVENT_APPLY_CHUNK".into(),
+            value: tuning.apply_chunk.to_string(),
+            reason: format!("from 1 to {} events", EventTuning::MAX_CHUNK),
+        });
+    }
+    Ok(())
 }
 
 /// The gRPC endpoint of another service, e.g. `INTAKE_URL=http://intake:50051`.
@@ -177,5 +216,30 @@ mod tests {
         assert!(parse_duration("7").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("3w").is_err());
+    }
+
+    #[test]
+    fn event_tuning_is_bounded_and_names_the_setting_that_is_wrong() {
+        use crate::events::EventTuning;
+        let ok = EventTuning::default();
+        assert!(check_event_tuning(&ok).is_ok());
+        let edge = EventTuning {
+            settle_busy: EventTuning::MAX_SETTLE,
+            apply_chunk: EventTuning::MAX_CHUNK,
+        };
+        assert!(check_event_tuning(&edge).is_ok());
+        let invalid = |tuning| match check_event_tuning(&tuning) {
+            Err(ConfigError::Invalid { name, .. }) => name,
+            other => panic!("expected an invalid setting, got {other:?}"),
+        };
+        let slow = EventTuning {
+            settle_busy: EventTuning::MAX_SETTLE + Duration::from_millis(1),
+            ..ok
+        };
+        assert_eq!(invalid(slow), "EVENT_SETTLE_BUSY");
+        for apply_chunk in [0, EventTuning::MAX_CHUNK + 1] {
+            let chunk = EventTuning { apply_chunk, ..ok };
+            assert_eq!(invalid(chunk), "EVENT_APPLY_CHUNK");
+        }
     }
 }

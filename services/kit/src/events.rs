@@ -67,13 +67,37 @@ pub const CURSOR_MIGRATION: Migration = Migration {
 };
 
 pub const DEFAULT_BATCH: u32 = 500;
-/// Most events a consumer applies in one transaction.
-const APPLY_CHUNK: usize = 64;
+
+/// How event streams trade latency for fewer, larger transactions (`EVENT_SETTLE_BUSY`,
+/// `EVENT_APPLY_CHUNK`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventTuning {
+    /// How long a stream that just sent events waits after the next commit before it reads
+    /// on, so that commits close together go out as one batch.
+    pub settle_busy: Duration,
+    /// Most events a consumer applies in one transaction.
+    pub apply_chunk: usize,
+}
+
+impl EventTuning {
+    /// Longest settle accepted: past it a stream would wait longer than it polls.
+    pub const MAX_SETTLE: Duration = POLL_FALLBACK;
+    /// Largest chunk accepted: a stream's largest batch.
+    pub const MAX_CHUNK: usize = MAX_BATCH as usize;
+}
+
+impl Default for EventTuning {
+    fn default() -> Self {
+        Self {
+            settle_busy: Duration::from_millis(50),
+            apply_chunk: 64,
+        }
+    }
+}
 const MAX_BATCH: u32 = 2000;
 const POLL_FALLBACK: Duration = Duration::from_millis(200);
-/// How long a woken stream waits for more commits before reading, when idle and when busy.
+/// How long a woken stream that was idle waits for more commits before reading.
 const SETTLE_IDLE: Duration = Duration::from_millis(2);
-const SETTLE_BUSY: Duration = Duration::from_millis(50);
 /// How often an idle stream tells its consumer it is caught up.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Most events the shared tail keeps (a subscription further behind reads on its own).
@@ -535,6 +559,7 @@ impl EventLog {
             log: self.clone(),
             pool: context.pool.clone(),
             shutdown: context.shutdown.clone(),
+            settle_busy: context.event_tuning.settle_busy,
         }))
     }
 }
@@ -544,6 +569,7 @@ pub struct EventStreamService {
     log: EventLog,
     pool: PgPool,
     shutdown: Shutdown,
+    settle_busy: Duration,
 }
 
 #[tonic::async_trait]
@@ -581,6 +607,7 @@ impl EventStream for EventStreamService {
         let log = self.log.clone();
         let pool = self.pool.clone();
         let shutdown = self.shutdown.clone();
+        let settle_busy = self.settle_busy;
         let mut wake = log.inner.committed.subscribe();
         tokio::spawn(async move {
             let mut idle_since = tokio::time::Instant::now();
@@ -623,7 +650,7 @@ impl EventStream for EventStreamService {
                         // Let transactions that commit close together settle into one batch:
                         // briefly when the stream was idle (latency), longer while events keep
                         // coming (one read per batch instead of one per commit).
-                        tokio::time::sleep(if busy { SETTLE_BUSY } else { SETTLE_IDLE }).await;
+                        tokio::time::sleep(if busy { settle_busy } else { SETTLE_IDLE }).await;
                     }
                     _ = tokio::time::sleep(POLL_FALLBACK) => {}
                     _ = tx.closed() => return,
@@ -770,6 +797,7 @@ pub struct Consumer<H> {
     pool: PgPool,
     handler: Arc<H>,
     shutdown: Shutdown,
+    apply_chunk: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -802,6 +830,7 @@ impl<H: EventHandler> Consumer<H> {
             pool: context.pool.clone(),
             handler,
             shutdown: context.shutdown.clone(),
+            apply_chunk: context.event_tuning.apply_chunk,
         })
     }
 
@@ -864,7 +893,7 @@ impl<H: EventHandler> Consumer<H> {
                     .await?;
                 connection.release();
             }
-            for chunk in batch.events.chunks(APPLY_CHUNK) {
+            for chunk in batch.events.chunks(self.apply_chunk.max(1)) {
                 let _turn = match &self.serial {
                     Some(serial) => Some(serial.lock().await),
                     None => None,

@@ -30,6 +30,8 @@ pub struct ServiceContext {
     pub metrics: Arc<Metrics>,
     /// How long produced events are kept.
     pub event_retention: Duration,
+    /// Batching of event streams and consumers.
+    pub event_tuning: crate::events::EventTuning,
 }
 
 impl ServiceContext {
@@ -88,6 +90,7 @@ impl ServiceContext {
             shutdown_grace: config.shutdown_grace,
             metrics,
             event_retention: config.event_retention,
+            event_tuning: config.event_tuning,
         })
     }
 

@@ -90,6 +90,7 @@ pub fn common_config(database_url: &str) -> CommonConfig {
         db_pool_max: 5,
         shutdown_grace: Duration::from_secs(5),
         event_retention: Duration::from_secs(30 * 86_400),
+        event_tuning: crate::events::EventTuning::default(),
         auth: auth(),
     }
 }

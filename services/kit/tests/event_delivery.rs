@@ -169,8 +169,17 @@ async fn start_consumer(
     url: &str,
     recorder: Arc<Recorder>,
 ) -> RunningConsumer {
-    let (trigger, shutdown) = Shutdown::new();
     let config = testing::common_config(database_url);
+    start_consumer_with(config, source, url, recorder).await
+}
+
+async fn start_consumer_with(
+    config: complaints_kit::config::CommonConfig,
+    source: &str,
+    url: &str,
+    recorder: Arc<Recorder>,
+) -> RunningConsumer {
+    let (trigger, shutdown) = Shutdown::new();
     let context = ServiceContext::start(
         "consumer",
         &config,
@@ -732,5 +741,38 @@ async fn a_reader_is_told_it_is_caught_up_only_with_everything_released() {
     .await;
     assert_eq!(read_until_caught_up(&producer).await, ["agg-1", "agg-2"]);
     drop(producer.context);
+    producer.trigger.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_applies_at_most_its_configured_chunk_per_transaction() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    for i in 0..10 {
+        write_event(&producer, &format!("agg-{i}")).await;
+    }
+    // All released (no older transaction anywhere in the cluster still running) before the
+    // consumer starts, so that its first read takes them all.
+    eventually("ten events released", Duration::from_secs(20), || async {
+        let released = producer.log.read_after(&producer.pool, (0, 0), 100).await;
+        (released.unwrap().len() == 10).then_some(())
+    })
+    .await;
+    let mut config = testing::common_config(&db.url);
+    config.event_tuning.apply_chunk = 3;
+    let consumer = start_consumer_with(config, "chunked", &producer.url, recorder("chunked")).await;
+    wait_applied(&producer.pool, "chunked", 10).await;
+    assert_applied_once(&producer.pool, "chunked", 10).await;
+    // The ten events came in one batch and were applied three to a transaction (the last one
+    // alone).
+    let sizes: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM consumer_test.applied WHERE source = 'chunked'
+         GROUP BY consumer_txid ORDER BY min(arrival)",
+    )
+    .fetch_all(&producer.pool)
+    .await
+    .unwrap();
+    assert_eq!(sizes, [3, 3, 3, 1]);
+    consumer.stop().await;
     producer.trigger.trigger();
 }

@@ -177,6 +177,7 @@ async fn run(
         metrics: MetricsEndpoint::Disabled,
         db_pool_max: 8,
         event_retention: Duration::from_secs(30 * 86_400),
+        event_tuning: Default::default(),
         shutdown_grace: Duration::from_secs(5),
         auth: auth.clone(),
     };
