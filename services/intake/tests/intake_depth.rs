@@ -567,15 +567,24 @@ fn own_contact(
 /// Holds customer `HOLD`'s lock from outside, so that both submission writers wait on it (each
 /// with one submission of that customer) while whatever is submitted next queues up; the
 /// returned connection releases it when told to.
-async fn hold_writers(h: &Harness) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+/// Both writers busy: each holds a contact of customer HOLD waiting on its lock (the first
+/// becomes a new complaint, the second a repeat contact of it).
+struct HeldWriters {
+    holder: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    contacts: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn hold_writers(h: &Harness) -> HeldWriters {
     let holder = hold_customer(h, "HOLD").await;
+    let mut contacts = Vec::new();
     for i in 1..=2 {
         let mut intake = h.client(Role::Service);
-        tokio::spawn(async move {
-            let _ = intake
+        contacts.push(tokio::spawn(async move {
+            let stored = intake
                 .submit_complaint(own_contact(&format!("hold-{i}"), "HOLD", "O-HOLD", "held"))
                 .await;
-        });
+            assert!(stored.is_ok(), "held contact {i}: {stored:?}");
+        }));
         testing::eventually(
             "a writer waiting on the held lock",
             std::time::Duration::from_secs(10),
@@ -592,11 +601,17 @@ async fn hold_writers(h: &Harness) -> sqlx::pool::PoolConnection<sqlx::Postgres>
         )
         .await;
     }
-    holder
+    HeldWriters { holder, contacts }
 }
 
-/// Takes customer `customer`'s submission lock from outside, as another replica's
-/// transaction would, until [`release`].
+/// Lets the writers go and waits until both held contacts are stored.
+async fn release_writers(held: HeldWriters) {
+    release(held.holder).await;
+    for contact in held.contacts {
+        contact.await.expect("held contact");
+    }
+}
+
 async fn hold_customer(h: &Harness, customer: &str) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
     let mut holder = h.pool.acquire().await.unwrap();
     sqlx::query("SELECT pg_advisory_lock($1)")
@@ -619,7 +634,7 @@ async fn release(mut holder: sqlx::pool::PoolConnection<sqlx::Postgres>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_shares_transactions_and_gets_the_answers_of_one_at_a_time() {
     let h = start().await;
-    let holder = hold_writers(&h).await;
+    let held = hold_writers(&h).await;
     // Sixteen new matters; for eight of them a repeat contact and a replay of the same request
     // in the same burst; and one request id used twice for different complaints.
     let mut requests: Vec<(String, SubmitComplaintRequest)> = Vec::new();
@@ -664,7 +679,7 @@ async fn a_burst_shares_transactions_and_gets_the_answers_of_one_at_a_time() {
         .collect();
     // Let every call reach the queue before the writers are let go.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    release(holder).await;
+    release_writers(held).await;
     let mut answers = std::collections::HashMap::new();
     for (name, call) in calls {
         answers.insert(name, call.await.unwrap().map(|r| r.into_inner()));
@@ -740,7 +755,7 @@ async fn a_burst_shares_transactions_and_gets_the_answers_of_one_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complaint_the_database_refuses_fails_alone_and_its_batch_is_stored() {
     let h = start().await;
-    let holder = hold_writers(&h).await;
+    let held = hold_writers(&h).await;
     sqlx::raw_sql(
         "CREATE FUNCTION intake.refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
@@ -771,7 +786,7 @@ async fn a_complaint_the_database_refuses_fails_alone_and_its_batch_is_stored() 
         })
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    release(holder).await;
+    release_writers(held).await;
     for (i, call) in calls.into_iter().enumerate() {
         let answer = call.await.unwrap();
         if i == 5 {

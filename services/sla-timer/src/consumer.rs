@@ -103,9 +103,16 @@ impl ClockEvents {
                         }
                         if let Some(case) = store::case(conn, case_id).await? {
                             let cycle = clocks.max_cycle(ClockKind::FollowUp as i16) + 1;
-                            engine
+                            let started = engine
                                 .start_clock(conn, &case, ClockKind::FollowUp, cycle, at, trace)
                                 .await?;
+                            // The survey of this resolution may have been answered already.
+                            if let Some(clock) = started
+                                && let Some(answered_at) =
+                                    store::survey_answered_since(conn, case_id, at).await?
+                            {
+                                engine.meet(conn, clock, answered_at, trace).await?;
+                            }
                         }
                     }
                     CaseStatus::Cancelled => {
@@ -141,10 +148,12 @@ impl ClockEvents {
                 let at = when(&answer.answered_at, now);
                 // The answer and a reopen it caused travel on different streams; whichever
                 // arrives first, the follow-up target counts as met by the answer.
-                if let Some(clock) =
-                    store::lock_unmet_follow_up(conn, case_id, ClockKind::FollowUp as i16).await?
+                match store::lock_unmet_follow_up(conn, case_id, ClockKind::FollowUp as i16).await?
                 {
-                    engine.meet(conn, clock, at, trace).await?;
+                    Some(clock) => engine.meet(conn, clock, at, trace).await?,
+                    // The resolution that starts the clock has not arrived yet (it comes on
+                    // case management's stream): the clock will start met.
+                    None => store::remember_survey_answer(conn, case_id, at).await?,
                 }
             }
             _ => {}

@@ -46,6 +46,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_drop_redundant_clock_index",
         sql: include_str!("../migrations/0004_drop_redundant_clock_index.sql"),
     },
+    Migration {
+        name: "0005_survey_answers",
+        sql: include_str!("../migrations/0005_survey_answers.sql"),
+    },
 ];
 
 #[derive(Clone, Debug)]

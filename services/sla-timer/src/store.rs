@@ -432,6 +432,41 @@ pub async fn lock_unmet_follow_up(
     .await
 }
 
+/// Remembers a case's survey answer for a follow-up clock not started yet (the newest answer
+/// is kept).
+pub async fn remember_survey_answer(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+    answered_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sla.survey_answers (case_id, answered_at) VALUES ($1, $2)
+         ON CONFLICT (case_id) DO UPDATE
+         SET answered_at = greatest(sla.survey_answers.answered_at, EXCLUDED.answered_at)",
+    )
+    .bind(case_id)
+    .bind(answered_at)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// When the case's survey was answered, if that was at or after `since` (the resolution whose
+/// follow-up is starting).
+pub async fn survey_answered_since(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT answered_at FROM sla.survey_answers WHERE case_id = $1 AND answered_at >= $2",
+    )
+    .bind(case_id)
+    .bind(since)
+    .fetch_optional(conn)
+    .await
+}
+
 /// Claims due clocks; rows another scheduler replica holds are skipped, never fired twice.
 pub async fn claim_due_clocks(
     conn: &mut PgConnection,

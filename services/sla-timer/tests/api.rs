@@ -14,7 +14,7 @@ use complaints_kit::time::{from_pb_duration, from_timestamp, to_pb_duration, to_
 use complaints_proto::common::v1::{CaseStatus, ClockKind, Complexity, Priority, Severity};
 use complaints_proto::events::v1::{
     CaseAcknowledged, CaseCustomerContacted, CaseOpened, CaseReclassified, CaseStatusChanged,
-    Event, event::Payload,
+    Event, SurveyAnswered, event::Payload,
 };
 use complaints_proto::sla::v1 as pb;
 use complaints_proto::sla::v1::sla_service_client::SlaServiceClient;
@@ -497,6 +497,56 @@ async fn the_update_target_never_overrides_the_first_response_target() {
     .await;
     let update = h.clock(&case, ClockKind::CustomerUpdate).await;
     assert_eq!(update.state, pb::ClockState::Met as i32);
+}
+
+#[tokio::test]
+async fn a_survey_answer_that_comes_before_the_resolution_still_meets_that_follow_up_only() {
+    let h = Harness::start().await;
+    let case = h.open_case(sh(25, 9, 0), "product_quality").await;
+    let answer = |at: DateTime<Utc>| {
+        Payload::SurveyAnswered(SurveyAnswered {
+            case_id: case.clone(),
+            csat: Some(5),
+            answered_at: Some(to_timestamp(at)),
+            ..Default::default()
+        })
+    };
+    // The answer travels on the survey's stream, the resolution that starts the follow-up
+    // clock on case management's: here the answer is applied first.
+    h.apply(&case, answer(sh(25, 11, 30))).await;
+    h.status(
+        &case,
+        CaseStatus::Accepted,
+        CaseStatus::Resolved,
+        sh(25, 11, 0),
+    )
+    .await;
+    let follow_up = h.clock(&case, ClockKind::FollowUp).await;
+    assert_eq!(follow_up.state, pb::ClockState::Met as i32, "{follow_up:?}");
+    assert_eq!(at(&follow_up.met_at), sh(25, 11, 30));
+    // Reopened and resolved again: that earlier answer does not meet the next follow-up.
+    h.status(
+        &case,
+        CaseStatus::Resolved,
+        CaseStatus::Reopened,
+        sh(26, 10, 0),
+    )
+    .await;
+    h.status(
+        &case,
+        CaseStatus::Reopened,
+        CaseStatus::Resolved,
+        sh(26, 15, 0),
+    )
+    .await;
+    let next = h.clock(&case, ClockKind::FollowUp).await;
+    assert_eq!(next.cycle, 2, "{next:?}");
+    assert_eq!(next.state, pb::ClockState::Running as i32, "{next:?}");
+    // Its own answer, arriving after it started, meets it as before.
+    h.apply(&case, answer(sh(26, 16, 0))).await;
+    let next = h.clock(&case, ClockKind::FollowUp).await;
+    assert_eq!(next.state, pb::ClockState::Met as i32, "{next:?}");
+    assert_eq!(at(&next.met_at), sh(26, 16, 0));
 }
 
 #[tokio::test]
