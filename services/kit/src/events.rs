@@ -696,6 +696,25 @@ pub trait EventHandler: Send + Sync + 'static {
     fn after_commit(&self) {}
 }
 
+/// A consumer's first wait before it resumes after an interruption.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Its longest wait.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a consumer must have followed its stream for an interruption to count as a new
+/// one (first wait again) rather than one more of a series (twice the last wait).
+const STEADY_FOR: Duration = Duration::from_secs(30);
+
+/// The wait before resuming after an interruption, given the last wait (none: the first
+/// interruption) and how long the stream was followed since: doubling while interruptions
+/// come in a row (the producer is down), back to the first wait after a steady spell (a
+/// producer restarting once a week is not kept waiting 5 s because of last week's restarts).
+fn backoff_after(last: Option<Duration>, followed_for: Duration) -> Duration {
+    match last {
+        Some(last) if followed_for < STEADY_FOR => (last * 2).min(MAX_BACKOFF),
+        _ => FIRST_BACKOFF,
+    }
+}
+
 /// The order a chunk is applied in: first, as one run, every event the handler takes in sets
 /// (`in_sets`) that no event of the same aggregate left behind precedes; then the others, in
 /// their order. Each aggregate's events keep their order (the delivery contract); only
@@ -842,19 +861,21 @@ impl<H: EventHandler> Consumer<H> {
 
     /// Runs until shutdown, reconnecting with back-off on any failure.
     pub async fn run(self) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = None;
         while !self.shutdown.is_triggered() {
+            let following = tokio::time::Instant::now();
             match self.follow().await {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(source = %self.source, error = %error, "event consumer interrupted; resuming from the stored cursor");
                 }
             }
+            let wait = backoff_after(backoff, following.elapsed());
+            backoff = Some(wait);
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.shutdown.wait() => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -1167,6 +1188,25 @@ mod tests {
             Served::Events(events) => events.into_iter().map(|e| e.event_id).collect(),
             other => panic!("expected events, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_consumer_waits_longer_for_each_interruption_in_a_row_and_briefly_after_a_steady_spell() {
+        let quick = Duration::from_millis(50);
+        let mut wait = None;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let next = backoff_after(wait, quick);
+            waits.push(next.as_millis());
+            wait = Some(next);
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(backoff_after(Some(MAX_BACKOFF), STEADY_FOR), FIRST_BACKOFF);
+        assert_eq!(
+            backoff_after(Some(MAX_BACKOFF), STEADY_FOR - quick),
+            MAX_BACKOFF,
+            "still a series"
+        );
     }
 
     #[test]

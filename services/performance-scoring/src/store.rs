@@ -102,42 +102,55 @@ pub async fn save_facts_all(
     if facts.is_empty() {
         return Ok(());
     }
-    let mut query = sqlx::QueryBuilder::new(format!(
-        "UPDATE scoring.case_facts f SET ({FACT_COLUMNS}, updated_at) =
-             (v.{}, now())
-         FROM (",
-        FACT_COLUMNS.replace(", ", ", v.")
-    ));
-    query.push_values(facts, |mut row, (case_id, f)| {
-        row.push_bind(*case_id)
-            .push_bind(&f.department_id)
-            .push_bind(&f.owner_id)
-            .push_bind(&f.team_id)
-            .push_bind(&f.category)
-            .push_bind(f.severity)
-            .push_bind(f.opened_at)
-            .push_bind(f.cancelled)
-            .push_bind(f.resolved)
-            .push_bind(f.ever_resolved)
-            .push_bind(f.reopen_count)
-            .push_bind(f.escalations)
-            .push_bind(f.transfers)
-            .push_bind(f.first_response_on_time)
-            .push_bind(f.first_response_breached)
-            .push_bind(f.resolution_met_count)
-            .push_bind(f.resolution_late)
-            .push_bind(f.handling_seconds)
-            .push_bind(f.survey_invited)
-            .push_bind(f.survey_answered)
-            .push_bind(f.csat)
-            .push_bind(f.nps)
-            .push_bind(f.solved);
-    });
-    query.push(format!(
-        ") AS v(case_id, {FACT_COLUMNS}) WHERE f.case_id = v.case_id"
-    ));
-    // Planned for each batch (see "Plans" in `complaints_kit::db`).
-    query.build().persistent(false).execute(conn).await?;
+    // One array per column: the statement's text and its planning are the same whatever the
+    // batch (a VALUES list of 23 parameters a row was planned afresh at about 0.3 ms a batch).
+    fn column<T>(facts: &[(Uuid, CaseFacts)], of: impl Fn(&CaseFacts) -> T) -> Vec<T> {
+        facts.iter().map(|(_, f)| of(f)).collect()
+    }
+    let types = "uuid[], text[], text[], text[], text[], int2[], timestamptz[], bool[], bool[], \
+        bool[], int4[], int4[], int4[], bool[], bool[], int4[], bool[], int8[], bool[], bool[], \
+        int2[], int2[], bool[]";
+    let arrays: Vec<String> = types
+        .split(", ")
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}", i + 1))
+        .collect();
+    let sql = format!(
+        "UPDATE scoring.case_facts f SET ({FACT_COLUMNS}, updated_at) = (v.{}, now())
+         FROM unnest({}) AS v(case_id, {FACT_COLUMNS})
+         WHERE f.case_id = v.case_id",
+        FACT_COLUMNS.replace(", ", ", v."),
+        arrays.join(", ")
+    );
+    let case_ids: Vec<Uuid> = facts.iter().map(|(id, _)| *id).collect();
+    sqlx::query(&sql)
+        .bind(case_ids)
+        .bind(column(facts, |f| f.department_id.clone()))
+        .bind(column(facts, |f| f.owner_id.clone()))
+        .bind(column(facts, |f| f.team_id.clone()))
+        .bind(column(facts, |f| f.category.clone()))
+        .bind(column(facts, |f| f.severity))
+        .bind(column(facts, |f| f.opened_at))
+        .bind(column(facts, |f| f.cancelled))
+        .bind(column(facts, |f| f.resolved))
+        .bind(column(facts, |f| f.ever_resolved))
+        .bind(column(facts, |f| f.reopen_count))
+        .bind(column(facts, |f| f.escalations))
+        .bind(column(facts, |f| f.transfers))
+        .bind(column(facts, |f| f.first_response_on_time))
+        .bind(column(facts, |f| f.first_response_breached))
+        .bind(column(facts, |f| f.resolution_met_count))
+        .bind(column(facts, |f| f.resolution_late))
+        .bind(column(facts, |f| f.handling_seconds))
+        .bind(column(facts, |f| f.survey_invited))
+        .bind(column(facts, |f| f.survey_answered))
+        .bind(column(facts, |f| f.csat))
+        .bind(column(facts, |f| f.nps))
+        .bind(column(facts, |f| f.solved))
+        // Planned for each batch (see "Plans" in `complaints_kit::db`): a join with `unnest`.
+        .persistent(false)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
