@@ -956,6 +956,18 @@ async fn a_customer_locked_elsewhere_fails_alone_and_everyone_else_is_stored() {
     h.service.stop().await.unwrap();
 }
 
+/// The advisory locks a transaction holds, and its lock timeout.
+async fn advisory_locks_and_timeout(tx: &mut sqlx::PgConnection) -> (i64, String) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_locks
+                 WHERE pid = pg_backend_pid() AND locktype = 'advisory'),
+                current_setting('lock_timeout')",
+    )
+    .fetch_one(tx)
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_that_times_out_leaves_the_connection_clean_for_its_next_use() {
     let h = start().await;
@@ -985,29 +997,19 @@ async fn a_lock_that_times_out_leaves_the_connection_clean_for_its_next_use() {
     let mut tx = intake::store::begin_for_customer(&mut conn, &identifiers, timeout)
         .await
         .unwrap();
-    let (locks, setting): (i64, String) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM pg_locks
-                 WHERE pid = pg_backend_pid() AND locktype = 'advisory'),
-                current_setting('lock_timeout')",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    assert_eq!((locks, setting.as_str()), (1, "50ms"));
+    assert_eq!(
+        advisory_locks_and_timeout(&mut tx).await,
+        (1, "50ms".into())
+    );
     tx.commit().await.unwrap();
     // A batch without identifiers locks no customer, and its waits are bounded all the same.
     let mut tx = intake::store::begin_for_customer(&mut conn, &[], timeout)
         .await
         .unwrap();
-    let (locks, setting): (i64, String) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM pg_locks
-                 WHERE pid = pg_backend_pid() AND locktype = 'advisory'),
-                current_setting('lock_timeout')",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    assert_eq!((locks, setting.as_str()), (0, "50ms"));
+    assert_eq!(
+        advisory_locks_and_timeout(&mut tx).await,
+        (0, "50ms".into())
+    );
     tx.commit().await.unwrap();
     let (after,): (String,) = sqlx::query_as("SELECT current_setting('lock_timeout')")
         .fetch_one(&mut *conn)
