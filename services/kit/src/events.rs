@@ -502,11 +502,13 @@ impl EventLog {
             Served::Elsewhere => return self.read_after(pool, after, limit).await.map(alone),
             Served::AtEnd => {}
         }
-        let started = std::time::Instant::now();
         let events = self.read_after(pool, after, limit).await?;
+        // Dated when the read ended: a slow read under load must not make the tail stale at
+        // once, or every follower would read on for itself instead of sharing it.
+        let ended = std::time::Instant::now();
         let mut tail = self.inner.tail.lock().expect("tail");
         if tail.append(after, &events, TAIL_CAPACITY) {
-            tail.end_read = Some(started);
+            tail.end_read = Some(ended);
         }
         drop(tail);
         Ok(alone(events))
@@ -1098,7 +1100,7 @@ struct Tail {
     /// `None` until the first read.
     range: Option<((i64, i64), (i64, i64))>,
     events: std::collections::VecDeque<Event>,
-    /// When the read that reached the tail's end started.
+    /// When the read that reached the tail's end ended.
     end_read: Option<std::time::Instant>,
 }
 
@@ -1140,7 +1142,7 @@ impl Tail {
     /// Whether the tail's end was read within the poll interval before `now`.
     fn is_current(&self, now: std::time::Instant) -> bool {
         self.end_read
-            .is_some_and(|started| now.duration_since(started) < POLL_FALLBACK)
+            .is_some_and(|ended| now.duration_since(ended) < POLL_FALLBACK)
     }
 
     /// Records what a read after `after` returned: extends the tail when the read started at
