@@ -111,6 +111,20 @@ async fn append(log: &EventLog, conn: &mut PgConnection, aggregate: &str, versio
     .unwrap();
 }
 
+/// Waits until the producer's first `n` events are released (once every older transaction of
+/// the cluster has ended: other tests share it), and returns them.
+async fn released(producer: &Producer, n: usize) -> Vec<Event> {
+    eventually(
+        &format!("{n} event(s) released"),
+        Duration::from_secs(20),
+        || async move {
+            let events = producer.log.read_after(&producer.pool, (0, 0), 100).await;
+            Some(events.unwrap()).filter(|events| events.len() == n)
+        },
+    )
+    .await
+}
+
 /// Records every application; can simulate a crash after applying one chosen event.
 struct Recorder {
     source: String,
@@ -364,19 +378,7 @@ async fn a_crash_between_applying_and_acknowledging_does_not_apply_twice() {
     for i in 0..12 {
         write_event(&producer, &format!("agg-{i}")).await;
     }
-    // Released once every older transaction of the cluster has ended (other tests share it).
-    let events = eventually(
-        "all twelve events released",
-        Duration::from_secs(20),
-        || {
-            let (log, pool) = (producer.log.clone(), producer.pool.clone());
-            async move {
-                let events = log.read_after(&pool, (0, 0), 100).await.unwrap();
-                (events.len() == 12).then_some(events)
-            }
-        },
-    )
-    .await;
+    let events = released(&producer, 12).await;
     let victim = events[6].event_id.clone();
     let crashing = Arc::new(Recorder {
         source: "crash".into(),
@@ -567,12 +569,7 @@ async fn runs_of_hot_kinds_go_to_apply_set_in_order_and_only_batches_that_wrote_
     }
     // Another aggregate's set event, last in the stream.
     write_event(&producer, "t").await;
-    // Released once every older transaction of the cluster has ended (other tests share it).
-    eventually("seven events released", Duration::from_secs(20), || {
-        let (log, pool) = (producer.log.clone(), producer.pool.clone());
-        async move { (log.read_after(&pool, (0, 0), 100).await.unwrap().len() == 7).then_some(()) }
-    })
-    .await;
+    released(&producer, 7).await;
     let (trigger, shutdown) = Shutdown::new();
     let config = testing::common_config(&db.url);
     let context = ServiceContext::start(
@@ -688,12 +685,17 @@ async fn a_consumer_whose_kept_connection_dies_resumes_and_applies_each_event_on
     producer.trigger.trigger();
 }
 
-/// What a one-off reader sees from zero up to the first response that says it is caught up.
-async fn read_until_caught_up(producer: &Producer) -> Vec<String> {
+/// What a one-off reader sees from zero up to the first response that says it is caught up
+/// (in batches of at most `max_batch_size`, 0 for the server's default).
+async fn read_until_caught_up(producer: &Producer, max_batch_size: u32) -> Vec<String> {
     let token = testing::token("reader", complaints_kit::Role::Service, None);
     let mut client = EventStreamClient::new(testing::channel(&producer.url));
+    let request = SubscribeRequest {
+        after: None,
+        max_batch_size,
+    };
     let mut stream = client
-        .subscribe(testing::authed(SubscribeRequest::default(), &token))
+        .subscribe(testing::authed(request, &token))
         .await
         .expect("subscribed")
         .into_inner();
@@ -717,29 +719,18 @@ async fn a_reader_is_told_it_is_caught_up_only_with_everything_released() {
     let db = testing::fresh_database().await;
     let producer = start_producer(&db.url).await;
     // An empty log: caught up at once.
-    assert!(read_until_caught_up(&producer).await.is_empty());
+    assert!(read_until_caught_up(&producer, 0).await.is_empty());
     write_event(&producer, "agg-1").await;
-    let released = |n: usize| {
-        let producer = &producer;
-        async move {
-            let events = producer.log.read_after(&producer.pool, (0, 0), 100).await;
-            (events.unwrap().len() == n).then_some(())
-        }
-    };
-    eventually("the first event released", Duration::from_secs(20), || {
-        released(1)
-    })
-    .await;
-    assert_eq!(read_until_caught_up(&producer).await, ["agg-1"]);
+    released(&producer, 1).await;
+    assert_eq!(read_until_caught_up(&producer, 0).await, ["agg-1"]);
     // That reader has gone: nobody follows the log while the second event is written, so what
     // the log last read for its subscribers ends before it.
     tokio::time::sleep(Duration::from_millis(500)).await;
     write_event(&producer, "agg-2").await;
-    eventually("the second event released", Duration::from_secs(20), || {
-        released(2)
-    })
-    .await;
-    assert_eq!(read_until_caught_up(&producer).await, ["agg-1", "agg-2"]);
+    released(&producer, 2).await;
+    assert_eq!(read_until_caught_up(&producer, 0).await, ["agg-1", "agg-2"]);
+    // Full batches do not say caught up; the empty read after the last one does, at once.
+    assert_eq!(read_until_caught_up(&producer, 1).await, ["agg-1", "agg-2"]);
     drop(producer.context);
     producer.trigger.trigger();
 }
@@ -751,13 +742,8 @@ async fn a_consumer_applies_at_most_its_configured_chunk_per_transaction() {
     for i in 0..10 {
         write_event(&producer, &format!("agg-{i}")).await;
     }
-    // All released (no older transaction anywhere in the cluster still running) before the
-    // consumer starts, so that its first read takes them all.
-    eventually("ten events released", Duration::from_secs(20), || async {
-        let released = producer.log.read_after(&producer.pool, (0, 0), 100).await;
-        (released.unwrap().len() == 10).then_some(())
-    })
-    .await;
+    // All released before the consumer starts, so that its first read takes them all.
+    released(&producer, 10).await;
     let mut config = testing::common_config(&db.url);
     config.event_tuning.apply_chunk = 3;
     let consumer = start_consumer_with(config, "chunked", &producer.url, recorder("chunked")).await;

@@ -107,14 +107,9 @@ pub async fn save_facts_all(
     fn column<T>(facts: &[(Uuid, CaseFacts)], of: impl Fn(&CaseFacts) -> T) -> Vec<T> {
         facts.iter().map(|(_, f)| of(f)).collect()
     }
-    let types = "uuid[], text[], text[], text[], text[], int2[], timestamptz[], bool[], bool[], \
-        bool[], int4[], int4[], int4[], bool[], bool[], int4[], bool[], int8[], bool[], bool[], \
-        int2[], int2[], bool[]";
-    let arrays: Vec<String> = types
-        .split(", ")
-        .enumerate()
-        .map(|(i, t)| format!("${}::{t}", i + 1))
-        .collect();
+    // The arrays' types come with the parameters (sqlx sends each one's), in bind order below.
+    let columns = 1 + FACT_COLUMNS.split(", ").count();
+    let arrays: Vec<String> = (1..=columns).map(|i| format!("${i}")).collect();
     let sql = format!(
         "UPDATE scoring.case_facts f SET ({FACT_COLUMNS}, updated_at) = (v.{}, now())
          FROM unnest({}) AS v(case_id, {FACT_COLUMNS})
