@@ -50,6 +50,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_survey_answers",
         sql: include_str!("../migrations/0005_survey_answers.sql"),
     },
+    Migration {
+        name: "0006_clock_case_check_in_code",
+        sql: include_str!("../migrations/0006_clock_case_check_in_code.sql"),
+    },
 ];
 
 #[derive(Clone, Debug)]

@@ -166,6 +166,19 @@ impl Harness {
         let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&self.pool).await.unwrap();
         n
     }
+
+    /// No foreign key checks it (migration 0006): every clock's case row must be there, and
+    /// there must be clocks to check.
+    async fn assert_every_clock_has_its_case(&self) {
+        assert!(self.count("SELECT count(*) FROM sla.clocks").await > 0);
+        let orphans = self
+            .count(
+                "SELECT count(*) FROM sla.clocks c
+                 WHERE NOT EXISTS (SELECT 1 FROM sla.cases s WHERE s.case_id = c.case_id)",
+            )
+            .await;
+        assert_eq!(orphans, 0, "clocks without their case row");
+    }
 }
 
 fn engine() -> Engine {
@@ -546,7 +559,8 @@ async fn a_survey_answer_that_comes_before_the_resolution_still_meets_that_follo
     h.apply(&case, answer(sh(26, 16, 0))).await;
     let next = h.clock(&case, ClockKind::FollowUp).await;
     assert_eq!(next.state, pb::ClockState::Met as i32, "{next:?}");
-    assert_eq!(at(&next.met_at), sh(26, 16, 0));
+    assert_eq!(at(&next.met_at), sh(26, 16, 0)); // Clocks of both cycles and of every kind started so far, each with its case row.
+    h.assert_every_clock_has_its_case().await;
 }
 
 #[tokio::test]
@@ -1166,4 +1180,5 @@ async fn a_run_of_openings_and_acknowledgements_applies_as_one_at_a_time_would()
             .await,
         4
     );
+    h.assert_every_clock_has_its_case().await;
 }
