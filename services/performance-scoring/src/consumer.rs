@@ -3,6 +3,7 @@
 //! in, in the transaction that also moves the cursor. Each event sets only its own facts, so
 //! the streams may interleave in any order and the aggregates stay exact.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,13 +28,15 @@ pub struct ScoringEvents {
     pub org_timezone: Tz,
 }
 
-/// What an event changes in the facts of one case.
-type Change<'a> = Box<dyn FnOnce(&mut CaseFacts) + Send + 'a>;
+/// What an event changes in the facts of one case (applied once to the facts stored, or to an
+/// empty row for a case seen for the first time).
+type Change<'a> = Box<dyn Fn(&mut CaseFacts) + Send + 'a>;
 
 /// Applies changes to the facts of cases, in order, and moves their contributions: the facts
 /// of every case involved are locked and read at once, changed in memory, saved with one
 /// statement, and the aggregates move by the sum of every case's change (one row update per
-/// aggregate key however many events touched it).
+/// aggregate key however many events touched it). A case seen for the first time is inserted
+/// with its facts already changed.
 async fn change_cases(
     conn: &mut PgConnection,
     tz: Tz,
@@ -42,16 +45,76 @@ async fn change_cases(
     if changes.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
-    let before = store::lock_facts_all(conn, &ids).await?;
-    let mut after = before.clone();
-    for (case_id, change) in changes {
-        let facts = after
-            .get_mut(&case_id)
-            .ok_or_else(|| anyhow::anyhow!("facts of case {case_id} were not locked"))?;
-        change(facts);
+    // What the batch makes of each case if it has no row yet.
+    let empty: HashMap<Uuid, CaseFacts> = changes
+        .iter()
+        .map(|(id, _)| (*id, CaseFacts::default()))
+        .collect();
+    let mut fresh = empty.clone();
+    for (case_id, change) in &changes {
+        change(fresh.get_mut(case_id).expect("every case has an empty row"));
     }
-    // A case belongs to the team its owner was in when it was opened.
+    regroup(conn, &empty, &mut fresh).await?;
+    let fresh: Vec<(Uuid, CaseFacts)> = fresh.into_iter().collect();
+    let (stored, created) = store::lock_facts_all(conn, &fresh).await?;
+    // A case created just now contributes from nothing to its fresh facts, already stored; the
+    // others change from what is stored.
+    let before: HashMap<Uuid, CaseFacts> = stored
+        .iter()
+        .map(|(id, facts)| {
+            let from = if created.contains(id) {
+                CaseFacts::default()
+            } else {
+                facts.clone()
+            };
+            (*id, from)
+        })
+        .collect();
+    let mut after = stored.clone();
+    let known: HashMap<Uuid, CaseFacts> = stored
+        .iter()
+        .filter(|(id, _)| !created.contains(id))
+        .map(|(id, facts)| (*id, facts.clone()))
+        .collect();
+    let mut changed_known = known.clone();
+    for (case_id, change) in &changes {
+        if let Some(facts) = changed_known.get_mut(case_id) {
+            change(facts);
+        } else if !created.contains(case_id) {
+            anyhow::bail!("facts of case {case_id} were not locked");
+        }
+    }
+    regroup(conn, &known, &mut changed_known).await?;
+    after.extend(changed_known);
+    let mut changed: Vec<(Uuid, CaseFacts)> = after
+        .iter()
+        .filter(|(case_id, facts)| stored[*case_id] != **facts)
+        .map(|(id, facts)| (*id, facts.clone()))
+        .collect();
+    changed.sort_by_key(|(case_id, _)| *case_id);
+    store::save_facts_all(conn, &changed).await?;
+    let moved = combined(
+        after
+            .iter()
+            .filter(|(case_id, facts)| before[*case_id] != **facts)
+            .map(|(case_id, facts)| {
+                deltas(
+                    before[case_id].contribution(tz).as_ref(),
+                    facts.contribution(tz).as_ref(),
+                )
+            }),
+    );
+    store::apply_deltas(conn, &moved).await?;
+    Ok(())
+}
+
+/// A case belongs to the team its owner was in when it was opened: the team of every case
+/// whose owner or opening moved from `before` to `after` (one query for all).
+async fn regroup(
+    conn: &mut PgConnection,
+    before: &HashMap<Uuid, CaseFacts>,
+    after: &mut HashMap<Uuid, CaseFacts>,
+) -> anyhow::Result<()> {
     let mut regrouped = Vec::new();
     let mut asks = Vec::new();
     for (case_id, facts) in after.iter_mut() {
@@ -72,19 +135,6 @@ async fn change_cases(
             facts.team_id = team;
         }
     }
-    let mut changed: Vec<(Uuid, CaseFacts)> = after
-        .into_iter()
-        .filter(|(case_id, facts)| before[case_id] != *facts)
-        .collect();
-    changed.sort_by_key(|(case_id, _)| *case_id);
-    store::save_facts_all(conn, &changed).await?;
-    let moved = combined(changed.iter().map(|(case_id, facts)| {
-        deltas(
-            before[case_id].contribution(tz).as_ref(),
-            facts.contribution(tz).as_ref(),
-        )
-    }));
-    store::apply_deltas(conn, &moved).await?;
     Ok(())
 }
 

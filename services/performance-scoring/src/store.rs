@@ -47,37 +47,52 @@ fn facts_from_row(row: &sqlx::postgres::PgRow, at: usize) -> Result<CaseFacts, s
     })
 }
 
-/// Locks the facts of several cases (in id order, so writers never deadlock), creating empty
-/// rows for cases seen for the first time.
+/// Locks the facts of several cases (in id order, so writers never deadlock). A case seen
+/// for the first time is created with the facts given for it, which should be what the batch
+/// makes of an empty row: one write, where an empty row and the update that filled it were
+/// two (the second never HOT, as it sets indexed columns). Returns the facts stored now for
+/// every case, and which cases this call created.
 pub async fn lock_facts_all(
     conn: &mut PgConnection,
-    case_ids: &[Uuid],
-) -> Result<std::collections::HashMap<Uuid, CaseFacts>, sqlx::Error> {
-    let mut ids = case_ids.to_vec();
-    ids.sort();
-    ids.dedup();
-    // The rows this inserts are new, and this transaction's until it ends: their (empty)
-    // facts come back at once. Only cases seen before are read and locked by a second
-    // statement, which a batch of openings never needs.
-    let created = sqlx::query(&format!(
-        "INSERT INTO scoring.case_facts (case_id)
-         SELECT id FROM unnest($1::uuid[]) AS t(id) ORDER BY id
-         ON CONFLICT DO NOTHING
-         RETURNING case_id, {FACT_COLUMNS}"
-    ))
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut facts = std::collections::HashMap::with_capacity(ids.len());
-    for row in &created {
-        facts.insert(row.try_get(0)?, facts_from_row(row, 1)?);
-    }
-    let seen_before: Vec<Uuid> = ids
+    fresh: &[(Uuid, CaseFacts)],
+) -> Result<
+    (
+        std::collections::HashMap<Uuid, CaseFacts>,
+        std::collections::HashSet<Uuid>,
+    ),
+    sqlx::Error,
+> {
+    let mut fresh = fresh.to_vec();
+    fresh.sort_by_key(|(id, _)| *id);
+    fresh.dedup_by_key(|(id, _)| *id);
+    // The rows this inserts are new, and this transaction's until it ends. Only cases seen
+    // before are read and locked by a second statement, which a batch of openings never needs.
+    static INSERT: OnceLock<String> = OnceLock::new();
+    let sql = INSERT.get_or_init(|| {
+        format!(
+            "INSERT INTO scoring.case_facts (case_id, {FACT_COLUMNS})
+             SELECT * FROM unnest({}) AS v(case_id, {FACT_COLUMNS}) ORDER BY case_id
+             ON CONFLICT DO NOTHING
+             RETURNING case_id",
+            fact_parameters()
+        )
+    });
+    let created: std::collections::HashSet<Uuid> = bind_facts(sqlx::query_scalar(sql), &fresh)
+        .fetch_all(&mut *conn)
+        .await?
         .into_iter()
-        .filter(|id| !facts.contains_key(id))
         .collect();
+    let mut facts = std::collections::HashMap::with_capacity(fresh.len());
+    let mut seen_before = Vec::new();
+    for (id, f) in fresh {
+        if created.contains(&id) {
+            facts.insert(id, f);
+        } else {
+            seen_before.push(id);
+        }
+    }
     if seen_before.is_empty() {
-        return Ok(facts);
+        return Ok((facts, created));
     }
     let rows = sqlx::query(&format!(
         "SELECT case_id, {FACT_COLUMNS} FROM scoring.case_facts WHERE case_id = ANY($1)
@@ -91,7 +106,76 @@ pub async fn lock_facts_all(
     for row in &rows {
         facts.insert(row.try_get(0)?, facts_from_row(row, 1)?);
     }
-    Ok(facts)
+    Ok((facts, created))
+}
+
+/// `$1, …, $23`: the case ids and one array per fact column, bound by [`bind_facts`].
+fn fact_parameters() -> String {
+    let columns = 1 + FACT_COLUMNS.split(", ").count();
+    let arrays: Vec<String> = (1..=columns).map(|i| format!("${i}")).collect();
+    arrays.join(", ")
+}
+
+/// Binds the case ids and one array per fact column, in [`FACT_COLUMNS`] order. One array per
+/// column: the statement's text and its planning are the same whatever the batch (a VALUES
+/// list of 23 parameters a row was planned afresh at about 0.3 ms a batch). The arrays' types
+/// come with the parameters (sqlx sends each one's).
+fn bind_facts<'q, Q: BindArrays<'q>>(query: Q, facts: &[(Uuid, CaseFacts)]) -> Q {
+    fn column<T>(facts: &[(Uuid, CaseFacts)], of: impl Fn(&CaseFacts) -> T) -> Vec<T> {
+        facts.iter().map(|(_, f)| of(f)).collect()
+    }
+    let case_ids: Vec<Uuid> = facts.iter().map(|(id, _)| *id).collect();
+    query
+        .bind_array(case_ids)
+        .bind_array(column(facts, |f| f.department_id.clone()))
+        .bind_array(column(facts, |f| f.owner_id.clone()))
+        .bind_array(column(facts, |f| f.team_id.clone()))
+        .bind_array(column(facts, |f| f.category.clone()))
+        .bind_array(column(facts, |f| f.severity))
+        .bind_array(column(facts, |f| f.opened_at))
+        .bind_array(column(facts, |f| f.cancelled))
+        .bind_array(column(facts, |f| f.resolved))
+        .bind_array(column(facts, |f| f.ever_resolved))
+        .bind_array(column(facts, |f| f.reopen_count))
+        .bind_array(column(facts, |f| f.escalations))
+        .bind_array(column(facts, |f| f.transfers))
+        .bind_array(column(facts, |f| f.first_response_on_time))
+        .bind_array(column(facts, |f| f.first_response_breached))
+        .bind_array(column(facts, |f| f.resolution_met_count))
+        .bind_array(column(facts, |f| f.resolution_late))
+        .bind_array(column(facts, |f| f.handling_seconds))
+        .bind_array(column(facts, |f| f.survey_invited))
+        .bind_array(column(facts, |f| f.survey_answered))
+        .bind_array(column(facts, |f| f.csat))
+        .bind_array(column(facts, |f| f.nps))
+        .bind_array(column(facts, |f| f.solved))
+}
+
+/// The queries [`bind_facts`] binds to: plain and scalar ones.
+trait BindArrays<'q>: Sized {
+    fn bind_array<T>(self, value: Vec<T>) -> Self
+    where
+        Vec<T>: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send;
+}
+
+impl<'q> BindArrays<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    fn bind_array<T>(self, value: Vec<T>) -> Self
+    where
+        Vec<T>: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+    {
+        self.bind(value)
+    }
+}
+
+impl<'q, O> BindArrays<'q>
+    for sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>
+{
+    fn bind_array<T>(self, value: Vec<T>) -> Self
+    where
+        Vec<T>: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+    {
+        self.bind(value)
+    }
 }
 
 /// Saves the facts of several (locked) cases with one statement.
@@ -102,46 +186,17 @@ pub async fn save_facts_all(
     if facts.is_empty() {
         return Ok(());
     }
-    // One array per column: the statement's text and its planning are the same whatever the
-    // batch (a VALUES list of 23 parameters a row was planned afresh at about 0.3 ms a batch).
-    fn column<T>(facts: &[(Uuid, CaseFacts)], of: impl Fn(&CaseFacts) -> T) -> Vec<T> {
-        facts.iter().map(|(_, f)| of(f)).collect()
-    }
-    // The arrays' types come with the parameters (sqlx sends each one's), in bind order below.
-    let columns = 1 + FACT_COLUMNS.split(", ").count();
-    let arrays: Vec<String> = (1..=columns).map(|i| format!("${i}")).collect();
-    let sql = format!(
-        "UPDATE scoring.case_facts f SET ({FACT_COLUMNS}, updated_at) = (v.{}, now())
-         FROM unnest({}) AS v(case_id, {FACT_COLUMNS})
-         WHERE f.case_id = v.case_id",
-        FACT_COLUMNS.replace(", ", ", v."),
-        arrays.join(", ")
-    );
-    let case_ids: Vec<Uuid> = facts.iter().map(|(id, _)| *id).collect();
-    sqlx::query(&sql)
-        .bind(case_ids)
-        .bind(column(facts, |f| f.department_id.clone()))
-        .bind(column(facts, |f| f.owner_id.clone()))
-        .bind(column(facts, |f| f.team_id.clone()))
-        .bind(column(facts, |f| f.category.clone()))
-        .bind(column(facts, |f| f.severity))
-        .bind(column(facts, |f| f.opened_at))
-        .bind(column(facts, |f| f.cancelled))
-        .bind(column(facts, |f| f.resolved))
-        .bind(column(facts, |f| f.ever_resolved))
-        .bind(column(facts, |f| f.reopen_count))
-        .bind(column(facts, |f| f.escalations))
-        .bind(column(facts, |f| f.transfers))
-        .bind(column(facts, |f| f.first_response_on_time))
-        .bind(column(facts, |f| f.first_response_breached))
-        .bind(column(facts, |f| f.resolution_met_count))
-        .bind(column(facts, |f| f.resolution_late))
-        .bind(column(facts, |f| f.handling_seconds))
-        .bind(column(facts, |f| f.survey_invited))
-        .bind(column(facts, |f| f.survey_answered))
-        .bind(column(facts, |f| f.csat))
-        .bind(column(facts, |f| f.nps))
-        .bind(column(facts, |f| f.solved))
+    static UPDATE: OnceLock<String> = OnceLock::new();
+    let sql = UPDATE.get_or_init(|| {
+        format!(
+            "UPDATE scoring.case_facts f SET ({FACT_COLUMNS}, updated_at) = (v.{}, now())
+             FROM unnest({}) AS v(case_id, {FACT_COLUMNS})
+             WHERE f.case_id = v.case_id",
+            FACT_COLUMNS.replace(", ", ", v."),
+            fact_parameters()
+        )
+    });
+    bind_facts(sqlx::query(sql), facts)
         // Planned for each batch (see "Plans" in `complaints_kit::db`): a join with `unnest`.
         .persistent(false)
         .execute(conn)
