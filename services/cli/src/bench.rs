@@ -326,7 +326,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             let interval = options
                 .rate
                 .map(|r| Duration::from_secs_f64(options.clients as f64 / r.max(0.001)));
-            let mut next = Instant::now();
+            // Clients paced at one rate start their intervals evenly apart, so the arrivals are
+            // spread over each interval (all starting at once sent the calls in bursts of one
+            // per client, and measured the burst's queue).
+            let mut next = Instant::now()
+                + interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(worker as f64 / options.clients as f64)
+                });
             while Instant::now() < deadline {
                 if let Some(interval) = interval {
                     next += interval;
