@@ -49,11 +49,32 @@ pub struct Suite {
 }
 
 async fn bind(host: &str, port: u16) -> anyhow::Result<(TcpListener, String)> {
-    let listener = TcpListener::bind((host, port))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port}: {e}"))?;
+    let listener = TcpListener::from_std(bind_std(host, port, "").await?)?;
     let addr = listener.local_addr()?;
     Ok((listener, format!("http://{addr}")))
+}
+
+/// Binds a listener, waiting up to 3 s while the port is in use: the default ports lie in
+/// Linux's ephemeral range, so a connection just opened or closing elsewhere on the machine
+/// can hold one for a moment (`up` once failed that way on the metrics port 51054).
+async fn bind_std(host: &str, port: u16, what: &str) -> anyhow::Result<std::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match std::net::TcpListener::bind((host, port)) {
+            Ok(listener) => {
+                listener.set_nonblocking(true)?;
+                return Ok(listener);
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && port != 0
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => anyhow::bail!("cannot listen on {host}:{port}{what}: {e}"),
+        }
+    }
 }
 
 impl Suite {
@@ -69,8 +90,7 @@ impl Suite {
         let mut metrics = Vec::new();
         for (i, name) in SERVICE_NAMES.iter().enumerate() {
             let port = options.base_port.map(|p| p + 1000 + i as u16).unwrap_or(0);
-            let listener = std::net::TcpListener::bind((host, port))
-                .map_err(|e| anyhow::anyhow!("cannot listen on {host}:{port} for metrics: {e}"))?;
+            let listener = bind_std(host, port, " for metrics").await?;
             metrics.push((*name, format!("http://{}/metrics", listener.local_addr()?)));
             metrics_listeners.push(MetricsEndpoint::bound(listener));
         }
@@ -190,5 +210,32 @@ impl Suite {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_std;
+
+    #[tokio::test]
+    async fn a_port_held_for_a_moment_is_bound_once_free_and_one_held_for_good_is_refused() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            drop(held);
+        });
+        let listener = bind_std("127.0.0.1", port, "").await.unwrap();
+        assert_eq!(listener.local_addr().unwrap().port(), port);
+        release.await.unwrap();
+        // Held for good: refused after the wait, naming the address.
+        let err = bind_std("127.0.0.1", port, " for metrics")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot listen on 127.0.0.1:{port} for metrics")),
+            "{err}"
+        );
     }
 }
