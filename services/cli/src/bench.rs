@@ -326,12 +326,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             let interval = options
                 .rate
                 .map(|r| Duration::from_secs_f64(options.clients as f64 / r.max(0.001)));
-            // Clients paced at one rate start their intervals evenly apart, so the arrivals are
-            // spread over each interval (all starting at once sent the calls in bursts of one
-            // per client, and measured the burst's queue).
             let mut next = Instant::now()
                 + interval.map_or(Duration::ZERO, |i| {
-                    i.mul_f64(worker as f64 / options.clients as f64)
+                    first_call_offset(worker, options.clients, i)
                 });
             while Instant::now() < deadline {
                 if let Some(interval) = interval {
@@ -518,6 +515,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         anyhow::bail!("counts do not add up: something was lost or duplicated (see above)");
     }
     Ok(())
+}
+
+/// When a client paced at `interval` makes its first call: clients start evenly apart within
+/// the interval, so the arrivals are spread over it (all starting at once sent the calls in
+/// bursts of one per client, and measured the burst's queue).
+fn first_call_offset(worker: usize, clients: usize, interval: Duration) -> Duration {
+    interval.mul_f64(worker as f64 / clients.max(1) as f64)
 }
 
 /// A complaint that looks like real traffic: Chinese and English texts, VIP share, repeats.
@@ -981,5 +985,17 @@ mod tests {
             "4821 (tokio (rt) w) S 1 4821 4821 0 -1 4194560 1200 0 0 0 250 75 0 0 20 0 3 0 123";
         assert_eq!(cpu_of_stat(line), Some(("tokio (rt) w", 3.25)));
         assert_eq!(cpu_of_stat("garbage"), None);
+    }
+
+    #[test]
+    fn paced_clients_start_evenly_apart_within_one_interval() {
+        let interval = Duration::from_millis(40);
+        let offsets: Vec<Duration> = (0..8).map(|w| first_call_offset(w, 8, interval)).collect();
+        assert_eq!(offsets[0], Duration::ZERO);
+        for pair in offsets.windows(2) {
+            assert_eq!(pair[1] - pair[0], Duration::from_millis(5));
+        }
+        assert!(offsets.iter().all(|o| *o < interval));
+        assert_eq!(first_call_offset(0, 1, interval), Duration::ZERO);
     }
 }

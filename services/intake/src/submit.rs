@@ -102,8 +102,61 @@ struct Writer {
     reference_numbers: std::sync::Mutex<VecDeque<i64>>,
     batch_size: prometheus::Histogram,
     lock_timeout: std::time::Duration,
-    /// When the batch being written started, while one is.
-    in_flight: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+    in_flight: InFlight,
+}
+
+/// When the batch being written started, while one is (shared by the writers).
+struct InFlight {
+    slot: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+    /// How long a batch in flight holds the next one back ([`STANDBY_AFTER`]).
+    standby: std::time::Duration,
+}
+
+impl InFlight {
+    fn new(standby: std::time::Duration) -> Self {
+        Self {
+            slot: tokio::sync::watch::Sender::new(None),
+            standby,
+        }
+    }
+
+    /// Marks a batch as in flight from now; returns its start, to [`finish`](Self::finish) it.
+    fn start(&self) -> tokio::time::Instant {
+        let started = tokio::time::Instant::now();
+        self.slot.send_replace(Some(started));
+        started
+    }
+
+    /// Clears the mark only if it still holds this batch's start: a writer that stopped
+    /// waiting on a stuck batch took it over, and the stuck one finishing must not make the
+    /// next writer skip the wait for the batch really in flight.
+    fn finish(&self, started: tokio::time::Instant) {
+        self.slot.send_if_modified(|slot| {
+            let own = *slot == Some(started);
+            if own {
+                *slot = None;
+            }
+            own
+        });
+    }
+
+    /// Returns once no batch is in flight, or the one in flight started `standby` ago.
+    async fn wait(&self) {
+        let mut state = self.slot.subscribe();
+        loop {
+            let Some(started) = *state.borrow_and_update() else {
+                return;
+            };
+            let deadline = started + self.standby;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
 }
 
 impl Submitter {
@@ -130,7 +183,7 @@ impl Submitter {
             reference_numbers: Default::default(),
             batch_size,
             lock_timeout,
-            in_flight: tokio::sync::watch::Sender::new(None),
+            in_flight: InFlight::new(STANDBY_AFTER),
         });
         let (queue, receiver) = mpsc::channel(4 * MAX_BATCH);
         let receiver = Arc::new(Mutex::new(receiver));
@@ -160,7 +213,7 @@ impl Writer {
         let mut connection = HeldConnection::new(self.pool.clone());
         loop {
             let mut jobs = Vec::with_capacity(MAX_BATCH);
-            {
+            let started = {
                 let mut receiver = receiver.lock().await;
                 if receiver.is_empty() {
                     connection.release();
@@ -170,14 +223,13 @@ impl Writer {
                 }
                 // Hold on to the queue while the other writer's batch is in flight (not
                 // past STANDBY_AFTER): what arrives meanwhile joins this batch.
-                self.wait_for_batch_in_flight().await;
+                self.in_flight.wait().await;
                 while jobs.len() < MAX_BATCH {
                     let Ok(job) = receiver.try_recv() else { break };
                     jobs.push(job);
                 }
-                self.in_flight
-                    .send_replace(Some(tokio::time::Instant::now()));
-            }
+                self.in_flight.start()
+            };
             // A panic must not take a writer away for good: its callers get an error (their
             // replies are dropped) and the writer goes on with the next batch.
             use futures_util::FutureExt as _;
@@ -189,25 +241,7 @@ impl Writer {
                 connection.release();
                 tracing::error!("submission writer panicked; its batch was answered with errors");
             }
-            self.in_flight.send_replace(None);
-        }
-    }
-
-    /// Returns once no batch is in flight, or the one in flight started STANDBY_AFTER ago.
-    async fn wait_for_batch_in_flight(&self) {
-        let mut state = self.in_flight.subscribe();
-        loop {
-            let Some(started) = *state.borrow_and_update() else {
-                return;
-            };
-            let deadline = started + STANDBY_AFTER;
-            if tokio::time::Instant::now() >= deadline {
-                return;
-            }
-            tokio::select! {
-                changed = state.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep_until(deadline) => return,
-            }
+            self.in_flight.finish(started);
         }
     }
 
@@ -649,4 +683,51 @@ fn accepted_event_of(new: &store::NewComplaintRow<'_>) -> Payload {
         product_ref: complaint.product_ref.clone().unwrap_or_default(),
         language: complaint.language.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn finishes_within(wait: impl std::future::Future<Output = ()>, limit: Duration) -> bool {
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn the_next_batch_waits_for_the_one_in_flight_until_it_is_done() {
+        let in_flight = InFlight::new(Duration::from_secs(60));
+        // Nothing in flight: no wait.
+        assert!(finishes_within(in_flight.wait(), Duration::from_secs(5)).await);
+        let started = in_flight.start();
+        assert!(!finishes_within(in_flight.wait(), Duration::from_millis(50)).await);
+        let waiting = in_flight.wait();
+        tokio::pin!(waiting);
+        assert!(!finishes_within(&mut waiting, Duration::from_millis(20)).await);
+        in_flight.finish(started);
+        assert!(finishes_within(&mut waiting, Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn a_batch_stuck_past_the_standby_holds_the_next_one_back_no_longer() {
+        let standby = Duration::from_millis(100);
+        let in_flight = InFlight::new(standby);
+        in_flight.start();
+        let t = tokio::time::Instant::now();
+        assert!(finishes_within(in_flight.wait(), Duration::from_secs(5)).await);
+        assert!(t.elapsed() >= standby - Duration::from_millis(1));
+    }
+
+    #[tokio::test]
+    async fn a_stuck_batch_finishing_late_does_not_clear_the_batch_now_in_flight() {
+        let in_flight = InFlight::new(Duration::from_secs(60));
+        let stuck = in_flight.start();
+        // The other writer gave up waiting and started its own batch.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let current = in_flight.start();
+        in_flight.finish(stuck);
+        assert!(!finishes_within(in_flight.wait(), Duration::from_millis(50)).await);
+        in_flight.finish(current);
+        assert!(finishes_within(in_flight.wait(), Duration::from_secs(5)).await);
+    }
 }

@@ -45,7 +45,9 @@ async fn change_cases(
     if changes.is_empty() {
         return Ok(());
     }
-    // What the batch makes of each case if it has no row yet.
+    // What the batch makes of each case if it has no row yet: a case seen for the first time
+    // is inserted with it. (Worked out for every case, as which are new is only known once
+    // the insert ran; a case seen before costs a conflicting insert, as the empty row did.)
     let empty: HashMap<Uuid, CaseFacts> = changes
         .iter()
         .map(|(id, _)| (*id, CaseFacts::default()))
@@ -57,35 +59,25 @@ async fn change_cases(
     regroup(conn, &empty, &mut fresh).await?;
     let fresh: Vec<(Uuid, CaseFacts)> = fresh.into_iter().collect();
     let (stored, created) = store::lock_facts_all(conn, &fresh).await?;
-    // A case created just now contributes from nothing to its fresh facts, already stored; the
-    // others change from what is stored.
-    let before: HashMap<Uuid, CaseFacts> = stored
+    // A case created now contributes from nothing; the others from what was stored.
+    let mut before = stored.clone();
+    for id in &created {
+        before.insert(*id, CaseFacts::default());
+    }
+    // The cases seen before change from what is stored, and are saved where they changed.
+    let mut after: HashMap<Uuid, CaseFacts> = stored
         .iter()
-        .map(|(id, facts)| {
-            let from = if created.contains(id) {
-                CaseFacts::default()
-            } else {
-                facts.clone()
-            };
-            (*id, from)
-        })
-        .collect();
-    let mut after = stored.clone();
-    let known: HashMap<Uuid, CaseFacts> = stored
-        .iter()
-        .filter(|(id, _)| !created.contains(id))
+        .filter(|(id, _)| !created.contains(*id))
         .map(|(id, facts)| (*id, facts.clone()))
         .collect();
-    let mut changed_known = known.clone();
     for (case_id, change) in &changes {
-        if let Some(facts) = changed_known.get_mut(case_id) {
-            change(facts);
-        } else if !created.contains(case_id) {
-            anyhow::bail!("facts of case {case_id} were not locked");
+        match after.get_mut(case_id) {
+            Some(facts) => change(facts),
+            None if created.contains(case_id) => {}
+            None => anyhow::bail!("facts of case {case_id} were not locked"),
         }
     }
-    regroup(conn, &known, &mut changed_known).await?;
-    after.extend(changed_known);
+    regroup(conn, &before, &mut after).await?;
     let mut changed: Vec<(Uuid, CaseFacts)> = after
         .iter()
         .filter(|(case_id, facts)| stored[*case_id] != **facts)
@@ -93,6 +85,8 @@ async fn change_cases(
         .collect();
     changed.sort_by_key(|(case_id, _)| *case_id);
     store::save_facts_all(conn, &changed).await?;
+    // The created ones hold their fresh facts, already stored.
+    after.extend(created.iter().map(|id| (*id, stored[id].clone())));
     let moved = combined(
         after
             .iter()

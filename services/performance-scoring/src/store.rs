@@ -77,11 +77,12 @@ pub async fn lock_facts_all(
             fact_parameters()
         )
     });
-    let created: std::collections::HashSet<Uuid> = bind_facts(sqlx::query_scalar(sql), &fresh)
+    let created = bind_facts(sqlx::query(sql), &fresh)
         .fetch_all(&mut *conn)
         .await?
-        .into_iter()
-        .collect();
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<std::collections::HashSet<Uuid>, _>>()?;
     let mut facts = std::collections::HashMap::with_capacity(fresh.len());
     let mut seen_before = Vec::new();
     for (id, f) in fresh {
@@ -120,62 +121,38 @@ fn fact_parameters() -> String {
 /// column: the statement's text and its planning are the same whatever the batch (a VALUES
 /// list of 23 parameters a row was planned afresh at about 0.3 ms a batch). The arrays' types
 /// come with the parameters (sqlx sends each one's).
-fn bind_facts<'q, Q: BindArrays<'q>>(query: Q, facts: &[(Uuid, CaseFacts)]) -> Q {
+fn bind_facts<'q>(
+    query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    facts: &[(Uuid, CaseFacts)],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
     fn column<T>(facts: &[(Uuid, CaseFacts)], of: impl Fn(&CaseFacts) -> T) -> Vec<T> {
         facts.iter().map(|(_, f)| of(f)).collect()
     }
     let case_ids: Vec<Uuid> = facts.iter().map(|(id, _)| *id).collect();
     query
-        .bind_array(case_ids)
-        .bind_array(column(facts, |f| f.department_id.clone()))
-        .bind_array(column(facts, |f| f.owner_id.clone()))
-        .bind_array(column(facts, |f| f.team_id.clone()))
-        .bind_array(column(facts, |f| f.category.clone()))
-        .bind_array(column(facts, |f| f.severity))
-        .bind_array(column(facts, |f| f.opened_at))
-        .bind_array(column(facts, |f| f.cancelled))
-        .bind_array(column(facts, |f| f.resolved))
-        .bind_array(column(facts, |f| f.ever_resolved))
-        .bind_array(column(facts, |f| f.reopen_count))
-        .bind_array(column(facts, |f| f.escalations))
-        .bind_array(column(facts, |f| f.transfers))
-        .bind_array(column(facts, |f| f.first_response_on_time))
-        .bind_array(column(facts, |f| f.first_response_breached))
-        .bind_array(column(facts, |f| f.resolution_met_count))
-        .bind_array(column(facts, |f| f.resolution_late))
-        .bind_array(column(facts, |f| f.handling_seconds))
-        .bind_array(column(facts, |f| f.survey_invited))
-        .bind_array(column(facts, |f| f.survey_answered))
-        .bind_array(column(facts, |f| f.csat))
-        .bind_array(column(facts, |f| f.nps))
-        .bind_array(column(facts, |f| f.solved))
-}
-
-/// The queries [`bind_facts`] binds to: plain and scalar ones.
-trait BindArrays<'q>: Sized {
-    fn bind_array<T>(self, value: Vec<T>) -> Self
-    where
-        Vec<T>: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send;
-}
-
-impl<'q> BindArrays<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-    fn bind_array<T>(self, value: Vec<T>) -> Self
-    where
-        Vec<T>: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
-    {
-        self.bind(value)
-    }
-}
-
-impl<'q, O> BindArrays<'q>
-    for sqlx::query::QueryScalar<'q, Postgres, O, sqlx::postgres::PgArguments>
-{
-    fn bind_array<T>(self, value: Vec<T>) -> Self
-    where
-        Vec<T>: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
-    {
-        self.bind(value)
-    }
+        .bind(case_ids)
+        .bind(column(facts, |f| f.department_id.clone()))
+        .bind(column(facts, |f| f.owner_id.clone()))
+        .bind(column(facts, |f| f.team_id.clone()))
+        .bind(column(facts, |f| f.category.clone()))
+        .bind(column(facts, |f| f.severity))
+        .bind(column(facts, |f| f.opened_at))
+        .bind(column(facts, |f| f.cancelled))
+        .bind(column(facts, |f| f.resolved))
+        .bind(column(facts, |f| f.ever_resolved))
+        .bind(column(facts, |f| f.reopen_count))
+        .bind(column(facts, |f| f.escalations))
+        .bind(column(facts, |f| f.transfers))
+        .bind(column(facts, |f| f.first_response_on_time))
+        .bind(column(facts, |f| f.first_response_breached))
+        .bind(column(facts, |f| f.resolution_met_count))
+        .bind(column(facts, |f| f.resolution_late))
+        .bind(column(facts, |f| f.handling_seconds))
+        .bind(column(facts, |f| f.survey_invited))
+        .bind(column(facts, |f| f.survey_answered))
+        .bind(column(facts, |f| f.csat))
+        .bind(column(facts, |f| f.nps))
+        .bind(column(facts, |f| f.solved))
 }
 
 /// Saves the facts of several (locked) cases with one statement.
