@@ -1,0 +1,94 @@
+//! The benchmark itself, run for a few seconds as a user would: five real service processes on
+//! a fresh database, pgbench before and after, and a report whose counts add up. Speed is not
+//! asserted (these machines are shared); what the report says about the run is.
+
+use std::time::Duration;
+
+use complaints_kit::testing;
+use sqlx::Connection as _;
+
+#[tokio::test]
+async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ratio() {
+    let server = testing::server_url().await;
+    let report = std::env::temp_dir().join(format!("bench-{}.json", uuid::Uuid::new_v4()));
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"))
+        .args([
+            "bench",
+            "--clients",
+            "4",
+            "--duration",
+            "3s",
+            "--pgbench-seconds",
+            "1",
+            "--json",
+        ])
+        .arg(&report)
+        .env("DATABASE_URL", &server)
+        .env("TOKIO_WORKER_THREADS", "1")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the bench finishes")
+        .expect("the bench starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("the JSON report")).unwrap();
+    let _ = std::fs::remove_file(&report);
+
+    let accepted = json["accepted"].as_u64().unwrap();
+    assert!(accepted > 0, "{stdout}");
+    assert_eq!(json["propagated"].as_u64(), Some(accepted), "{stdout}");
+    assert_eq!(json["problems"].as_array().map(Vec::len), Some(0));
+    assert_eq!(json["errors"].as_object().map(|e| e.len()), Some(0));
+    assert!(json["rpc"]["SubmitComplaint"]["count"].as_u64().unwrap() >= accepted);
+
+    // pgbench ran twice, and the ratio is to the mean of both.
+    let runs: Vec<f64> = json["pgbench_tps_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_f64().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2, "{stdout}");
+    assert!(runs.iter().all(|tps| *tps > 0.0));
+    let mean = (runs[0] + runs[1]) / 2.0;
+    assert!((json["pgbench_tps"].as_f64().unwrap() - mean).abs() < 1e-6);
+    let ratio = json["ratio_to_pgbench"].as_f64().unwrap();
+    let expected = json["propagated_per_s"].as_f64().unwrap() / mean;
+    assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
+
+    // Every service's CPU was read from its process, and the scratch database is gone.
+    for service in [
+        "intake",
+        "case-management",
+        "sla-timer",
+        "feedback-survey",
+        "performance-scoring",
+    ] {
+        assert!(
+            json["services"][service]["cpu_seconds"].as_f64().is_some(),
+            "{service}: {}",
+            json["services"]
+        );
+    }
+    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname LIKE 'bench\\_%' OR datname LIKE 'pgbench\\_%'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    let name_of_this_run = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("started 5 service process(es) on database "))
+        .expect("the bench names its database")
+        .trim()
+        .to_owned();
+    assert!(!left.contains(&name_of_this_run), "{left:?}");
+}
