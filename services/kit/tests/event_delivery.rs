@@ -474,6 +474,55 @@ async fn a_consumer_behind_retention_gets_out_of_range_not_a_gap() {
     producer.trigger.trigger();
 }
 
+/// Writes events on `from` until `to` has heard of them from `from`'s notifications.
+async fn until_heard(from: &Producer, to: &Producer, more_than: u64) {
+    eventually(
+        "a notification from the other replica",
+        Duration::from_secs(20),
+        || async move {
+            if to.log.peer_wakeups() > more_than {
+                return Some(());
+            }
+            write_event(from, "heard").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_a_producer_wake_each_other_and_ignore_their_own_notifications() {
+    let db = testing::fresh_database().await;
+    let one = start_producer(&db.url).await;
+    let two = start_producer(&db.url).await;
+    // Both listen once each has heard the other.
+    until_heard(&one, &two, 0).await;
+    until_heard(&two, &one, 0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (heard_by_one, heard_by_two) = (one.log.peer_wakeups(), two.log.peer_wakeups());
+
+    // One commits and announces it; once two heard that, the announcement is in the
+    // notification queue ahead of anything two sends next.
+    write_event(&one, "a").await;
+    eventually("two hears one", Duration::from_secs(20), || async {
+        (two.log.peer_wakeups() > heard_by_two).then_some(())
+    })
+    .await;
+    write_event(&two, "b").await;
+    eventually("one hears two", Duration::from_secs(20), || async {
+        (one.log.peer_wakeups() > heard_by_one).then_some(())
+    })
+    .await;
+    // Once both announcements had time to arrive: one's listener got its own first and did not
+    // count it as a wake-up (each replica's streams are woken at its own commits).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(one.log.peer_wakeups(), heard_by_one + 1);
+    assert_eq!(two.log.peer_wakeups(), heard_by_two + 1);
+    one.trigger.trigger();
+    two.trigger.trigger();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_of_a_consumer_apply_each_event_exactly_once() {
     let db = testing::fresh_database().await;
