@@ -2,6 +2,7 @@
 //! their own listeners, wired to each other's addresses, sharing one database (each in its own
 //! schema). In Kubernetes each service runs as its own binary instead.
 
+pub mod args;
 pub mod bench;
 pub mod demo;
 pub mod suite;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use complaints_cli::args::Flags;
 use complaints_cli::suite::{Suite, SuiteOptions};
 use complaints_kit::auth::{AuthConfig, Role};
 use complaints_kit::pg_private::PrivatePostgres;
@@ -29,8 +30,9 @@ USAGE:
                    [--intake-only] [--target HOST] [--json FILE]
       End-to-end load benchmark over gRPC. Starts the five services as separate processes on
       a fresh database (ports 24051..24055) unless --target names a running suite; runs
-      pgbench -N with the same client count for the ratio; checks no complaint, case or clock
-      was lost or duplicated. --mix: percent submit, acknowledge, transition, query.
+      pgbench -N with the same client count before and after the load (--pgbench-seconds
+      each, 0 to skip) for the ratio; checks no complaint, case or clock was lost or
+      duplicated. --mix: percent submit, acknowledge, transition, query.
       --rate: operations per second across all clients (of every kind); without it, a
       closed loop. Services run with one runtime thread each unless TOKIO_WORKER_THREADS
       is set.
@@ -95,6 +97,44 @@ fn flag(args: &[String], name: &str) -> Option<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if complaints_cli::args::wants_help(&args) {
+        print!("{USAGE}");
+        return Ok(());
+    }
+    let flags = match args.first().map(String::as_str) {
+        Some("up") => Some(Flags {
+            valued: &["--base-port", "--host", "--survey-delay"],
+            switches: &[],
+            optional_number: &["--demo"],
+        }),
+        Some("token") => Some(Flags {
+            valued: &["--role", "--department", "--subject", "--ttl"],
+            switches: &[],
+            optional_number: &[],
+        }),
+        Some("bench") => Some(Flags {
+            valued: &[
+                "--clients",
+                "--duration",
+                "--rate",
+                "--mix",
+                "--vip-share",
+                "--repeat-share",
+                "--pgbench-seconds",
+                "--target",
+                "--json",
+            ],
+            switches: &["--intake-only"],
+            optional_number: &[],
+        }),
+        _ => None,
+    };
+    if let Some(flags) = flags
+        && let Err(problem) = complaints_cli::args::check(&args[1..], &flags)
+    {
+        eprint!("{problem}\n\n{USAGE}");
+        std::process::exit(2);
+    }
     match args.first().map(String::as_str) {
         Some("up") => up(&args[1..]).await,
         Some("token") => token(&args[1..]),
