@@ -13,7 +13,9 @@ use std::sync::Arc;
 use complaints_kit::Shutdown;
 use complaints_kit::config::{self, CommonConfig, ConfigError};
 use complaints_kit::db::Migration;
-use complaints_kit::events::{CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_MIGRATION};
+use complaints_kit::events::{
+    CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION,
+};
 use complaints_kit::server::ServiceContext;
 use complaints_proto::cases::v1::case_service_server::CaseServiceServer;
 use tokio::net::TcpListener;
@@ -24,6 +26,7 @@ pub const DEFAULT_PORT: u16 = 50052;
 
 pub const MIGRATIONS: &[Migration] = &[
     OUTBOX_MIGRATION,
+    OUTBOX_INDEX_MIGRATION,
     CURSOR_MIGRATION,
     Migration {
         name: "0001_cases",

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use complaints_kit::Shutdown;
 use complaints_kit::config::{self, CommonConfig, ConfigError};
 use complaints_kit::db::Migration;
-use complaints_kit::events::{CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_MIGRATION};
+use complaints_kit::events::{
+    CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION,
+};
 use complaints_kit::server::ServiceContext;
 use complaints_proto::survey::v1::survey_service_server::SurveyServiceServer;
 use tokio::net::TcpListener;
@@ -25,6 +27,7 @@ pub const DEFAULT_PORT: u16 = 50054;
 
 pub const MIGRATIONS: &[Migration] = &[
     OUTBOX_MIGRATION,
+    OUTBOX_INDEX_MIGRATION,
     CURSOR_MIGRATION,
     Migration {
         name: "0001_invitations",

@@ -11,7 +11,9 @@ pub mod taxonomy;
 use complaints_kit::Shutdown;
 use complaints_kit::config::{self, CommonConfig, ConfigError};
 use complaints_kit::db::Migration;
-use complaints_kit::events::{CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_MIGRATION};
+use complaints_kit::events::{
+    CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION,
+};
 use complaints_kit::server::ServiceContext;
 use complaints_proto::intake::v1::intake_service_server::IntakeServiceServer;
 use tokio::net::TcpListener;
@@ -22,6 +24,7 @@ pub const DEFAULT_PORT: u16 = 50051;
 
 pub const MIGRATIONS: &[Migration] = &[
     OUTBOX_MIGRATION,
+    OUTBOX_INDEX_MIGRATION,
     CURSOR_MIGRATION,
     Migration {
         name: "0001_complaints",

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use complaints_kit::db::Migration;
 use complaints_kit::events::{
-    CURSOR_MIGRATION, Consumer, EventHandler, EventLog, OUTBOX_MIGRATION,
+    CURSOR_MIGRATION, Consumer, EventHandler, EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION,
 };
 use complaints_kit::server::ServiceContext;
 use complaints_kit::shutdown::{Shutdown, ShutdownTrigger};
@@ -57,7 +57,7 @@ async fn start_producer(database_url: &str) -> Producer {
         "producer",
         &config,
         PRODUCER,
-        &[OUTBOX_MIGRATION, PRODUCER_TABLES],
+        &[OUTBOX_MIGRATION, OUTBOX_INDEX_MIGRATION, PRODUCER_TABLES],
         shutdown,
     )
     .await
@@ -409,6 +409,28 @@ async fn a_crash_between_applying_and_acknowledging_does_not_apply_twice() {
     producer.trigger.trigger();
 }
 
+/// Purges until `expected` events are deleted in all, never more: a transaction of another
+/// test on the same server holds retention back for a moment, as it holds back release.
+async fn purged(producer: &Producer, retention: Duration, expected: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut deleted = 0;
+    loop {
+        deleted += producer.log.purge(&producer.pool, retention).await.unwrap();
+        assert!(
+            deleted <= expected,
+            "{deleted} deleted, {expected} expected"
+        );
+        if deleted == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {deleted} of {expected} deleted after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_behind_retention_gets_out_of_range_not_a_gap() {
     let db = testing::fresh_database().await;
@@ -421,12 +443,7 @@ async fn a_consumer_behind_retention_gets_out_of_range_not_a_gap() {
         .await
         .unwrap();
     write_event(&producer, "agg-recent").await;
-    let deleted = producer
-        .log
-        .purge(&producer.pool, Duration::from_secs(30 * 86_400))
-        .await
-        .unwrap();
-    assert_eq!(deleted, 5);
+    purged(&producer, Duration::from_secs(30 * 86_400), 5).await;
 
     let token = testing::token("consumer", complaints_kit::Role::Service, None);
     let mut client = EventStreamClient::new(testing::channel(&producer.url));
@@ -471,6 +488,90 @@ async fn a_consumer_behind_retention_gets_out_of_range_not_a_gap() {
     assert_eq!(batch.events.len(), 1);
     assert_eq!(batch.events[0].aggregate_id, "agg-recent");
     drop(producer.context);
+    producer.trigger.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_the_oldest_events_only_up_to_the_first_young_one() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    for aggregate in ["old-1", "old-2", "young", "late-old"] {
+        write_event(&producer, aggregate).await;
+    }
+    // "late-old" sits behind a young event, as an event of a transaction that began long
+    // before it committed would.
+    sqlx::query(
+        "UPDATE producer_test.event_outbox SET occurred_at = now() - interval '40 days'
+         WHERE aggregate_id <> 'young'",
+    )
+    .execute(&producer.pool)
+    .await
+    .unwrap();
+    let retention = Duration::from_secs(30 * 86_400);
+    purged(&producer, retention, 2).await;
+    let left: Vec<(String,)> =
+        sqlx::query_as("SELECT aggregate_id FROM producer_test.event_outbox ORDER BY txid, seq")
+            .fetch_all(&producer.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, [("young".to_owned(),), ("late-old".to_owned(),)]);
+    let (mark_txid, mark_seq): (i64, i64) =
+        sqlx::query_as("SELECT txid, seq FROM producer_test.event_retention")
+            .fetch_one(&producer.pool)
+            .await
+            .unwrap();
+    let (young_txid, young_seq): (i64, i64) = sqlx::query_as(
+        "SELECT txid, seq FROM producer_test.event_outbox WHERE aggregate_id = 'young'",
+    )
+    .fetch_one(&producer.pool)
+    .await
+    .unwrap();
+    assert!((mark_txid, mark_seq) < (young_txid, young_seq));
+    // Once the young one is old too, everything goes, and nothing is deleted twice.
+    sqlx::query("UPDATE producer_test.event_outbox SET occurred_at = now() - interval '40 days'")
+        .execute(&producer.pool)
+        .await
+        .unwrap();
+    purged(&producer, retention, 2).await;
+    purged(&producer, retention, 0).await;
+    // The outbox keeps one index, its primary key.
+    let (indexes,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = 'producer_test' AND tablename = 'event_outbox'",
+    )
+    .fetch_one(&producer.pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes, 1);
+    producer.trigger.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_marks_past_an_event_still_being_written() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    // A transaction writes an old event and stays open while later ones commit.
+    let mut writing = producer.pool.begin().await.unwrap();
+    append(&producer.log, &mut writing, "in-flight", 1).await;
+    sqlx::query("UPDATE producer_test.event_outbox SET occurred_at = now() - interval '40 days'")
+        .execute(&mut *writing)
+        .await
+        .unwrap();
+    write_event(&producer, "committed-1").await;
+    write_event(&producer, "committed-2").await;
+    sqlx::query("UPDATE producer_test.event_outbox SET occurred_at = now() - interval '40 days'")
+        .execute(&producer.pool)
+        .await
+        .unwrap();
+    let retention = Duration::from_secs(30 * 86_400);
+    // The open transaction's event will sit below both: a mark past them would let a consumer
+    // already beyond it miss that event.
+    purged(&producer, retention, 0).await;
+    assert_eq!(
+        producer.log.retention_mark(&producer.pool).await.unwrap(),
+        None
+    );
+    writing.commit().await.unwrap();
+    purged(&producer, retention, 3).await;
     producer.trigger.trigger();
 }
 

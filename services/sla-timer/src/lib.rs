@@ -15,7 +15,9 @@ use std::time::Duration;
 use complaints_kit::Shutdown;
 use complaints_kit::config::{self, CommonConfig, ConfigError};
 use complaints_kit::db::Migration;
-use complaints_kit::events::{CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_MIGRATION};
+use complaints_kit::events::{
+    CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION,
+};
 use complaints_kit::server::ServiceContext;
 use complaints_proto::cases::v1::case_service_client::CaseServiceClient;
 use complaints_proto::sla::v1::sla_service_server::SlaServiceServer;
@@ -29,6 +31,7 @@ pub const DEFAULT_PORT: u16 = 50053;
 
 pub const MIGRATIONS: &[Migration] = &[
     OUTBOX_MIGRATION,
+    OUTBOX_INDEX_MIGRATION,
     CURSOR_MIGRATION,
     Migration {
         name: "0001_clocks",
