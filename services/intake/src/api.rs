@@ -57,6 +57,7 @@ impl IntakeApi {
             events.clone(),
             config.repeat_rules.clone(),
             config.submit_lock_timeout,
+            config.submit_batch_gather,
             metrics,
         );
         Self {

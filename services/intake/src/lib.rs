@@ -55,6 +55,9 @@ pub struct Config {
     /// `SUBMIT_LOCK_TIMEOUT`, default `2s`: how long a submission waits for its customer's lock
     /// (held by another replica's transaction) before the call fails with `ABORTED`.
     pub submit_lock_timeout: std::time::Duration,
+    /// `SUBMIT_BATCH_GATHER`, default `1ms` (0–20ms): how long a small batch of submissions
+    /// waits for more before it is written.
+    pub submit_batch_gather: std::time::Duration,
 }
 
 impl Config {
@@ -73,6 +76,7 @@ impl Config {
             },
             cases_url: config::upstream_url("CASES_URL", "http://127.0.0.1:50052")?,
             submit_lock_timeout: submit_lock_timeout()?,
+            submit_batch_gather: submit_batch_gather()?,
         })
     }
 
@@ -85,6 +89,7 @@ impl Config {
             repeat_rules: Default::default(),
             cases_url: "http://127.0.0.1:50052".into(),
             submit_lock_timeout: submit::DEFAULT_LOCK_TIMEOUT,
+            submit_batch_gather: submit::DEFAULT_BATCH_GATHER,
         }
     }
 }
@@ -96,6 +101,25 @@ fn submit_lock_timeout() -> Result<std::time::Duration, ConfigError> {
         "SUBMIT_LOCK_TIMEOUT",
         submit::DEFAULT_LOCK_TIMEOUT,
     )?)
+}
+
+/// `SUBMIT_BATCH_GATHER`: at most 20 ms, a small part of a submission's latency budget.
+fn submit_batch_gather() -> Result<std::time::Duration, ConfigError> {
+    checked_batch_gather(config::duration_or(
+        "SUBMIT_BATCH_GATHER",
+        submit::DEFAULT_BATCH_GATHER,
+    )?)
+}
+
+fn checked_batch_gather(gather: std::time::Duration) -> Result<std::time::Duration, ConfigError> {
+    if gather > std::time::Duration::from_millis(20) {
+        return Err(ConfigError::Invalid {
+            name: "SUBMIT_BATCH_GATHER".into(),
+            value: format!("{gather:?}"),
+            reason: "must be from 0 to 20ms".into(),
+        });
+    }
+    Ok(gather)
 }
 
 fn checked_lock_timeout(timeout: std::time::Duration) -> Result<std::time::Duration, ConfigError> {
@@ -171,5 +195,20 @@ mod tests {
             let error = super::checked_lock_timeout(bad).unwrap_err().to_string();
             assert!(error.contains("SUBMIT_LOCK_TIMEOUT"), "{error}");
         }
+    }
+
+    #[test]
+    fn the_batch_gather_may_be_off_and_is_at_most_twenty_milliseconds() {
+        for ok in [
+            Duration::ZERO,
+            Duration::from_millis(1),
+            Duration::from_millis(20),
+        ] {
+            assert_eq!(super::checked_batch_gather(ok).unwrap(), ok);
+        }
+        let error = super::checked_batch_gather(Duration::from_millis(21))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("SUBMIT_BATCH_GATHER"), "{error}");
     }
 }
