@@ -17,11 +17,18 @@ type Client =
     IntakeServiceClient<InterceptedService<GrpcChannel, complaints_kit::auth::BearerToken>>;
 
 async fn start() -> (RunningService, testing::TestDatabase) {
+    start_with(|_| {}).await
+}
+
+async fn start_with(
+    adjust: impl FnOnce(&mut intake::Config),
+) -> (RunningService, testing::TestDatabase) {
     let db = testing::fresh_database().await;
     let (listener, url) = testing::ephemeral_listener().await;
     let mut config = intake::Config::new(testing::common_config(&db.url));
     // No case-management in these tests: its consumer retries quietly against a closed port.
     config.cases_url = "http://127.0.0.1:9".into();
+    adjust(&mut config);
     (
         RunningService::spawn(listener, url, |l, s| intake::run(config, l, s)),
         db,
@@ -326,4 +333,37 @@ async fn rejection_keeps_the_complaint_and_needs_the_current_version() {
         .unwrap();
     assert_eq!(kept.status, ComplaintStatus::Rejected as i32);
     service.stop().await.unwrap();
+}
+
+/// Two submissions 100 ms apart: one transaction with a gather window longer than that, two
+/// without one (told apart by the rows' `xmin`, the transaction that wrote them).
+#[tokio::test]
+async fn a_small_batch_waits_out_the_gather_window_for_company() {
+    for (gather, transactions) in [
+        (std::time::Duration::from_millis(800), 1),
+        (std::time::Duration::ZERO, 2),
+    ] {
+        let (service, db) = start_with(|config| config.submit_batch_gather = gather).await;
+        let first = client(&service, Role::Service);
+        let second = client(&service, Role::Service);
+        let mut one = complaint("gather-1");
+        one.complainant.as_mut().unwrap().customer_id = "CUST-G1".into();
+        let mut two = complaint("gather-2");
+        two.complainant.as_mut().unwrap().customer_id = "CUST-G2".into();
+        two.complainant.as_mut().unwrap().phone = "+86 139 8765 4321".into();
+        two.complainant.as_mut().unwrap().email = "han.meimei@example.com".into();
+        let a = tokio::spawn(async move { first.clone().submit_complaint(one).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let b = tokio::spawn(async move { second.clone().submit_complaint(two).await });
+        a.await.unwrap().expect("first stored");
+        b.await.unwrap().expect("second stored");
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        let (stored, writers): (i64, i64) =
+            sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM intake.complaints")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!((stored, writers), (2, transactions), "gather {gather:?}");
+        pool.close().await;
+    }
 }
