@@ -335,34 +335,48 @@ async fn rejection_keeps_the_complaint_and_needs_the_current_version() {
     service.stop().await.unwrap();
 }
 
-/// Two submissions 100 ms apart: one transaction with a gather window longer than that, two
-/// without one (told apart by the rows' `xmin`, the transaction that wrote them).
+/// Two submissions 500 ms apart: one transaction with a gather window longer than that, two
+/// without one (told apart by the rows' `xmin`, the transaction that wrote them). The
+/// connections are warmed up first, so the first call reaches the writer at once.
 #[tokio::test]
 async fn a_small_batch_waits_out_the_gather_window_for_company() {
     for (gather, transactions) in [
-        (std::time::Duration::from_millis(800), 1),
+        (std::time::Duration::from_millis(1500), 1),
         (std::time::Duration::ZERO, 2),
     ] {
         let (service, db) = start_with(|config| config.submit_batch_gather = gather).await;
-        let first = client(&service, Role::Service);
-        let second = client(&service, Role::Service);
+        let mut first = client(&service, Role::Service);
+        let mut second = client(&service, Role::Service);
+        let warm = |n: usize| {
+            let mut warm = complaint(&format!("warm-{n}"));
+            warm.complainant.as_mut().unwrap().customer_id = format!("CUST-W{n}");
+            warm
+        };
+        let (w0, w1) = tokio::join!(
+            first.submit_complaint(warm(0)),
+            second.submit_complaint(warm(1))
+        );
+        w0.expect("warm-up stored");
+        w1.expect("warm-up stored");
         let mut one = complaint("gather-1");
         one.complainant.as_mut().unwrap().customer_id = "CUST-G1".into();
         let mut two = complaint("gather-2");
         two.complainant.as_mut().unwrap().customer_id = "CUST-G2".into();
         two.complainant.as_mut().unwrap().phone = "+86 139 8765 4321".into();
         two.complainant.as_mut().unwrap().email = "han.meimei@example.com".into();
-        let a = tokio::spawn(async move { first.clone().submit_complaint(one).await });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let b = tokio::spawn(async move { second.clone().submit_complaint(two).await });
+        let a = tokio::spawn(async move { first.submit_complaint(one).await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let b = tokio::spawn(async move { second.submit_complaint(two).await });
         a.await.unwrap().expect("first stored");
         b.await.unwrap().expect("second stored");
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-        let (stored, writers): (i64, i64) =
-            sqlx::query_as("SELECT count(*), count(DISTINCT xmin::text) FROM intake.complaints")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let (stored, writers): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT xmin::text) FROM intake.complaints
+             WHERE request_id LIKE 'gather-%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         assert_eq!((stored, writers), (2, transactions), "gather {gather:?}");
         pool.close().await;
     }
