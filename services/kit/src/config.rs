@@ -68,6 +68,34 @@ pub fn duration_or(name: &str, default: Duration) -> Result<Duration, ConfigErro
     }
 }
 
+/// A duration setting that must lie in `range` (`shown` names the range in the error, e.g.
+/// "1ms to 10m"); unset, `default`.
+pub fn duration_within(
+    name: &str,
+    default: Duration,
+    range: &std::ops::RangeInclusive<Duration>,
+    shown: &str,
+) -> Result<Duration, ConfigError> {
+    check_within(name, duration_or(name, default)?, range, shown)
+}
+
+/// `value` of setting `name` if it lies in `range`, else the error naming it.
+pub fn check_within(
+    name: &str,
+    value: Duration,
+    range: &std::ops::RangeInclusive<Duration>,
+    shown: &str,
+) -> Result<Duration, ConfigError> {
+    if !range.contains(&value) {
+        return Err(ConfigError::Invalid {
+            name: name.to_owned(),
+            value: format!("{value:?}"),
+            reason: format!("must be from {shown}"),
+        });
+    }
+    Ok(value)
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -206,6 +234,25 @@ pub fn upstream_url(name: &str, default: &str) -> Result<String, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duration_outside_its_range_is_refused_naming_setting_value_and_range() {
+        let range = Duration::from_millis(1)..=Duration::from_secs(600);
+        for ok in [Duration::from_millis(1), Duration::from_secs(600)] {
+            assert_eq!(
+                check_within("X_TIMEOUT", ok, &range, "1ms to 10m").unwrap(),
+                ok
+            );
+        }
+        for bad in [Duration::ZERO, Duration::from_secs(601)] {
+            let error = check_within("X_TIMEOUT", bad, &range, "1ms to 10m")
+                .unwrap_err()
+                .to_string();
+            for part in ["X_TIMEOUT", &format!("{bad:?}"), "1ms to 10m"] {
+                assert!(error.contains(part), "{error} lacks {part}");
+            }
+        }
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -446,6 +446,7 @@ impl EventLog {
         let mut tx = pool.begin().await?;
         // Both read the primary key: the first from the oldest end, through the events being
         // deleted anyway, to the first young or unreleased one; the second one entry back.
+        // (`OFFSET 0` keeps the horizon a value computed once, not an expression per row.)
         let (horizon, young_txid, young_seq): (i64, Option<i64>, Option<i64>) =
             sqlx::query_as(&format!(
                 "SELECT h.horizon, b.txid, b.seq
