@@ -88,6 +88,19 @@ async fn each_service_exports_metrics_that_move_with_a_lifecycle() {
         ),
         Some(1.0)
     );
+    // Where the submission's time went: its wait in the writers' queue, and its batch.
+    for series in [
+        "intake_submit_batch_size_count",
+        "intake_submit_queue_seconds_count",
+        "intake_submit_batch_seconds_count",
+    ] {
+        assert_eq!(series_value(&intake, series, &[]), Some(1.0), "{series}");
+    }
+    let batch_seconds = series_value(&intake, "intake_submit_batch_seconds_sum", &[]).unwrap();
+    assert!(
+        batch_seconds > 0.0 && batch_seconds < 10.0,
+        "{batch_seconds}"
+    );
     assert!(series_value(&intake, "db_pool_max_connections", &[]).is_some());
     assert!(series_value(&intake, "db_pool_connections", &[("state", "idle")]).is_some());
     assert!(series_value(&intake, "process_resident_memory_bytes", &[]).unwrap_or(0.0) > 0.0);

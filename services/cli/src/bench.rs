@@ -28,6 +28,7 @@ use complaints_proto::sla::v1::ListCaseClocksRequest;
 use complaints_proto::sla::v1::sla_service_client::SlaServiceClient;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
 
+use crate::histogram::Histogram;
 use crate::suite::SERVICE_NAMES;
 
 /// What to run.
@@ -569,14 +570,31 @@ struct CpuSnapshot {
     postgres: Option<f64>,
     /// (busy, stolen) CPU seconds of the whole machine.
     machine: Option<(f64, f64)>,
+    /// Intake's submission writers, from its `/metrics`: batch sizes, queue waits, batches.
+    writers: Option<[Histogram; 3]>,
 }
+
+/// Intake's histograms of its submission writers, as the bench reads them.
+const WRITER_SERIES: [&str; 3] = [
+    "intake_submit_batch_size",
+    "intake_submit_queue_seconds",
+    "intake_submit_batch_seconds",
+];
 
 /// Clock ticks per second of /proc's CPU times (USER_HZ, 100 on Linux).
 const TICKS: f64 = 100.0;
 
 impl CpuSnapshot {
     async fn take(metrics_urls: &[String], pids: &[Option<u32>]) -> Self {
+        let writers = match metrics_urls.first() {
+            Some(intake) => scrape(intake).await.ok().and_then(|text| {
+                let [size, queue, batch] = WRITER_SERIES.map(|name| Histogram::parse(&text, name));
+                Some([size?, queue?, batch?])
+            }),
+            None => None,
+        };
         Self {
+            writers,
             services: scrape_process(metrics_urls).await,
             exact: pids
                 .iter()
@@ -876,6 +894,34 @@ fn report(
             format!("{:?}", stats.errors)
         }
     ));
+    // Where intake's own time went (server side): a Submit p99 far above queue + batch is
+    // spent outside the writers (transport, the handler, the client's machine share).
+    let writers = cpu_before
+        .writers
+        .as_ref()
+        .zip(cpu_after.writers.as_ref())
+        .and_then(|(before, after)| {
+            let [size, queue, batch] = [0, 1, 2].map(|i| after[i].since(&before[i]));
+            let ms = |h: &Histogram, q: f64| h.quantile(q).map(|s| s * 1000.0);
+            let (q50, q99, b50, b99) = (
+                ms(&queue, 0.5)?,
+                ms(&queue, 0.99)?,
+                ms(&batch, 0.5)?,
+                ms(&batch, 0.99)?,
+            );
+            let per_batch = size.mean()?;
+            out.push_str(&format!(
+                "intake writers (server side, from its histograms): {per_batch:.1} submissions a \
+                 transaction; queue p50 {q50:.1} ms, p99 {q99:.1} ms; transaction p50 {b50:.1} ms, \
+                 p99 {b99:.1} ms\n"
+            ));
+            Some(serde_json::json!({
+                "submissions_per_transaction": per_batch,
+                "transactions": batch.count(),
+                "queue_ms": {"p50": q50, "p99": q99},
+                "transaction_ms": {"p50": b50, "p99": b99},
+            }))
+        });
     let mut services = serde_json::Map::new();
     out.push_str("\nservice                 CPU s (load)  CPU %   peak RSS MiB\n");
     let peak = peak_memory.lock().unwrap();
@@ -983,6 +1029,7 @@ fn report(
         "rpc": rpcs,
         "propagation_delay_ms": {"p50": d50, "p99": d99, "max": dmax},
         "errors": stats.errors,
+        "intake_writers": writers,
         "services": services,
         "postgres_cpu_seconds": postgres_cpu,
         "machine": machine,

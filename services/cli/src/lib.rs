@@ -5,4 +5,5 @@
 pub mod args;
 pub mod bench;
 pub mod demo;
+pub mod histogram;
 pub mod suite;

@@ -53,6 +53,12 @@ const STANDBY_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 /// transaction's begin, lock and commit were paid by those alone.
 pub const DEFAULT_BATCH_GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// Buckets of the writers' stage timings (seconds): fine where a submission's budget is spent.
+const STAGE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.1, 0.25,
+    1.0,
+];
+
 /// A batch this large goes without gathering.
 const GATHER_ENOUGH: usize = 4;
 /// Default for `SUBMIT_LOCK_TIMEOUT`: how long a batch waits for a lock (a customer's, or a
@@ -97,6 +103,7 @@ pub enum Outcome {
 struct Job {
     prepared: Prepared,
     reply: oneshot::Sender<Result<Outcome, Status>>,
+    queued: tokio::time::Instant,
 }
 
 /// The queue in front of the writers; dropping it stops them once the queue is empty.
@@ -110,6 +117,10 @@ struct Writer {
     rules: RepeatRules,
     reference_numbers: std::sync::Mutex<VecDeque<i64>>,
     batch_size: prometheus::Histogram,
+    /// Enqueued → its batch begins (gathering and waiting for the batch in flight).
+    waited: prometheus::Histogram,
+    /// A batch's transaction, first statement to commit (or to its error).
+    written: prometheus::Histogram,
     lock_timeout: std::time::Duration,
     gather: std::time::Duration,
     in_flight: InFlight,
@@ -203,12 +214,31 @@ impl Submitter {
         )
         .expect("metric");
         metrics.register(&batch_size);
+        let seconds = |name: &str, help: &str| {
+            let histogram = prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(name, help).buckets(STAGE_BUCKETS.to_vec()),
+            )
+            .expect("metric");
+            metrics.register(&histogram);
+            histogram
+        };
+        let waited = seconds(
+            "intake_submit_queue_seconds",
+            "Time from a submission joining the writers' queue to its batch beginning (the \
+             gather window and the wait for the batch in flight).",
+        );
+        let written = seconds(
+            "intake_submit_batch_seconds",
+            "Time a batch's transaction took, from its first statement to its commit.",
+        );
         let writer = Arc::new(Writer {
             pool,
             events,
             rules,
             reference_numbers: Default::default(),
             batch_size,
+            waited,
+            written,
             lock_timeout,
             gather,
             in_flight: InFlight::new(STANDBY_AFTER),
@@ -225,7 +255,11 @@ impl Submitter {
     pub async fn submit(&self, prepared: Prepared) -> Result<Outcome, Status> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Job { prepared, reply })
+            .send(Job {
+                prepared,
+                reply,
+                queued: tokio::time::Instant::now(),
+            })
             .await
             .map_err(|_| Status::unavailable("intake is shutting down"))?;
         answer
@@ -257,7 +291,12 @@ impl Writer {
                     let Ok(job) = receiver.try_recv() else { break };
                     jobs.push(job);
                 }
-                self.in_flight.start()
+                let started = self.in_flight.start();
+                for job in &jobs {
+                    self.waited
+                        .observe(started.duration_since(job.queued).as_secs_f64());
+                }
+                started
             };
             // A panic must not take a writer away for good: its callers get an error (their
             // replies are dropped) and the writer goes on with the next batch.
@@ -277,7 +316,9 @@ impl Writer {
     async fn write(&self, connection: &mut HeldConnection, jobs: Vec<Job>) {
         self.batch_size.observe(jobs.len() as f64);
         let batch: Vec<&Prepared> = jobs.iter().map(|j| &j.prepared).collect();
+        let began = std::time::Instant::now();
         let stored = self.store(connection, &batch, self.lock_timeout).await;
+        self.written.observe(began.elapsed().as_secs_f64());
         match &stored {
             Ok(_) => connection.finish(),
             Err(_) => connection.release(),
