@@ -797,35 +797,34 @@ mod tests {
         tokio::time::timeout(limit, wait).await.is_ok()
     }
 
+    /// Sends `value` on `sender` after `after`, from a task of its own.
+    fn send_after(sender: &mpsc::Sender<i32>, after: Duration, value: i32) {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            sender.send(value).await.unwrap();
+        });
+    }
+
     #[tokio::test]
     async fn an_idle_writer_keeps_its_connection_for_a_while_then_gives_it_back() {
         let keep = Duration::from_millis(200);
         let (sender, mut receiver) = mpsc::channel(16);
         let released = std::cell::Cell::new(0);
-        // A submission within the keep: the connection stays.
-        let soon = sender.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            soon.send(1).await.unwrap();
-        });
-        let mut jobs = Vec::new();
-        let n = receive(&mut receiver, &mut jobs, true, keep, || {
-            released.set(released.get() + 1)
-        })
-        .await;
-        assert_eq!((n, jobs.as_slice(), released.get()), (1, &[1][..], 0));
-        // Nothing for longer: given back, and the late submission is still received.
-        let late = sender.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            late.send(2).await.unwrap();
-        });
-        let mut jobs = Vec::new();
-        let n = receive(&mut receiver, &mut jobs, true, keep, || {
-            released.set(released.get() + 1)
-        })
-        .await;
-        assert_eq!((n, jobs.as_slice(), released.get()), (1, &[2][..], 1));
+        // A submission within the keep: the connection stays. Then nothing for longer: given
+        // back, and the late submission is still received.
+        for (after, value, released_by_then) in [(20, 1, 0), (500, 2, 1)] {
+            send_after(&sender, Duration::from_millis(after), value);
+            let mut jobs = Vec::new();
+            let n = receive(&mut receiver, &mut jobs, true, keep, || {
+                released.set(released.get() + 1)
+            })
+            .await;
+            assert_eq!(
+                (n, jobs, released.get()),
+                (1, vec![value], released_by_then)
+            );
+        }
         // Queued already, or no connection held: nothing to give back.
         sender.send(3).await.unwrap();
         let mut jobs = Vec::new();
