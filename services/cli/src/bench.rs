@@ -561,8 +561,9 @@ fn realistic_complaint(seed: u64, options: &BenchOptions) -> (SubmitComplaintReq
     )
 }
 
-/// CPU counters at one instant: each service's (from `/metrics`, and from `/proc` for the
-/// processes the bench started), every PostgreSQL process's and the machine's.
+/// Counters at one instant: each service's CPU and memory (from `/metrics`, and from `/proc`
+/// for the processes the bench started), every PostgreSQL process's CPU, the machine's, and
+/// intake's writer histograms.
 struct CpuSnapshot {
     /// (cpu seconds, resident bytes) from `/metrics`.
     services: Vec<Option<(f64, f64)>>,
@@ -586,16 +587,19 @@ const TICKS: f64 = 100.0;
 
 impl CpuSnapshot {
     async fn take(metrics_urls: &[String], pids: &[Option<u32>]) -> Self {
-        let writers = match metrics_urls.first() {
-            Some(intake) => scrape(intake).await.ok().and_then(|text| {
-                let [size, queue, batch] = WRITER_SERIES.map(|name| Histogram::parse(&text, name));
+        let mut texts = Vec::new();
+        for host in metrics_urls {
+            texts.push(scrape(host).await.ok());
+        }
+        Self {
+            writers: texts.first().and_then(|t| t.as_deref()).and_then(|text| {
+                let [size, queue, batch] = WRITER_SERIES.map(|name| Histogram::parse(text, name));
                 Some([size?, queue?, batch?])
             }),
-            None => None,
-        };
-        Self {
-            writers,
-            services: scrape_process(metrics_urls).await,
+            services: texts
+                .iter()
+                .map(|t| t.as_deref().map(process_figures))
+                .collect(),
             exact: pids
                 .iter()
                 .map(|pid| pid.and_then(process_cpu_seconds))
@@ -660,21 +664,24 @@ fn machine_cpu_seconds() -> Option<(f64, f64)> {
 async fn scrape_process(hosts: &[String]) -> Vec<Option<(f64, f64)>> {
     let mut out = Vec::new();
     for host in hosts {
-        out.push(scrape(host).await.ok().map(|text| {
-            let value = |name: &str| {
-                text.lines()
-                    .find(|l| l.starts_with(name))
-                    .and_then(|l| l.rsplit(' ').next())
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            (
-                value("process_cpu_seconds_total "),
-                value("process_resident_memory_bytes "),
-            )
-        }));
+        out.push(scrape(host).await.ok().as_deref().map(process_figures));
     }
     out
+}
+
+/// (cpu seconds, resident bytes) of a service's scrape.
+fn process_figures(text: &str) -> (f64, f64) {
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("process_cpu_seconds_total "),
+        value("process_resident_memory_bytes "),
+    )
 }
 
 async fn scrape(host: &str) -> anyhow::Result<String> {
@@ -900,27 +907,10 @@ fn report(
         .writers
         .as_ref()
         .zip(cpu_after.writers.as_ref())
-        .and_then(|(before, after)| {
-            let [size, queue, batch] = [0, 1, 2].map(|i| after[i].since(&before[i]));
-            let ms = |h: &Histogram, q: f64| h.quantile(q).map(|s| s * 1000.0);
-            let (q50, q99, b50, b99) = (
-                ms(&queue, 0.5)?,
-                ms(&queue, 0.99)?,
-                ms(&batch, 0.5)?,
-                ms(&batch, 0.99)?,
-            );
-            let per_batch = size.mean()?;
-            out.push_str(&format!(
-                "intake writers (server side, from its histograms): {per_batch:.1} submissions a \
-                 transaction; queue p50 {q50:.1} ms, p99 {q99:.1} ms; transaction p50 {b50:.1} ms, \
-                 p99 {b99:.1} ms\n"
-            ));
-            Some(serde_json::json!({
-                "submissions_per_transaction": per_batch,
-                "transactions": batch.count(),
-                "queue_ms": {"p50": q50, "p99": q99},
-                "transaction_ms": {"p50": b50, "p99": b99},
-            }))
+        .and_then(|(before, after)| writers_summary(before, after))
+        .map(|(line, json)| {
+            out.push_str(&line);
+            json
         });
     let mut services = serde_json::Map::new();
     out.push_str("\nservice                 CPU s (load)  CPU %   peak RSS MiB\n");
@@ -1038,9 +1028,76 @@ fn report(
     (out, json, !problems.is_empty())
 }
 
+/// The line and JSON of what intake's writers did between two scrapes of [`WRITER_SERIES`]:
+/// submissions a transaction, queue wait and transaction p50/p99. None if nothing was written.
+fn writers_summary(
+    before: &[Histogram; 3],
+    after: &[Histogram; 3],
+) -> Option<(String, serde_json::Value)> {
+    let [size, queue, batch] = [0, 1, 2].map(|i| after[i].since(&before[i]));
+    let ms = |h: &Histogram, q: f64| h.quantile(q).map(|s| s * 1000.0);
+    let (q50, q99, b50, b99) = (
+        ms(&queue, 0.5)?,
+        ms(&queue, 0.99)?,
+        ms(&batch, 0.5)?,
+        ms(&batch, 0.99)?,
+    );
+    let per_batch = size.mean()?;
+    Some((
+        format!(
+            "intake writers (server side, from its histograms): {per_batch:.1} submissions a \
+             transaction; queue p50 {q50:.1} ms, p99 {q99:.1} ms; transaction p50 {b50:.1} ms, \
+             p99 {b99:.1} ms\n"
+        ),
+        serde_json::json!({
+            "submissions_per_transaction": per_batch,
+            "transactions": batch.count(),
+            "queue_ms": {"p50": q50, "p99": q99},
+            "transaction_ms": {"p50": b50, "p99": b99},
+        }),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scrape of intake's writer series: `batches` transactions of `per_batch` submissions,
+    /// every queue wait in (1, 2] ms and every transaction in (2, 5] ms.
+    fn writer_scrape(batches: u32, per_batch: u32) -> [Histogram; 3] {
+        let n = batches * per_batch;
+        let text = format!(
+            "intake_submit_batch_size_bucket{{le=\"1\"}} 0\n\
+             intake_submit_batch_size_bucket{{le=\"+Inf\"}} {batches}\n\
+             intake_submit_batch_size_sum {n}\n\
+             intake_submit_queue_seconds_bucket{{le=\"0.001\"}} 0\n\
+             intake_submit_queue_seconds_bucket{{le=\"0.002\"}} {n}\n\
+             intake_submit_queue_seconds_bucket{{le=\"+Inf\"}} {n}\n\
+             intake_submit_queue_seconds_sum {}\n\
+             intake_submit_batch_seconds_bucket{{le=\"0.002\"}} 0\n\
+             intake_submit_batch_seconds_bucket{{le=\"0.005\"}} {batches}\n\
+             intake_submit_batch_seconds_bucket{{le=\"+Inf\"}} {batches}\n\
+             intake_submit_batch_seconds_sum {}\n",
+            f64::from(n) * 0.0015,
+            f64::from(batches) * 0.003
+        );
+        WRITER_SERIES.map(|name| Histogram::parse(&text, name).expect(name))
+    }
+
+    #[test]
+    fn the_writers_line_reports_only_what_happened_during_the_load() {
+        // 20 submissions in 10 batches before the load, 330 in 110 after it: the load's 100
+        // batches held 310, 3.1 each.
+        let (line, json) = writers_summary(&writer_scrape(10, 2), &writer_scrape(110, 3)).unwrap();
+        assert!(line.contains("3.1 submissions a transaction"), "{line}");
+        assert_eq!(json["transactions"], 100.0);
+        let q50 = json["queue_ms"]["p50"].as_f64().unwrap();
+        let b99 = json["transaction_ms"]["p99"].as_f64().unwrap();
+        assert!((1.0..=2.0).contains(&q50), "{q50}");
+        assert!((2.0..=5.0).contains(&b99), "{b99}");
+        // No load, no line.
+        assert!(writers_summary(&writer_scrape(10, 2), &writer_scrape(10, 2)).is_none());
+    }
 
     #[test]
     fn cpu_times_are_read_from_a_proc_stat_line() {

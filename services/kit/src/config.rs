@@ -80,7 +80,7 @@ pub fn duration_within(
 }
 
 /// `value` of setting `name` if it lies in `range`, else the error naming it.
-pub fn check_within(
+fn check_within(
     name: &str,
     value: Duration,
     range: &std::ops::RangeInclusive<Duration>,

@@ -66,6 +66,10 @@ pub const OUTBOX_INDEX_MIGRATION: Migration = Migration {
           DROP INDEX IF EXISTS {schema}.event_outbox_occurred_idx;",
 };
 
+/// The outbox's migrations in order, for a schema that only needs the outbox (test harnesses
+/// of a producer's consumers). A service lists both in its own migrations instead.
+pub const OUTBOX_MIGRATIONS: [Migration; 2] = [OUTBOX_MIGRATION, OUTBOX_INDEX_MIGRATION];
+
 /// Cursor table of a consuming service: one row per stream it follows.
 pub const CURSOR_MIGRATION: Migration = Migration {
     name: "kit_0002_event_cursors",

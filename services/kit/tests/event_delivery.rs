@@ -409,6 +409,17 @@ async fn a_crash_between_applying_and_acknowledging_does_not_apply_twice() {
     producer.trigger.trigger();
 }
 
+/// Makes the outbox's events (those `filter` picks, an SQL condition) 40 days old, through
+/// `executor` (the pool, or a transaction still writing some of them).
+async fn age_events<'e>(executor: impl sqlx::PgExecutor<'e>, filter: &str) {
+    sqlx::query(&format!(
+        "UPDATE producer_test.event_outbox SET occurred_at = now() - interval '40 days' WHERE {filter}"
+    ))
+    .execute(executor)
+    .await
+    .unwrap();
+}
+
 /// Purges until `expected` events are deleted in all, never more: a transaction of another
 /// test on the same server holds retention back for a moment, as it holds back release.
 async fn purged(producer: &Producer, retention: Duration, expected: u64) {
@@ -438,10 +449,7 @@ async fn a_consumer_behind_retention_gets_out_of_range_not_a_gap() {
     for i in 0..5 {
         write_event(&producer, &format!("agg-{i}")).await;
     }
-    sqlx::query("UPDATE producer_test.event_outbox SET occurred_at = now() - interval '40 days'")
-        .execute(&producer.pool)
-        .await
-        .unwrap();
+    age_events(&producer.pool, "true").await;
     write_event(&producer, "agg-recent").await;
     purged(&producer, Duration::from_secs(30 * 86_400), 5).await;
 
@@ -500,13 +508,7 @@ async fn retention_deletes_the_oldest_events_only_up_to_the_first_young_one() {
     }
     // "late-old" sits behind a young event, as an event of a transaction that began long
     // before it committed would.
-    sqlx::query(
-        "UPDATE producer_test.event_outbox SET occurred_at = now() - interval '40 days'
-         WHERE aggregate_id <> 'young'",
-    )
-    .execute(&producer.pool)
-    .await
-    .unwrap();
+    age_events(&producer.pool, "aggregate_id <> 'young'").await;
     let retention = Duration::from_secs(30 * 86_400);
     purged(&producer, retention, 2).await;
     let left: Vec<(String,)> =
@@ -528,10 +530,7 @@ async fn retention_deletes_the_oldest_events_only_up_to_the_first_young_one() {
     .unwrap();
     assert!((mark_txid, mark_seq) < (young_txid, young_seq));
     // Once the young one is old too, everything goes, and nothing is deleted twice.
-    sqlx::query("UPDATE producer_test.event_outbox SET occurred_at = now() - interval '40 days'")
-        .execute(&producer.pool)
-        .await
-        .unwrap();
+    age_events(&producer.pool, "true").await;
     purged(&producer, retention, 2).await;
     purged(&producer, retention, 0).await;
     // The outbox keeps one index, its primary key.
@@ -552,16 +551,10 @@ async fn retention_never_marks_past_an_event_still_being_written() {
     // A transaction writes an old event and stays open while later ones commit.
     let mut writing = producer.pool.begin().await.unwrap();
     append(&producer.log, &mut writing, "in-flight", 1).await;
-    sqlx::query("UPDATE producer_test.event_outbox SET occurred_at = now() - interval '40 days'")
-        .execute(&mut *writing)
-        .await
-        .unwrap();
+    age_events(&mut *writing, "true").await;
     write_event(&producer, "committed-1").await;
     write_event(&producer, "committed-2").await;
-    sqlx::query("UPDATE producer_test.event_outbox SET occurred_at = now() - interval '40 days'")
-        .execute(&producer.pool)
-        .await
-        .unwrap();
+    age_events(&producer.pool, "true").await;
     let retention = Duration::from_secs(30 * 86_400);
     // The open transaction's event will sit below both: a mark past them would let a consumer
     // already beyond it miss that event.

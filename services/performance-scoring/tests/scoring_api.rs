@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Asia::Shanghai;
 use complaints_kit::Role;
 use complaints_kit::auth::BearerToken;
-use complaints_kit::events::{EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION};
+use complaints_kit::events::{EventLog, OUTBOX_MIGRATIONS};
 use complaints_kit::server::ServiceContext;
 use complaints_kit::testing::{self, RunningService};
 use complaints_kit::time::{to_pb_duration, to_timestamp};
@@ -47,14 +47,9 @@ async fn producer(db_url: &str, schema: &'static str, source: &'static str) -> P
         listener,
         url.clone(),
         move |listener, shutdown| async move {
-            let context = ServiceContext::start(
-                source,
-                &common,
-                schema,
-                &[OUTBOX_MIGRATION, OUTBOX_INDEX_MIGRATION],
-                shutdown,
-            )
-            .await?;
+            let context =
+                ServiceContext::start(source, &common, schema, &OUTBOX_MIGRATIONS, shutdown)
+                    .await?;
             let routes = tonic::service::Routes::new(served.service(&context));
             context
                 .serve(listener, routes, &["complaints.events.v1.EventStream"])
@@ -87,13 +82,9 @@ impl Harness {
         let survey = producer(&db.url, "p_survey", "feedback-survey").await;
         // The outboxes exist before anything is appended.
         for p in [&cases, &sla, &survey] {
-            complaints_kit::db::migrate(
-                &pool,
-                p.schema,
-                &[OUTBOX_MIGRATION, OUTBOX_INDEX_MIGRATION],
-            )
-            .await
-            .expect("outbox");
+            complaints_kit::db::migrate(&pool, p.schema, &OUTBOX_MIGRATIONS)
+                .await
+                .expect("outbox");
         }
         let (listener, url) = testing::ephemeral_listener().await;
         let mut config = performance_scoring::Config::new(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use complaints_kit::Role;
 use complaints_kit::auth::BearerToken;
-use complaints_kit::events::{EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION};
+use complaints_kit::events::{EventLog, OUTBOX_MIGRATIONS};
 use complaints_kit::server::ServiceContext;
 use complaints_kit::testing::{self, RunningService, eventually};
 
@@ -122,7 +122,7 @@ impl TestCase {
 pub async fn start(options: Options) -> Harness {
     let db = testing::fresh_database().await;
     let pool = PgPool::connect(&db.url).await.expect("connect");
-    complaints_kit::db::migrate(&pool, "cases", &[OUTBOX_MIGRATION, OUTBOX_INDEX_MIGRATION])
+    complaints_kit::db::migrate(&pool, "cases", &OUTBOX_MIGRATIONS)
         .await
         .expect("upstream outbox");
     let upstream_log = EventLog::new("cases", "case-management");
@@ -135,7 +135,7 @@ pub async fn start(options: Options) -> Harness {
                 "case-management",
                 &common,
                 "cases",
-                &[OUTBOX_MIGRATION, OUTBOX_INDEX_MIGRATION],
+                &OUTBOX_MIGRATIONS,
                 shutdown,
             )
             .await?;
