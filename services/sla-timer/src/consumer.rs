@@ -11,12 +11,14 @@ use chrono::{DateTime, Utc};
 use complaints_kit::events::{EventHandler, Incoming};
 use complaints_kit::time::from_timestamp;
 use complaints_proto::common::v1::{CaseStatus, ClockKind};
-use complaints_proto::events::v1::{CaseOpened, CaseStatusChanged, Event, event::Payload};
+use complaints_proto::events::v1::{
+    CaseOpened, CaseReclassified, CaseStatusChanged, Event, event::Payload,
+};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::engine::{ClockStart, Engine};
-use crate::store::{self, CaseClocks, CaseRow};
+use crate::engine::{CalendarsRead, ClockStart, Engine};
+use crate::store::{self, CaseChange, CaseClocks, CaseRow};
 
 pub struct ClockEvents {
     pub engine: Engine,
@@ -49,29 +51,19 @@ impl ClockEvents {
             }
             Some(Payload::CaseAssigned(assigned)) => {
                 let case_id = Uuid::parse_str(&assigned.case_id)?;
-                if let Some(mut case) = store::case(conn, case_id).await? {
-                    case.department_id = assigned.department_id.clone();
-                    case.owner_id = assigned.owner_id.clone();
-                    store::upsert_case(conn, &case).await?;
+                let change = CaseChange {
+                    department_id: Some(&assigned.department_id),
+                    owner_id: Some(&assigned.owner_id),
+                    ..CaseChange::default()
+                };
+                if let Some(case) = store::change_case(conn, case_id, &change).await? {
                     store::move_open_clocks(conn, case_id, &case.department_id).await?;
                 }
             }
             Some(Payload::CaseReclassified(change)) => {
                 let case_id = Uuid::parse_str(&change.case_id)?;
-                if let Some(mut case) = store::case(conn, case_id).await? {
-                    if !change.category.is_empty() {
-                        case.category = change.category.clone();
-                    }
-                    for (field, value) in [
-                        (&mut case.severity, change.severity),
-                        (&mut case.priority, change.priority),
-                        (&mut case.complexity, change.complexity),
-                    ] {
-                        if value != 0 {
-                            *field = value as i16;
-                        }
-                    }
-                    store::upsert_case(conn, &case).await?;
+                if let Some(case) = store::change_case(conn, case_id, &reclassified(change)).await?
+                {
                     engine.reclassify(conn, &case, &change.reason, now).await?;
                 }
             }
@@ -81,26 +73,29 @@ impl ClockEvents {
                 let from = CaseStatus::try_from(change.from).unwrap_or(CaseStatus::Unspecified);
                 let to = CaseStatus::try_from(change.to).unwrap_or(CaseStatus::Unspecified);
                 let clocks = store::lock_clocks(conn, case_id).await?;
+                let mut calendars = CalendarsRead::default();
+                let calendars = &mut calendars;
                 match to {
                     CaseStatus::WaitingOnCustomer => {
                         // The ball is in the customer's court: neither resolution nor updates count.
                         for kind in [ClockKind::Resolution, ClockKind::CustomerUpdate] {
                             for clock in clocks.active_of_kind(kind as i16) {
-                                engine.pause(conn, clock, at).await?;
+                                engine.pause(conn, calendars, clock, at).await?;
                             }
                         }
                     }
                     CaseStatus::Resolved => {
-                        // Resolving answers the customer too.
-                        for kind in [
+                        // Resolving answers the customer too (all met with one update).
+                        let met = [
                             ClockKind::FirstResponse,
                             ClockKind::Resolution,
                             ClockKind::CustomerUpdate,
-                        ] {
-                            for clock in clocks.active_of_kind(kind as i16) {
-                                engine.meet(conn, clock, at, trace).await?;
-                            }
-                        }
+                        ]
+                        .into_iter()
+                        .flat_map(|kind| clocks.active_of_kind(kind as i16))
+                        .map(|clock| (clock, at, trace))
+                        .collect();
+                        engine.meet_all(conn, met).await?;
                         if let Some(case) = store::case(conn, case_id).await? {
                             let cycle = clocks.max_cycle(ClockKind::FollowUp as i16) + 1;
                             let started = engine
@@ -117,12 +112,12 @@ impl ClockEvents {
                     }
                     CaseStatus::Cancelled => {
                         for clock in clocks.active() {
-                            engine.cancel(conn, clock, at).await?;
+                            engine.cancel(conn, calendars, clock, at).await?;
                         }
                     }
                     CaseStatus::Reopened => {
                         for clock in clocks.active_of_kind(ClockKind::FollowUp as i16) {
-                            engine.cancel(conn, clock, at).await?;
+                            engine.cancel(conn, calendars, clock, at).await?;
                         }
                         if let Some(case) = store::case(conn, case_id).await? {
                             let cycle = clocks.max_cycle(ClockKind::Resolution as i16) + 1;
@@ -136,7 +131,7 @@ impl ClockEvents {
                     _ if from == CaseStatus::WaitingOnCustomer => {
                         for kind in [ClockKind::Resolution, ClockKind::CustomerUpdate] {
                             for clock in clocks.active_of_kind(kind as i16) {
-                                engine.resume(conn, clock, at).await?;
+                                engine.resume(conn, calendars, clock, at).await?;
                             }
                         }
                     }
@@ -363,6 +358,19 @@ fn opened_of(event: &Event) -> Option<&CaseOpened> {
     }
 }
 
+/// What a reclassification changes: the facts it gives (an empty category or a zero level
+/// leaves the stored one).
+fn reclassified(change: &CaseReclassified) -> CaseChange<'_> {
+    let given = |level: i32| (level != 0).then_some(level as i16);
+    CaseChange {
+        category: (!change.category.is_empty()).then_some(change.category.as_str()),
+        severity: given(change.severity),
+        priority: given(change.priority),
+        complexity: given(change.complexity),
+        ..CaseChange::default()
+    }
+}
+
 /// Whether a status change leaves every clock as it is (e.g. accepted → investigating): no
 /// pause, resume, meeting, cancellation or new clock, so nothing to lock or write.
 fn clockless(change: &CaseStatusChanged) -> bool {
@@ -392,6 +400,32 @@ fn heard_from_us(event: &Event) -> Option<(&str, &Option<prost_types::Timestamp>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reclassification_changes_only_the_facts_it_gives() {
+        let change = CaseReclassified {
+            case_id: "c".into(),
+            severity: 3,
+            complexity: 2,
+            reason: "why".into(),
+            ..Default::default()
+        };
+        let facts = reclassified(&change);
+        assert_eq!(facts.severity, Some(3));
+        assert_eq!(facts.complexity, Some(2));
+        assert_eq!(facts.priority, None, "zero keeps the stored priority");
+        assert_eq!(facts.category, None, "empty keeps the stored category");
+        assert_eq!((facts.department_id, facts.owner_id), (None, None));
+        let recategorised = CaseReclassified {
+            category: "billing".into(),
+            priority: 1,
+            ..Default::default()
+        };
+        let facts = reclassified(&recategorised);
+        assert_eq!(facts.category, Some("billing"));
+        assert_eq!(facts.priority, Some(1));
+        assert_eq!((facts.severity, facts.complexity), (None, None));
+    }
 
     #[test]
     fn only_status_changes_that_move_no_clock_are_clockless() {

@@ -28,6 +28,38 @@ pub struct CalendarCache {
     inner: Arc<RwLock<HashMap<String, Arc<BusinessCalendar>>>>,
 }
 
+/// The calendars one event (or one batch) has read, each read once (with its version checked,
+/// see [`Engine::calendar`]) however many of its clocks use it. `share` share-locks each row
+/// read, as clock starts need.
+#[derive(Default)]
+pub struct CalendarsRead {
+    share: bool,
+    read: HashMap<String, Arc<BusinessCalendar>>,
+}
+
+impl CalendarsRead {
+    pub fn shared() -> Self {
+        Self {
+            share: true,
+            ..Self::default()
+        }
+    }
+
+    pub async fn get(
+        &mut self,
+        engine: &Engine,
+        conn: &mut PgConnection,
+        id: &str,
+    ) -> anyhow::Result<Arc<BusinessCalendar>> {
+        if let Some(calendar) = self.read.get(id) {
+            return Ok(calendar.clone());
+        }
+        let calendar = engine.calendar(conn, id, self.share).await?;
+        self.read.insert(id.to_owned(), calendar.clone());
+        Ok(calendar)
+    }
+}
+
 /// The policies as loaded, with the fingerprint (count, sum of versions) they were loaded at.
 /// The policies, the fingerprint they were loaded under, and when it was last checked.
 type PolicySnapshot = ((i64, i64), Arc<Vec<Policy>>, std::time::Instant);
@@ -327,7 +359,7 @@ impl Engine {
         conn: &mut PgConnection,
         starts: &[ClockStart<'_>],
     ) -> anyhow::Result<Vec<ClockRow>> {
-        let mut calendars: HashMap<String, Arc<BusinessCalendar>> = HashMap::new();
+        let mut calendars = CalendarsRead::shared();
         let mut clocks = Vec::with_capacity(starts.len());
         let mut announcements = Vec::with_capacity(starts.len());
         for start in starts {
@@ -336,15 +368,9 @@ impl Engine {
             let Some(measure) = chosen.policy.measure(start.kind) else {
                 continue;
             };
-            let calendar_id = &chosen.policy.calendar_id;
-            let calendar = match calendars.get(calendar_id) {
-                Some(calendar) => calendar.clone(),
-                None => {
-                    let calendar = self.calendar(conn, calendar_id, true).await?;
-                    calendars.insert(calendar_id.clone(), calendar.clone());
-                    calendar
-                }
-            };
+            let calendar = calendars
+                .get(self, conn, &chosen.policy.calendar_id)
+                .await?;
             let (target, business) = measure.resolve(calendar.standard_day());
             let started_at = if business {
                 calendar.next_working_instant(start.origin)?
@@ -433,18 +459,11 @@ impl Engine {
         if met.is_empty() {
             return Ok(());
         }
-        let mut calendars: HashMap<String, Arc<BusinessCalendar>> = HashMap::new();
+        let mut calendars = CalendarsRead::default();
         let mut clocks = Vec::with_capacity(met.len());
         let mut events = Vec::with_capacity(met.len());
         for (mut clock, at, traceparent) in met {
-            let calendar = match calendars.get(&clock.calendar_id) {
-                Some(calendar) => calendar.clone(),
-                None => {
-                    let calendar = self.calendar(conn, &clock.calendar_id, false).await?;
-                    calendars.insert(clock.calendar_id.clone(), calendar.clone());
-                    calendar
-                }
-            };
+            let calendar = calendars.get(self, conn, &clock.calendar_id).await?;
             let mut timing = clock.timing();
             timing.pause(&calendar, at);
             let elapsed = timing.consumed;
@@ -477,13 +496,14 @@ impl Engine {
     pub async fn pause(
         &self,
         conn: &mut PgConnection,
+        calendars: &mut CalendarsRead,
         mut clock: ClockRow,
         at: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         if clock.running_since.is_none() {
             return Ok(());
         }
-        let calendar = self.calendar(conn, &clock.calendar_id, false).await?;
+        let calendar = calendars.get(self, conn, &clock.calendar_id).await?;
         let mut timing = clock.timing();
         timing.pause(&calendar, at);
         clock.set_timing(&timing);
@@ -500,13 +520,14 @@ impl Engine {
     pub async fn resume(
         &self,
         conn: &mut PgConnection,
+        calendars: &mut CalendarsRead,
         mut clock: ClockRow,
         at: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         if clock.running_since.is_some() {
             return Ok(());
         }
-        let calendar = self.calendar(conn, &clock.calendar_id, false).await?;
+        let calendar = calendars.get(self, conn, &clock.calendar_id).await?;
         let mut timing = clock.timing();
         timing.resume(at);
         clock.set_timing(&timing);
@@ -522,10 +543,11 @@ impl Engine {
     pub async fn cancel(
         &self,
         conn: &mut PgConnection,
+        calendars: &mut CalendarsRead,
         mut clock: ClockRow,
         at: DateTime<Utc>,
     ) -> anyhow::Result<()> {
-        let calendar = self.calendar(conn, &clock.calendar_id, false).await?;
+        let calendar = calendars.get(self, conn, &clock.calendar_id).await?;
         let mut timing = clock.timing();
         timing.pause(&calendar, at);
         clock.set_timing(&timing);
@@ -536,21 +558,13 @@ impl Engine {
 
     /// Recounts the time a clock used from its runs (start, pauses) under `calendar` and its
     /// measure, so a changed calendar or target applies to the whole life of the clock.
-    async fn recount(
-        &self,
-        conn: &mut PgConnection,
+    /// `pauses` are the clock's, in order.
+    fn recount(
         calendar: &BusinessCalendar,
         clock: &mut ClockRow,
+        pauses: &[Pause],
     ) -> anyhow::Result<()> {
-        let pauses: Vec<Pause> = store::pauses_of_locked(conn, clock.id)
-            .await?
-            .into_iter()
-            .map(|(paused_at, resumed_at)| Pause {
-                paused_at,
-                resumed_at,
-            })
-            .collect();
-        let runs = clock::runs(clock.origin_at, &pauses, None);
+        let runs = clock::runs(clock.origin_at, pauses, None);
         let mut consumed = Duration::zero();
         let mut running_since = None;
         for run in &runs {
@@ -579,9 +593,15 @@ impl Engine {
     ) -> anyhow::Result<usize> {
         let clocks = store::lock_open_clocks_of_calendar(conn, &calendar.id).await?;
         let count = clocks.len();
+        if clocks.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = clocks.iter().map(|c| c.id).collect();
+        let pauses = store::pauses_of_clocks(conn, &ids).await?;
         for mut clock in clocks {
             let before = clock.due_at;
-            self.recount(conn, calendar, &mut clock).await?;
+            let paused = pauses.get(&clock.id).map(Vec::as_slice).unwrap_or_default();
+            Self::recount(calendar, &mut clock, paused)?;
             self.plan(calendar, &mut clock)?;
             if clock.due_at != before {
                 clock.plan_note = format!(
@@ -605,7 +625,8 @@ impl Engine {
 
     /// Re-plans the open clocks of a case whose severity, priority, complexity, tier or category
     /// changed: the policy is chosen again and each clock takes its new target, keeping the time
-    /// it already used (recounted in the new measure).
+    /// it already used (recounted in the new measure). The calendar and the clocks' pauses are
+    /// read once for all the clocks.
     pub async fn reclassify(
         &self,
         conn: &mut PgConnection,
@@ -616,14 +637,20 @@ impl Engine {
         let chosen = self.policy_for(conn, &facts_of(case)).await?;
         let clocks = store::lock_clocks(conn, case.case_id).await?.active();
         let count = clocks.len();
+        if clocks.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = clocks.iter().map(|c| c.id).collect();
+        let pauses = store::pauses_of_clocks(conn, &ids).await?;
+        let mut calendars = CalendarsRead::default();
         for mut clock in clocks {
             let kind = ClockKind::try_from(clock.kind as i32).unwrap_or(ClockKind::Unspecified);
             let Some(measure) = chosen.policy.measure(kind) else {
-                self.cancel(conn, clock, now).await?;
+                self.cancel(conn, &mut calendars, clock, now).await?;
                 continue;
             };
-            let calendar = self
-                .calendar(conn, &chosen.policy.calendar_id, false)
+            let calendar = calendars
+                .get(self, conn, &chosen.policy.calendar_id)
                 .await?;
             let (target, business) = measure.resolve(calendar.standard_day());
             let before = (clock.policy_id.clone(), clock.policy_version, clock.due_at);
@@ -637,7 +664,8 @@ impl Engine {
             clock.policy_reason = chosen.reason.clone();
             clock.thresholds_ms = millis(&chosen.policy.warning_thresholds(target));
             clock.ladder_ms = chosen.policy.ladder_ms.clone();
-            self.recount(conn, &calendar, &mut clock).await?;
+            let paused = pauses.get(&clock.id).map(Vec::as_slice).unwrap_or_default();
+            Self::recount(&calendar, &mut clock, paused)?;
             self.plan(&calendar, &mut clock)?;
             clock.plan_note = format!(
                 "re-planned {} after reclassification ({why}): policy {} v{} → {} v{}, due {} (was {})",

@@ -4,7 +4,7 @@ use chrono::{DateTime, Duration, Utc};
 use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::domain::clock::ClockTiming;
+use crate::domain::clock::{ClockTiming, Pause};
 
 pub const RUNNING: i16 = 1;
 pub const PAUSED: i16 = 2;
@@ -124,6 +124,46 @@ pub async fn case_traces(
             .fetch_all(conn)
             .await?;
     Ok(rows.into_iter().collect())
+}
+
+/// What an event changes of a case's facts; `None` keeps what is stored.
+#[derive(Debug, Default)]
+pub struct CaseChange<'a> {
+    pub department_id: Option<&'a str>,
+    pub owner_id: Option<&'a str>,
+    pub category: Option<&'a str>,
+    pub severity: Option<i16>,
+    pub priority: Option<i16>,
+    pub complexity: Option<i16>,
+}
+
+/// Applies a change to a case's facts and returns the case as it now is, locked as [`case`]
+/// locks it: one statement where reading the case and [`upsert_case`] took two. `None` for a
+/// case this service never saw opened.
+pub async fn change_case(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+    change: &CaseChange<'_>,
+) -> Result<Option<CaseRow>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE sla.cases
+         SET department_id = COALESCE($2, department_id), owner_id = COALESCE($3, owner_id),
+             category = COALESCE($4, category), severity = COALESCE($5, severity),
+             priority = COALESCE($6, priority), complexity = COALESCE($7, complexity),
+             updated_at = now()
+         WHERE case_id = $1
+         RETURNING case_id, department_id, owner_id, category, severity, priority, complexity,
+             customer_tier, channel, received_at",
+    )
+    .bind(case_id)
+    .bind(change.department_id)
+    .bind(change.owner_id)
+    .bind(change.category)
+    .bind(change.severity)
+    .bind(change.priority)
+    .bind(change.complexity)
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn case(conn: &mut PgConnection, case_id: Uuid) -> Result<Option<CaseRow>, sqlx::Error> {
@@ -618,16 +658,29 @@ pub async fn pauses_of(
     .await
 }
 
-pub async fn pauses_of_locked(
+/// The pauses of several clocks (locked by the caller) with one statement, each clock's in
+/// order; a clock never paused is absent.
+pub async fn pauses_of_clocks(
     conn: &mut PgConnection,
-    clock_id: Uuid,
-) -> Result<Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT paused_at, resumed_at FROM sla.clock_pauses WHERE clock_id = $1 ORDER BY paused_at",
+    clock_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Vec<Pause>>, sqlx::Error> {
+    let rows: Vec<(Uuid, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT clock_id, paused_at, resumed_at FROM sla.clock_pauses WHERE clock_id = ANY($1)
+         ORDER BY clock_id, paused_at",
     )
-    .bind(clock_id)
+    // Planned for each call (see "Plans" in `complaints_kit::db`).
+    .persistent(false)
+    .bind(clock_ids)
     .fetch_all(conn)
-    .await
+    .await?;
+    let mut by_clock: std::collections::HashMap<Uuid, Vec<Pause>> = Default::default();
+    for (clock_id, paused_at, resumed_at) in rows {
+        by_clock.entry(clock_id).or_default().push(Pause {
+            paused_at,
+            resumed_at,
+        });
+    }
+    Ok(by_clock)
 }
 
 /// Locks the open clocks planned on a calendar.

@@ -510,6 +510,12 @@ async fn the_update_target_never_overrides_the_first_response_target() {
     .await;
     let update = h.clock(&case, ClockKind::CustomerUpdate).await;
     assert_eq!(update.state, pb::ClockState::Met as i32);
+    // Both running clocks met at the resolution, by one update.
+    let resolution = h.clock(&case, ClockKind::Resolution).await;
+    assert_eq!(resolution.state, pb::ClockState::Met as i32);
+    for clock in [&update, &resolution] {
+        assert_eq!(at(&clock.met_at), sh(25, 10, 0), "{clock:?}");
+    }
 }
 
 #[tokio::test]
@@ -910,6 +916,77 @@ async fn reclassification_replans_the_open_clocks_of_the_case() {
     assert_eq!(crisis.policy_id, "crisis");
     assert!(!crisis.business_time);
     assert_eq!(at(&crisis.due_at), sh(26, 9, 0));
+    // Back to general: the complexity given earlier is kept (a reclassification changes only
+    // what it gives).
+    h.apply(
+        &case,
+        Payload::CaseReclassified(CaseReclassified {
+            case_id: case.clone(),
+            severity: Severity::General as i32,
+            reason: "calmer".into(),
+            ..CaseReclassified::default()
+        }),
+    )
+    .await;
+    let calmer = h.clock(&case, ClockKind::Resolution).await;
+    assert_eq!(calmer.policy_id, "general-complex");
+    assert!(calmer.business_time);
+}
+
+#[tokio::test]
+async fn reclassification_recounts_each_clock_with_its_own_pauses() {
+    let h = Harness::start().await;
+    // Two cases received on Friday 09:00; only `paused` waits on the customer, from Friday
+    // 17:00 to Tuesday 09:00 (its resolution clock pauses, its first-response clock runs on).
+    let paused = h.open_case(sh(22, 9, 0), "product_quality").await;
+    let steady = h.open_case(sh(22, 9, 0), "product_quality").await;
+    h.status(
+        &paused,
+        CaseStatus::Accepted,
+        CaseStatus::WaitingOnCustomer,
+        sh(22, 17, 0),
+    )
+    .await;
+    h.status(
+        &paused,
+        CaseStatus::WaitingOnCustomer,
+        CaseStatus::Investigating,
+        sh(26, 9, 0),
+    )
+    .await;
+    for case in [&paused, &steady] {
+        h.apply(
+            case,
+            Payload::CaseReclassified(CaseReclassified {
+                case_id: case.clone(),
+                complexity: Complexity::Complex as i32,
+                reason: "needs the supplier".into(),
+                ..CaseReclassified::default()
+            }),
+        )
+        .await;
+    }
+    let shanghai = |day: u32, hour: u32| {
+        chrono_tz::Asia::Shanghai
+            .with_ymd_and_hms(2030, 12, day, hour, 0, 0)
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    // 7 working days (56 h). Unpaused: Friday's 8 h, the next week's 40 h, Monday 2nd's
+    // 8 h → Monday 18:00. Paused: Friday's 7 h, then 49 h from Tuesday 26th 09:00 →
+    // Wednesday 4th 10:00.
+    let resolution = h.clock(&steady, ClockKind::Resolution).await;
+    assert_eq!(resolution.policy_id, "general-complex");
+    assert_eq!(at(&resolution.due_at), shanghai(2, 18));
+    let resolution = h.clock(&paused, ClockKind::Resolution).await;
+    assert_eq!(resolution.policy_id, "general-complex");
+    assert_eq!(at(&resolution.due_at), shanghai(4, 10));
+    // The first-response clocks never paused: both re-planned alike.
+    let first = h.clock(&paused, ClockKind::FirstResponse).await;
+    let other = h.clock(&steady, ClockKind::FirstResponse).await;
+    assert_eq!(first.policy_id, "general-complex");
+    assert_eq!(at(&first.due_at), at(&other.due_at));
+    assert_eq!(first.state, other.state);
 }
 
 #[tokio::test]
