@@ -134,6 +134,23 @@ impl Harness {
         .await;
     }
 
+    async fn reclassify(&self, case_id: &str, change: CaseReclassified) {
+        let change = CaseReclassified {
+            case_id: case_id.into(),
+            ..change
+        };
+        self.apply(case_id, Payload::CaseReclassified(change)).await;
+    }
+
+    /// The case waits on the customer from `from` until `until`, then is investigated.
+    async fn wait_on_customer(&self, case_id: &str, from: DateTime<Utc>, until: DateTime<Utc>) {
+        use CaseStatus::{Accepted, Investigating, WaitingOnCustomer};
+        self.status(case_id, Accepted, WaitingOnCustomer, from)
+            .await;
+        self.status(case_id, WaitingOnCustomer, Investigating, until)
+            .await;
+    }
+
     async fn clocks(&self, case_id: &str) -> Vec<pb::Clock> {
         self.client()
             .list_case_clocks(admin_req(pb::ListCaseClocksRequest {
@@ -339,21 +356,8 @@ async fn a_pause_over_a_weekend_subtracts_only_the_business_time_paused() {
     let h = Harness::start().await;
     // General simple complaint: resolution in 3 working days (24 business hours).
     let case = h.open_case(sh(22, 9, 0), "product_quality").await;
-    h.status(
-        &case,
-        CaseStatus::Accepted,
-        CaseStatus::WaitingOnCustomer,
-        sh(22, 17, 0),
-    )
-    .await;
     // Waiting all weekend and all Monday; work resumes Tuesday 09:00.
-    h.status(
-        &case,
-        CaseStatus::WaitingOnCustomer,
-        CaseStatus::Investigating,
-        sh(26, 9, 0),
-    )
-    .await;
+    h.wait_on_customer(&case, sh(22, 17, 0), sh(26, 9, 0)).await;
     let explained = h.explain(&case, ClockKind::Resolution).await;
     // Friday 09:00–17:00 used 7h (lunch excluded); 17h left from Tuesday 09:00 → Thursday 10:00.
     assert_eq!(at(&explained.clock.as_ref().unwrap().due_at), sh(28, 10, 0));
@@ -872,14 +876,13 @@ async fn reclassification_replans_the_open_clocks_of_the_case() {
     assert_eq!(before.policy_id, "general-simple");
     // 3 working days of 8 hours from Monday 09:00: Wednesday 18:00.
     assert_eq!(at(&before.due_at), sh(27, 18, 0));
-    h.apply(
+    h.reclassify(
         &case,
-        Payload::CaseReclassified(CaseReclassified {
-            case_id: case.clone(),
+        CaseReclassified {
             complexity: Complexity::Complex as i32,
             reason: "needs the supplier".into(),
             ..CaseReclassified::default()
-        }),
+        },
     )
     .await;
     let explained = h.explain(&case, ClockKind::Resolution).await;
@@ -902,14 +905,13 @@ async fn reclassification_replans_the_open_clocks_of_the_case() {
         explained.notes
     );
     // Raised to a crisis: calendar time from receipt, 24 hours.
-    h.apply(
+    h.reclassify(
         &case,
-        Payload::CaseReclassified(CaseReclassified {
-            case_id: case.clone(),
+        CaseReclassified {
             severity: Severity::Crisis as i32,
             reason: "on the news".into(),
             ..CaseReclassified::default()
-        }),
+        },
     )
     .await;
     let crisis = h.clock(&case, ClockKind::Resolution).await;
@@ -918,14 +920,13 @@ async fn reclassification_replans_the_open_clocks_of_the_case() {
     assert_eq!(at(&crisis.due_at), sh(26, 9, 0));
     // Back to general: the complexity given earlier is kept (a reclassification changes only
     // what it gives).
-    h.apply(
+    h.reclassify(
         &case,
-        Payload::CaseReclassified(CaseReclassified {
-            case_id: case.clone(),
+        CaseReclassified {
             severity: Severity::General as i32,
             reason: "calmer".into(),
             ..CaseReclassified::default()
-        }),
+        },
     )
     .await;
     let calmer = h.clock(&case, ClockKind::Resolution).await;
@@ -940,29 +941,16 @@ async fn reclassification_recounts_each_clock_with_its_own_pauses() {
     // 17:00 to Tuesday 09:00 (its resolution clock pauses, its first-response clock runs on).
     let paused = h.open_case(sh(22, 9, 0), "product_quality").await;
     let steady = h.open_case(sh(22, 9, 0), "product_quality").await;
-    h.status(
-        &paused,
-        CaseStatus::Accepted,
-        CaseStatus::WaitingOnCustomer,
-        sh(22, 17, 0),
-    )
-    .await;
-    h.status(
-        &paused,
-        CaseStatus::WaitingOnCustomer,
-        CaseStatus::Investigating,
-        sh(26, 9, 0),
-    )
-    .await;
+    h.wait_on_customer(&paused, sh(22, 17, 0), sh(26, 9, 0))
+        .await;
     for case in [&paused, &steady] {
-        h.apply(
+        h.reclassify(
             case,
-            Payload::CaseReclassified(CaseReclassified {
-                case_id: case.clone(),
+            CaseReclassified {
                 complexity: Complexity::Complex as i32,
                 reason: "needs the supplier".into(),
                 ..CaseReclassified::default()
-            }),
+            },
         )
         .await;
     }
