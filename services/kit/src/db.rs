@@ -46,6 +46,8 @@ pub enum DbError {
         "migration {name} of schema {schema} was changed after it was applied; add a new migration instead"
     )]
     ChecksumMismatch { schema: String, name: String },
+    #[error("the migrations of schema {schema} are listed wrongly: {problem}")]
+    Listing { schema: String, problem: String },
     #[error("database error while migrating schema {schema}: {source}")]
     Migrator { schema: String, source: sqlx::Error },
 }
@@ -166,6 +168,10 @@ async fn migrate_inner(
         schema: schema.to_owned(),
         source,
     };
+    crate::events::check_outbox_migrations(migrations).map_err(|problem| DbError::Listing {
+        schema: schema.to_owned(),
+        problem,
+    })?;
     let mut conn = pool.acquire().await.map_err(err)?;
     let lock_key = format!("complaints-migrate:{schema}");
     sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
@@ -268,7 +274,19 @@ pub fn database_url(server_url: &str, name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::database_url;
+    use super::{DbError, database_url, migrate};
+    use crate::events::{CURSOR_MIGRATION, OUTBOX_MIGRATION};
+
+    #[tokio::test]
+    async fn a_list_with_half_the_outbox_is_refused_before_the_database_is_touched() {
+        // A lazy pool to a server that does not exist: a refusal must not need it.
+        let pool = sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let refused = migrate(&pool, "x", &[OUTBOX_MIGRATION, CURSOR_MIGRATION])
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, DbError::Listing { .. }), "{refused}");
+        assert!(refused.to_string().contains("schema x"), "{refused}");
+    }
 
     #[test]
     fn database_url_replaces_only_the_path() {

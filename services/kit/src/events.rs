@@ -67,8 +67,29 @@ pub const OUTBOX_INDEX_MIGRATION: Migration = Migration {
 };
 
 /// The outbox's migrations in order, for a schema that only needs the outbox (test harnesses
-/// of a producer's consumers). A service lists both in its own migrations instead.
+/// of a producer's consumers). A service lists both in its own migrations instead, one right
+/// after the other ([`check_outbox_migrations`] refuses anything else).
 pub const OUTBOX_MIGRATIONS: [Migration; 2] = [OUTBOX_MIGRATION, OUTBOX_INDEX_MIGRATION];
+
+/// A list of migrations with the outbox must hold all of [`OUTBOX_MIGRATIONS`], together and
+/// in order: a producer that left one out would run with the outbox of an older release (the
+/// indexes nothing reads kept up to date by every event). Checked by `db::migrate`.
+pub fn check_outbox_migrations(migrations: &[Migration]) -> Result<(), String> {
+    let names: Vec<&str> = migrations.iter().map(|m| m.name).collect();
+    let wanted = OUTBOX_MIGRATIONS.map(|m| m.name);
+    let Some(first) = names.iter().position(|n| *n == wanted[0]) else {
+        return Ok(());
+    };
+    if names[first..].starts_with(&wanted) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} must be followed by {} (kit's OUTBOX_MIGRATIONS, in that order)",
+            wanted[0],
+            wanted[1..].join(", ")
+        ))
+    }
+}
 
 /// Cursor table of a consuming service: one row per stream it follows.
 pub const CURSOR_MIGRATION: Migration = Migration {
@@ -1243,6 +1264,37 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_list_with_the_outbox_holds_every_outbox_migration_together_and_in_order() {
+        let own = Migration {
+            name: "0001_own",
+            sql: "",
+        };
+        for good in [
+            vec![
+                OUTBOX_MIGRATION,
+                OUTBOX_INDEX_MIGRATION,
+                CURSOR_MIGRATION,
+                own,
+            ],
+            vec![CURSOR_MIGRATION, own],
+            OUTBOX_MIGRATIONS.to_vec(),
+        ] {
+            assert_eq!(check_outbox_migrations(&good), Ok(()));
+        }
+        for bad in [
+            vec![OUTBOX_MIGRATION, CURSOR_MIGRATION, own],
+            vec![OUTBOX_MIGRATION, own, OUTBOX_INDEX_MIGRATION],
+            vec![OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION],
+        ] {
+            let problem = check_outbox_migrations(&bad).unwrap_err();
+            assert!(
+                problem.contains("kit_0003_event_outbox_indexes"),
+                "{problem}"
+            );
+        }
+    }
 
     fn event(txid: i64, seq: i64) -> Event {
         Event {

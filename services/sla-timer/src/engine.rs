@@ -877,15 +877,11 @@ impl Engine {
     ) -> anyhow::Result<Explanation> {
         let mut conn = pool.acquire().await?;
         let calendar = self.calendar(&mut conn, &clock.calendar_id, false).await?;
-        drop(conn);
-        let pauses: Vec<Pause> = store::pauses_of(pool, clock.id)
+        let pauses = store::pauses_of_clocks(&mut conn, &[clock.id])
             .await?
-            .into_iter()
-            .map(|(paused_at, resumed_at)| Pause {
-                paused_at,
-                resumed_at,
-            })
-            .collect();
+            .remove(&clock.id)
+            .unwrap_or_default();
+        drop(conn);
         let stopped = match clock.state {
             MET | CANCELLED => clock.met_at.or(Some(now)),
             _ => None,

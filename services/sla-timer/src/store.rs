@@ -645,21 +645,8 @@ pub async fn clock(pool: &PgPool, id: Uuid) -> Result<Option<ClockRow>, sqlx::Er
     .await
 }
 
-/// The pauses of a clock, in order.
-pub async fn pauses_of(
-    pool: &PgPool,
-    clock_id: Uuid,
-) -> Result<Vec<(DateTime<Utc>, Option<DateTime<Utc>>)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT paused_at, resumed_at FROM sla.clock_pauses WHERE clock_id = $1 ORDER BY paused_at",
-    )
-    .bind(clock_id)
-    .fetch_all(pool)
-    .await
-}
-
-/// The pauses of several clocks (locked by the caller) with one statement, each clock's in
-/// order; a clock never paused is absent.
+/// The pauses of several clocks with one statement, each clock's in order; a clock never
+/// paused is absent.
 pub async fn pauses_of_clocks(
     conn: &mut PgConnection,
     clock_ids: &[Uuid],

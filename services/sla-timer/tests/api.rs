@@ -13,8 +13,8 @@ use complaints_kit::testing::{self, RunningService};
 use complaints_kit::time::{from_pb_duration, from_timestamp, to_pb_duration, to_timestamp};
 use complaints_proto::common::v1::{CaseStatus, ClockKind, Complexity, Priority, Severity};
 use complaints_proto::events::v1::{
-    CaseAcknowledged, CaseCustomerContacted, CaseOpened, CaseReclassified, CaseStatusChanged,
-    Event, SurveyAnswered, event::Payload,
+    CaseAcknowledged, CaseAssigned, CaseCustomerContacted, CaseOpened, CaseReclassified,
+    CaseStatusChanged, Event, SurveyAnswered, event::Payload,
 };
 use complaints_proto::sla::v1 as pb;
 use complaints_proto::sla::v1::sla_service_client::SlaServiceClient;
@@ -932,6 +932,56 @@ async fn reclassification_replans_the_open_clocks_of_the_case() {
     let calmer = h.clock(&case, ClockKind::Resolution).await;
     assert_eq!(calmer.policy_id, "general-complex");
     assert!(calmer.business_time);
+}
+
+#[tokio::test]
+async fn an_assignment_moves_the_case_and_its_open_clocks_to_the_new_department() {
+    let h = Harness::start().await;
+    let case = h.open_case(sh(25, 9, 0), "product_quality").await;
+    let assigned = |case_id: &str| {
+        Payload::CaseAssigned(CaseAssigned {
+            case_id: case_id.into(),
+            department_id: "logistics".into(),
+            owner_id: "agent-li".into(),
+            previous_department_id: "after-sales".into(),
+            previous_owner_id: "agent-wang".into(),
+            reason: "wrong queue".into(),
+        })
+    };
+    h.apply(&case, assigned(&case)).await;
+    for clock in h.clocks(&case).await {
+        assert_eq!(clock.department_id, "logistics", "{clock:?}");
+    }
+    let (department, owner): (String, String) =
+        sqlx::query_as("SELECT department_id, owner_id FROM sla.cases WHERE case_id = $1")
+            .bind(uuid::Uuid::parse_str(&case).unwrap())
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (department.as_str(), owner.as_str()),
+        ("logistics", "agent-li")
+    );
+    // A later re-plan takes the department from the case row, so it stays.
+    h.reclassify(
+        &case,
+        CaseReclassified {
+            complexity: Complexity::Complex as i32,
+            ..CaseReclassified::default()
+        },
+    )
+    .await;
+    let resolution = h.clock(&case, ClockKind::Resolution).await;
+    assert_eq!(resolution.policy_id, "general-complex");
+    assert_eq!(resolution.department_id, "logistics");
+    // A case this service never saw opened: nothing to move, and no error.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    h.apply(&unknown, assigned(&unknown)).await;
+    assert_eq!(
+        h.count("SELECT count(*) FROM sla.cases WHERE department_id = 'logistics'")
+            .await,
+        1
+    );
 }
 
 #[tokio::test]
