@@ -719,7 +719,7 @@ async fn runs_of_hot_kinds_go_to_apply_set_in_order_and_only_batches_that_wrote_
         "consumer",
         &config,
         CONSUMER,
-        &[OUTBOX_MIGRATION, CURSOR_MIGRATION],
+        &[OUTBOX_MIGRATION, OUTBOX_INDEX_MIGRATION, CURSOR_MIGRATION],
         shutdown,
     )
     .await
