@@ -26,9 +26,11 @@ use complaints_proto::intake::v1::intake_service_client::IntakeServiceClient;
 use complaints_proto::intake::v1::{Complainant, ComplaintContent, SubmitComplaintRequest};
 use complaints_proto::sla::v1::ListCaseClocksRequest;
 use complaints_proto::sla::v1::sla_service_client::SlaServiceClient;
+use sqlx::Connection as _;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
 
 use crate::histogram::Histogram;
+use crate::seconds::{self, Call, HostProbe, Latency, Sample, percentile};
 use crate::suite::SERVICE_NAMES;
 
 /// What to run.
@@ -60,6 +62,8 @@ struct Stats {
     submitted: HashMap<String, Instant>,
     accepted_per_second: Vec<u64>,
     repeats: u64,
+    /// Every call, for the per-second figures.
+    calls: Vec<Call>,
 }
 
 #[derive(Default)]
@@ -95,14 +99,6 @@ const SUBJECTS: &[(&str, &str)] = &[
         "The app keeps crashing at checkout, I lost my order twice.",
     ),
 ];
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
-}
 
 fn endpoint(url: &str) -> anyhow::Result<GrpcChannel> {
     Ok(Endpoint::from_shared(url.to_owned())?
@@ -295,6 +291,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let deadline = started + options.duration;
+    let probe = HostProbe::start(started);
     let mut workers = Vec::new();
     for worker in 0..options.clients {
         let intake = IntakeServiceClient::with_interceptor(endpoint(&urls[0])?, service.clone());
@@ -404,11 +401,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                         ((name, t.elapsed()), result)
                     }
                 };
+                let began = started.elapsed().saturating_sub(kind.1);
                 let mut s = stats.lock().unwrap();
-                s.latencies
-                    .entry(kind.0)
-                    .or_default()
-                    .push(kind.1.as_micros() as u32);
+                let micros = kind.1.as_micros() as u32;
+                s.latencies.entry(kind.0).or_default().push(micros);
+                let mut error = false;
                 if let Err(status) = result {
                     // A stale version or an illegal move in a random mix is expected traffic.
                     let expected = matches!(kind.0, "AcknowledgeCase" | "TransitionCase")
@@ -417,32 +414,81 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                             tonic::Code::Aborted | tonic::Code::FailedPrecondition
                         );
                     if !expected {
+                        error = true;
                         *s.errors
                             .entry(format!("{} {:?}", kind.0, status.code()))
                             .or_default() += 1;
                     }
                 }
+                s.calls.push(Call {
+                    began_ms: began.as_millis() as u32,
+                    rpc: kind.0,
+                    micros,
+                    error,
+                });
             }
         }));
     }
 
-    // Progress once a second.
+    // Progress once a second, and each second's machine CPU and WAL syncs.
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let mut wal_connection = sqlx::PgConnection::connect(&options.database_url)
+        .await
+        .ok();
     let progress = {
         let stats = stats.clone();
         let propagation = propagation.clone();
+        let samples = samples.clone();
+        let probes = probe.as_ref().map(HostProbe::reader);
         tokio::spawn(async move {
-            let mut last = (0usize, 0usize);
+            let mut last = (0usize, 0usize, 0usize);
+            let mut machine = machine_cpu_seconds();
+            let mut wal = wal_syncs(wal_connection.as_mut()).await;
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::from_std(started) + Duration::from_secs(1),
+                Duration::from_secs(1),
+            );
             loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let accepted = stats.lock().unwrap().submitted.len();
+                tick.tick().await;
+                let now = machine_cpu_seconds();
+                let wal_now = wal_syncs(wal_connection.as_mut()).await;
+                samples.lock().unwrap().push(Sample {
+                    machine: machine
+                        .zip(now)
+                        .map(|(before, after)| (after.0 - before.0, after.1 - before.1)),
+                    wal: wal.zip(wal_now).map(|(before, after)| {
+                        (
+                            after.0 - before.0,
+                            after.1.zip(before.1).map(|(a, b)| a - b),
+                        )
+                    }),
+                });
+                machine = now;
+                wal = wal_now;
+                let (accepted, calls, submit) = {
+                    let s = stats.lock().unwrap();
+                    let submit: Vec<u32> = s.calls[last.2..]
+                        .iter()
+                        .filter(|c| c.rpc == "SubmitComplaint")
+                        .map(|c| c.micros)
+                        .collect();
+                    (s.submitted.len(), s.calls.len(), Latency::of(submit))
+                };
                 let propagated = propagation.lock().unwrap().propagated_at.len();
+                let second = started.elapsed().as_secs().saturating_sub(1) as usize;
+                let host = probes
+                    .as_ref()
+                    .and_then(|p| seconds::host_speeds(second + 1, &p.so_far())[second])
+                    .map(|s| format!(" host={:.0}%", s * 100.0))
+                    .unwrap_or_default();
                 println!(
-                    "  t={:>3}s accepted/s={:>6} propagated/s={:>6} total accepted={accepted} propagated={propagated}",
-                    started.elapsed().as_secs(),
+                    "  t={:>3}s accepted/s={:>6} propagated/s={:>6} total accepted={accepted} propagated={propagated} submit p99={:.1} ms{host}",
+                    second + 1,
                     accepted - last.0,
-                    propagated - last.1
+                    propagated - last.1,
+                    submit.p99_ms,
                 );
-                last = (accepted, propagated);
+                last = (accepted, propagated, calls);
             }
         })
     };
@@ -451,6 +497,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     let load_time = started.elapsed();
     let cpu_after_load = CpuSnapshot::take(&metrics_urls, &pids).await;
+    let probes = probe.map(HostProbe::stop).unwrap_or_default();
 
     // Let propagation finish.
     let drain = Instant::now();
@@ -473,11 +520,17 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     // taken against the mean of both runs (their spread says how far to trust it).
     pgbench_runs.extend(measure_pgbench(&options, "after the load").await);
 
+    let samples = samples.lock().unwrap().clone();
     let report = report(
         &options,
-        &stats,
-        &propagation,
-        load_time,
+        Run {
+            stats: &stats,
+            propagation: &propagation,
+            started,
+            load_time,
+            samples: &samples,
+            probes: &probes,
+        },
         &pgbench_runs,
         &cpu_before,
         &cpu_after_load,
@@ -660,6 +713,20 @@ fn machine_cpu_seconds() -> Option<(f64, f64)> {
     Some(((total - idle - steal) / TICKS, steal / TICKS))
 }
 
+/// PostgreSQL's WAL syncs so far, and the milliseconds spent in them when the server times
+/// them (`track_wal_io_timing`, on for the private server): `pg_stat_wal`, which backends
+/// update about once a second.
+async fn wal_syncs(connection: Option<&mut sqlx::PgConnection>) -> Option<(f64, Option<f64>)> {
+    let row: (f64, f64, bool) = sqlx::query_as(
+        "SELECT wal_sync::float8, wal_sync_time, current_setting('track_wal_io_timing')::bool \
+         FROM pg_stat_wal",
+    )
+    .fetch_one(connection?)
+    .await
+    .ok()?;
+    Some((row.0, row.2.then_some(row.1)))
+}
+
 /// (cpu seconds, resident bytes) of each service, from its `/metrics`.
 async fn scrape_process(hosts: &[String]) -> Vec<Option<(f64, f64)>> {
     let mut out = Vec::new();
@@ -704,7 +771,6 @@ async fn scrape(host: &str) -> anyhow::Result<String> {
 }
 
 async fn create_database(server_url: &str, prefix: &str) -> anyhow::Result<(String, String)> {
-    use sqlx::Connection;
     let mut admin = sqlx::PgConnection::connect(server_url)
         .await
         .context("connecting to DATABASE_URL")?;
@@ -717,7 +783,6 @@ async fn create_database(server_url: &str, prefix: &str) -> anyhow::Result<(Stri
 }
 
 async fn drop_database(server_url: &str, name: &str) {
-    use sqlx::Connection;
     if let Ok(mut admin) = sqlx::PgConnection::connect(server_url).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             .execute(&mut admin)
@@ -728,7 +793,6 @@ async fn drop_database(server_url: &str, name: &str) {
 /// Flushes the cluster's dirty buffers now (a superuser's or `pg_checkpoint` member's right;
 /// without it the run goes on and says so).
 async fn checkpoint(server_url: &str) {
-    use sqlx::Connection;
     let done = match sqlx::PgConnection::connect(server_url).await {
         Ok(mut admin) => sqlx::query("CHECKPOINT")
             .execute(&mut admin)
@@ -813,30 +877,43 @@ async fn run_pgbench(server_url: &str, clients: usize, seconds: u64) -> anyhow::
         .ok_or_else(|| anyhow::anyhow!("no tps in pgbench output: {out}"))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the load measured, for the report.
+struct Run<'a> {
+    stats: &'a Mutex<Stats>,
+    propagation: &'a Mutex<Propagation>,
+    started: Instant,
+    load_time: Duration,
+    /// Each second's machine CPU and WAL syncs.
+    samples: &'a [Sample],
+    probes: &'a [seconds::Probe],
+}
+
 fn report(
     options: &BenchOptions,
-    stats: &Mutex<Stats>,
-    propagation: &Mutex<Propagation>,
-    load_time: Duration,
+    run: Run<'_>,
     pgbench_runs: &[f64],
     cpu_before: &CpuSnapshot,
     cpu_after: &CpuSnapshot,
     peak_memory: &Mutex<Vec<f64>>,
 ) -> (String, serde_json::Value, bool) {
-    let stats = stats.lock().unwrap();
-    let p = propagation.lock().unwrap();
-    let seconds = load_time.as_secs_f64();
+    let stats = run.stats.lock().unwrap();
+    let p = run.propagation.lock().unwrap();
+    let seconds = run.load_time.as_secs_f64();
     let accepted = stats.submitted.len();
-    let mut delays: Vec<u32> = stats
+    // (submitted, delay) of every propagated complaint.
+    let timed: Vec<(u32, u32)> = stats
         .submitted
         .iter()
         .filter_map(|(id, at)| {
-            p.propagated_at
-                .get(id)
-                .map(|done| done.duration_since(*at).as_micros() as u32)
+            p.propagated_at.get(id).map(|done| {
+                (
+                    at.duration_since(run.started).as_millis() as u32,
+                    done.duration_since(*at).as_micros() as u32,
+                )
+            })
         })
         .collect();
+    let mut delays: Vec<u32> = timed.iter().map(|(_, delay)| *delay).collect();
     delays.sort_unstable();
     let propagated = delays.len();
     let accepted_rate = accepted as f64 / seconds;
@@ -871,19 +948,12 @@ fn report(
     let mut names: Vec<_> = stats.latencies.keys().copied().collect();
     names.sort();
     for name in names {
-        let mut l = stats.latencies[name].clone();
-        l.sort_unstable();
-        let (p50, p95, p99, max) = (
-            percentile(&l, 50.0),
-            percentile(&l, 95.0),
-            percentile(&l, 99.0),
-            percentile(&l, 100.0),
-        );
+        let l = Latency::of(stats.latencies[name].clone());
         out.push_str(&format!(
-            "{name:<22} {:>6} {p50:>10.2} {p95:>8.2} {p99:>8.2} {max:>8.2}\n",
-            l.len()
+            "{name:<22} {:>6} {:>10.2} {:>8.2} {:>8.2} {:>8.2}\n",
+            l.count, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms
         ));
-        rpcs.insert(name.into(), serde_json::json!({"count": l.len(), "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": max}));
+        rpcs.insert(name.into(), l.json());
     }
     let (d50, d99, dmax) = (
         percentile(&delays, 50.0),
@@ -912,6 +982,14 @@ fn report(
             out.push_str(&line);
             json
         });
+    let (per_second, host) = per_second_section(
+        &mut out,
+        run.load_time,
+        &stats.calls,
+        if options.intake_only { &[] } else { &timed },
+        run.samples,
+        run.probes,
+    );
     let mut services = serde_json::Map::new();
     out.push_str("\nservice                 CPU s (load)  CPU %   peak RSS MiB\n");
     let peak = peak_memory.lock().unwrap();
@@ -1013,6 +1091,8 @@ fn report(
         "propagated": propagated,
         "propagated_per_s": propagated_rate,
         "accepted_per_second": stats.accepted_per_second,
+        "per_second": per_second,
+        "host_speed": host,
         "pgbench_tps": pgbench_tps,
         "pgbench_tps_runs": pgbench_runs,
         "ratio_to_pgbench": ratio,
@@ -1026,6 +1106,100 @@ fn report(
         "problems": problems,
     });
     (out, json, !problems.is_empty())
+}
+
+/// The per-second table (calls by the second they began in) and the host-speed line; their
+/// JSON.
+fn per_second_section(
+    out: &mut String,
+    load_time: Duration,
+    calls: &[Call],
+    timed: &[(u32, u32)],
+    samples: &[Sample],
+    probes: &[seconds::Probe],
+) -> (serde_json::Value, serde_json::Value) {
+    // Whole seconds: calls in the last moments past them count in the last one.
+    let count = (load_time.as_millis() as usize / 1000).max(1);
+    let table = seconds::per_second(count, calls, timed, samples, probes);
+    out.push_str(
+        "\nper second (calls by the second they began in; host: the probe's speed against its fastest)\n\
+           t   submits  Submit p50 / p99 ms  other RPCs p99 ms  propagation p99 ms  errors  busy %  stolen s  WAL syncs (ms)  host %\n",
+    );
+    let dash = || "—".to_owned();
+    for second in &table {
+        let submit = second.rpc.get("SubmitComplaint");
+        let other = second
+            .rpc
+            .iter()
+            .filter(|(name, _)| **name != "SubmitComplaint")
+            .map(|(_, l)| l.p99_ms)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        out.push_str(&format!(
+            "{:>4} {:>9} {:>20} {:>18} {:>19} {:>7} {:>7} {:>9} {:>15} {:>7}\n",
+            second.second + 1,
+            submit.map_or(0, |l| l.count),
+            submit.map_or_else(dash, |l| format!("{:.1} / {:.1}", l.p50_ms, l.p99_ms)),
+            other.map_or_else(dash, |v| format!("{v:.1}")),
+            second
+                .propagation
+                .as_ref()
+                .map_or_else(dash, |l| format!("{:.0}", l.p99_ms)),
+            second.errors,
+            second
+                .machine
+                .map_or_else(dash, |(busy, _)| format!("{:.0}", busy * 100.0)),
+            second
+                .machine
+                .map_or_else(dash, |(_, steal)| format!("{steal:.2}")),
+            second.wal.map_or_else(dash, |(syncs, ms)| match ms {
+                Some(ms) => format!("{syncs:.0} ({ms:.0})"),
+                None => format!("{syncs:.0}"),
+            }),
+            second
+                .host_speed
+                .map_or_else(dash, |v| format!("{:.0}", v * 100.0)),
+        ));
+    }
+    let host = seconds::host_summary(&table, calls, "SubmitComplaint").map(|h| {
+        let whole = Latency::of(
+            calls
+                .iter()
+                .filter(|c| c.rpc == "SubmitComplaint")
+                .map(|c| c.micros)
+                .collect(),
+        );
+        let at_speed = h.at_speed.as_ref().map_or_else(
+            || format!("no second at ≥ {:.0} %", seconds::AT_SPEED * 100.0),
+            |(n, l)| {
+                format!(
+                    "SubmitComplaint p99 over the {n} seconds at ≥ {:.0} %: {:.1} ms (whole run {:.1} ms)",
+                    seconds::AT_SPEED * 100.0,
+                    l.p99_ms,
+                    whole.p99_ms
+                )
+            },
+        );
+        out.push_str(&format!(
+            "host speed (a fixed computation's CPU time against its fastest, 10 a second): median \
+             {:.0} %, slowest second {:.0} %, {} of {} seconds below {:.0} %; {at_speed}\n",
+            h.median * 100.0,
+            h.slowest * 100.0,
+            h.slow,
+            h.measured,
+            seconds::SLOW * 100.0,
+        ));
+        serde_json::json!({
+            "median_percent": h.median * 100.0,
+            "slowest_percent": h.slowest * 100.0,
+            "seconds_measured": h.measured,
+            "seconds_below_80_percent": h.slow,
+            "submit_at_speed": h.at_speed.as_ref().map(|(n, l)| serde_json::json!({"seconds": n, "latency": l.json()})),
+        })
+    });
+    (
+        serde_json::Value::Array(table.iter().map(seconds::Second::json).collect()),
+        host.unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// The line and JSON of what intake's writers did between two scrapes of [`WRITER_SERIES`]:

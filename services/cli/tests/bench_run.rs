@@ -63,6 +63,50 @@ async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ra
     let expected = json["propagated_per_s"].as_f64().unwrap() / mean;
     assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}");
 
+    // Second by second: every call of the run in exactly one second, each second sampled
+    // (machine CPU, WAL syncs), and the host's speed measured throughout.
+    let seconds = json["per_second"].as_array().expect("per-second figures");
+    assert_eq!(
+        seconds.len() as f64,
+        json["duration_s"].as_f64().unwrap().floor(),
+        "{stdout}"
+    );
+    let submits: u64 = seconds
+        .iter()
+        .map(|s| s["rpc"]["SubmitComplaint"]["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        Some(submits),
+        json["rpc"]["SubmitComplaint"]["count"].as_u64()
+    );
+    let errors: u64 = seconds.iter().map(|s| s["errors"].as_u64().unwrap()).sum();
+    assert_eq!(errors, 0);
+    for second in seconds {
+        assert!(
+            second["machine_busy_percent"].as_f64().is_some(),
+            "{second}"
+        );
+        assert!(
+            second["wal_syncs"].as_f64().is_some_and(|n| n >= 0.0),
+            "{second}"
+        );
+        assert!(
+            second["host_speed_percent"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0 && v <= 100.0)
+        );
+    }
+    let host = &json["host_speed"];
+    assert_eq!(
+        host["seconds_measured"].as_u64(),
+        Some(seconds.len() as u64)
+    );
+    assert!(
+        host["median_percent"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0 && v <= 100.0)
+    );
+
     // Every service's CPU was read from its process, and the scratch database is gone.
     for service in [
         "intake",

@@ -164,7 +164,9 @@ impl PrivatePostgres {
             .unwrap_or(false);
         if !running {
             let mut options = format!(
-                "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=400 -c shared_buffers=256MB",
+                // WAL timing in pg_stat_wal: the bench reads each second's time spent in WAL syncs.
+                "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=400 -c shared_buffers=256MB \
+                 -c track_wal_io_timing=on",
                 self.port, data_str
             );
             if self.unsafe_fast {

@@ -1,0 +1,484 @@
+//! A bench run second by second: each second's calls (latency percentiles by RPC, errors),
+//! the propagation delay of the complaints submitted in it, the machine's busy and stolen CPU,
+//! and how fast the host ran.
+//!
+//! The host's speed comes from a probe: a thread that, every [`PROBE_PERIOD`], runs the same
+//! fixed computation (about a millisecond of arithmetic, no memory traffic) and reads how much
+//! CPU time it took from `/proc/thread-self/schedstat`. Time spent waiting for a CPU is not in
+//! that figure, so the suite's own load hardly moves it; a host that runs this machine's cores
+//! slower (a busy neighbour on the same physical core, a lower clock) does. On the shared hosts
+//! these benchmarks run on, that happens for seconds at a time without any time showing as
+//! stolen, and a whole run's p99 is set by those seconds; the per-second figures show which
+//! seconds they were. The probe costs about 1 % of one core.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the probe runs its computation.
+pub const PROBE_PERIOD: Duration = Duration::from_millis(100);
+/// About how much CPU time one probe computation takes on a fast host.
+const PROBE_WORK: Duration = Duration::from_millis(1);
+/// A second whose host speed is at least this share of the fastest second counts as "at
+/// speed" in the summary.
+pub const AT_SPEED: f64 = 0.9;
+/// A second below this share of the fastest counts as slow.
+pub const SLOW: f64 = 0.8;
+
+/// One finished call: when it began (since the load started), which RPC, how long it took,
+/// and whether it failed unexpectedly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    pub began_ms: u32,
+    pub rpc: &'static str,
+    pub micros: u32,
+    pub error: bool,
+}
+
+/// One probe computation: when it ended (since the load started) and the CPU time it took.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Probe {
+    pub at_ms: u32,
+    pub cpu_ns: u64,
+}
+
+/// p50/p95/p99/max (ms) and count of a set of latencies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Latency {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// Of latencies in microseconds (sorted here).
+    pub fn of(mut micros: Vec<u32>) -> Self {
+        micros.sort_unstable();
+        Self {
+            count: micros.len(),
+            p50_ms: percentile(&micros, 50.0),
+            p95_ms: percentile(&micros, 95.0),
+            p99_ms: percentile(&micros, 99.0),
+            max_ms: percentile(&micros, 100.0),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({"count": self.count, "p50_ms": self.p50_ms, "p95_ms": self.p95_ms, "p99_ms": self.p99_ms, "max_ms": self.max_ms})
+    }
+}
+
+/// The nearest-rank percentile `p` (0–100) of sorted microseconds, in milliseconds.
+pub fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// What was sampled at the end of each second: the machine's (busy, stolen) CPU seconds in it,
+/// and PostgreSQL's WAL syncs in it with the milliseconds they took (when the server times
+/// them, `track_wal_io_timing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    pub machine: Option<(f64, f64)>,
+    pub wal: Option<(f64, Option<f64>)>,
+}
+
+/// What one second of the load looked like.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Second {
+    pub second: usize,
+    /// The calls that began in it, by RPC.
+    pub rpc: BTreeMap<&'static str, Latency>,
+    /// Calls that began in it and failed unexpectedly.
+    pub errors: u64,
+    /// Propagation delay of the complaints submitted in it.
+    pub propagation: Option<Latency>,
+    /// (busy, stolen) CPU seconds of the whole machine in it, when sampled.
+    pub machine: Option<(f64, f64)>,
+    /// PostgreSQL's WAL syncs in it, and the milliseconds they took (see [`Sample`]).
+    pub wal: Option<(f64, Option<f64>)>,
+    /// Its probe computations' median speed against the fastest computation of the run.
+    pub host_speed: Option<f64>,
+}
+
+impl Second {
+    pub fn json(&self) -> serde_json::Value {
+        let rpc: serde_json::Map<String, serde_json::Value> = self
+            .rpc
+            .iter()
+            .map(|(name, l)| ((*name).to_owned(), l.json()))
+            .collect();
+        serde_json::json!({
+            "second": self.second,
+            "rpc": rpc,
+            "errors": self.errors,
+            "propagation_delay_ms": self.propagation.as_ref().map(|l| serde_json::json!({"p50": l.p50_ms, "p99": l.p99_ms})),
+            "machine_busy_percent": self.machine.map(|(busy, _)| busy * 100.0),
+            "stolen_s": self.machine.map(|(_, steal)| steal),
+            "wal_syncs": self.wal.map(|(syncs, _)| syncs),
+            "wal_sync_ms": self.wal.and_then(|(_, ms)| ms),
+            "host_speed_percent": self.host_speed.map(|s| s * 100.0),
+        })
+    }
+}
+
+/// The seconds `0..seconds` of a run: calls and propagation delays `(submitted_ms, delay_us)`
+/// go to the second they began in (anything past the end to the last second), samples are one
+/// a second in order, probes go to the second their computation ended in.
+pub fn per_second(
+    seconds: usize,
+    calls: &[Call],
+    delays: &[(u32, u32)],
+    samples: &[Sample],
+    probes: &[Probe],
+) -> Vec<Second> {
+    let seconds = seconds.max(1);
+    let slot = |ms: u32| (ms as usize / 1000).min(seconds - 1);
+    let mut latencies: Vec<BTreeMap<&'static str, Vec<u32>>> = vec![BTreeMap::new(); seconds];
+    let mut errors = vec![0u64; seconds];
+    for call in calls {
+        let s = slot(call.began_ms);
+        latencies[s].entry(call.rpc).or_default().push(call.micros);
+        errors[s] += u64::from(call.error);
+    }
+    let mut propagation: Vec<Vec<u32>> = vec![Vec::new(); seconds];
+    for (submitted_ms, delay_us) in delays {
+        propagation[slot(*submitted_ms)].push(*delay_us);
+    }
+    let speeds = host_speeds(seconds, probes);
+    latencies
+        .into_iter()
+        .zip(errors)
+        .zip(propagation)
+        .enumerate()
+        .map(|(second, ((rpc, errors), delays))| Second {
+            second,
+            rpc: rpc
+                .into_iter()
+                .map(|(name, micros)| (name, Latency::of(micros)))
+                .collect(),
+            errors,
+            propagation: (!delays.is_empty()).then(|| Latency::of(delays)),
+            machine: samples.get(second).and_then(|s| s.machine),
+            wal: samples.get(second).and_then(|s| s.wal),
+            host_speed: speeds[second],
+        })
+        .collect()
+}
+
+/// Each second's host speed: the median CPU time of its probe computations against the
+/// fastest computation of the whole run (1.0 = as fast as the host ever ran the probe).
+pub fn host_speeds(seconds: usize, probes: &[Probe]) -> Vec<Option<f64>> {
+    let mut by_second: Vec<Vec<u64>> = vec![Vec::new(); seconds];
+    for probe in probes.iter().filter(|p| p.cpu_ns > 0) {
+        if let Some(slot) = by_second.get_mut(probe.at_ms as usize / 1000) {
+            slot.push(probe.cpu_ns);
+        }
+    }
+    let Some(fastest) = probes.iter().map(|p| p.cpu_ns).filter(|n| *n > 0).min() else {
+        return vec![None; seconds];
+    };
+    by_second
+        .into_iter()
+        .map(|mut ns| {
+            if ns.is_empty() {
+                return None;
+            }
+            ns.sort_unstable();
+            Some(fastest as f64 / ns[ns.len() / 2] as f64)
+        })
+        .collect()
+}
+
+/// The run's host speed in brief, and an RPC's latency over the seconds at speed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostSummary {
+    pub median: f64,
+    pub slowest: f64,
+    pub measured: usize,
+    pub slow: usize,
+    /// The RPC's calls in the seconds at [`AT_SPEED`] or faster, and how many seconds those were.
+    pub at_speed: Option<(usize, Latency)>,
+}
+
+/// Summarises the seconds' host speeds, with the latency of `rpc`'s calls that began in the
+/// seconds at speed.
+pub fn host_summary(seconds: &[Second], calls: &[Call], rpc: &str) -> Option<HostSummary> {
+    let mut speeds: Vec<f64> = seconds.iter().filter_map(|s| s.host_speed).collect();
+    if speeds.is_empty() {
+        return None;
+    }
+    speeds.sort_by(f64::total_cmp);
+    let fast: Vec<bool> = seconds
+        .iter()
+        .map(|s| s.host_speed.is_some_and(|v| v >= AT_SPEED))
+        .collect();
+    let last = seconds.len().saturating_sub(1);
+    let micros: Vec<u32> = calls
+        .iter()
+        .filter(|c| c.rpc == rpc && fast[(c.began_ms as usize / 1000).min(last)])
+        .map(|c| c.micros)
+        .collect();
+    let fast_seconds = fast.iter().filter(|f| **f).count();
+    Some(HostSummary {
+        median: speeds[speeds.len() / 2],
+        slowest: speeds[0],
+        measured: speeds.len(),
+        slow: speeds.iter().filter(|v| **v < SLOW).count(),
+        at_speed: (fast_seconds > 0).then(|| (fast_seconds, Latency::of(micros))),
+    })
+}
+
+/// CPU time this thread has spent on a CPU, in nanoseconds (`/proc/thread-self/schedstat`).
+/// The kernel brings the figure up to date when the thread stops running (it blocks or is
+/// preempted), not while it runs: read right after a sleep it is exact up to that sleep.
+pub fn thread_cpu_ns() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// A fixed amount of arithmetic that the optimiser cannot remove.
+fn spin(iterations: u64) -> u64 {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..iterations {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    std::hint::black_box(x)
+}
+
+/// The probe thread; [`HostProbe::stop`] ends it and returns what it measured.
+pub struct HostProbe {
+    probes: Arc<Mutex<Vec<Probe>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HostProbe {
+    /// Starts probing; times are counted from `started`. None where the thread's CPU time
+    /// cannot be read (not Linux).
+    pub fn start(started: Instant) -> Option<Self> {
+        // Size the computation once: about PROBE_WORK of CPU at the speed seen now. Each
+        // reading follows a sleep (see `thread_cpu_ns`).
+        let pause = Duration::from_millis(1);
+        std::thread::sleep(pause);
+        let before = thread_cpu_ns()?;
+        spin(1_000_000);
+        std::thread::sleep(pause);
+        let took = thread_cpu_ns()?.saturating_sub(before).max(1);
+        let iterations = (1_000_000u128 * PROBE_WORK.as_nanos() / u128::from(took)) as u64;
+        let probes = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let probes = probes.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("host-probe".into())
+                .spawn(move || {
+                    // The CPU time between two readings, each right after a sleep, is one
+                    // computation's (and a few microseconds of bookkeeping).
+                    std::thread::sleep(pause);
+                    let Some(mut last) = thread_cpu_ns() else {
+                        return;
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        spin(iterations.max(1));
+                        let at_ms = started.elapsed().as_millis() as u32;
+                        std::thread::sleep(PROBE_PERIOD);
+                        let Some(now) = thread_cpu_ns() else {
+                            return;
+                        };
+                        let cpu_ns = now.saturating_sub(last);
+                        last = now;
+                        probes.lock().unwrap().push(Probe { at_ms, cpu_ns });
+                    }
+                })
+                .ok()?
+        };
+        Some(Self {
+            probes,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle that reads what has been measured so far.
+    pub fn reader(&self) -> ProbeReader {
+        ProbeReader(self.probes.clone())
+    }
+
+    /// Stops the probe and returns every measurement.
+    pub fn stop(mut self) -> Vec<Probe> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.reader().so_far()
+    }
+}
+
+/// Reads a running [`HostProbe`]'s measurements.
+#[derive(Clone)]
+pub struct ProbeReader(Arc<Mutex<Vec<Probe>>>);
+
+impl ProbeReader {
+    pub fn so_far(&self) -> Vec<Probe> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(began_ms: u32, rpc: &'static str, micros: u32, error: bool) -> Call {
+        Call {
+            began_ms,
+            rpc,
+            micros,
+            error,
+        }
+    }
+
+    fn probe(at_ms: u32, cpu_ns: u64) -> Probe {
+        Probe { at_ms, cpu_ns }
+    }
+
+    #[test]
+    fn calls_delays_and_samples_go_to_the_second_they_began_in() {
+        let calls = [
+            call(10, "SubmitComplaint", 2_000, false),
+            call(999, "SubmitComplaint", 4_000, false),
+            call(1_000, "SubmitComplaint", 30_000, true),
+            call(1_500, "GetCase", 1_000, false),
+            // Began after the last whole second (the load ran 2.2 s): counted in the last.
+            call(2_100, "SubmitComplaint", 8_000, false),
+        ];
+        let delays = [(5, 100_000), (1_200, 300_000), (1_900, 200_000)];
+        let samples = [
+            Sample {
+                machine: Some((1.5, 0.0)),
+                wal: Some((400.0, Some(60.5))),
+            },
+            Sample {
+                machine: Some((1.9, 0.25)),
+                wal: Some((380.0, None)),
+            },
+        ];
+        let seconds = per_second(2, &calls, &delays, &samples, &[]);
+        assert_eq!(seconds.len(), 2);
+
+        let first = &seconds[0];
+        let submit = &first.rpc["SubmitComplaint"];
+        assert_eq!((submit.count, submit.p50_ms, submit.max_ms), (2, 4.0, 4.0));
+        assert_eq!(first.errors, 0);
+        assert_eq!(first.propagation.as_ref().map(|l| l.count), Some(1));
+        assert_eq!(first.machine, Some((1.5, 0.0)));
+        assert_eq!(first.wal, Some((400.0, Some(60.5))));
+        assert!(!first.rpc.contains_key("GetCase"));
+
+        let second = &seconds[1];
+        let submit = &second.rpc["SubmitComplaint"];
+        assert_eq!((submit.count, submit.max_ms), (2, 30.0));
+        assert_eq!(second.rpc["GetCase"].count, 1);
+        assert_eq!(second.errors, 1);
+        let propagation = second.propagation.as_ref().unwrap();
+        assert_eq!((propagation.count, propagation.max_ms), (2, 300.0));
+        assert_eq!(second.machine, Some((1.9, 0.25)));
+        assert_eq!(second.wal, Some((380.0, None)));
+        // A second never sampled has neither.
+        let third = &per_second(3, &calls, &delays, &samples, &[])[2];
+        assert_eq!((third.machine, third.wal), (None, None));
+        assert_eq!(second.host_speed, None);
+    }
+
+    #[test]
+    fn a_seconds_host_speed_is_its_median_probe_against_the_fastest_of_the_run() {
+        let probes = [
+            // Second 0: 1.0, 1.1 and 1.2 ms; the fastest of the run is 1.0 ms.
+            probe(100, 1_000_000),
+            probe(200, 1_100_000),
+            probe(300, 1_200_000),
+            // Second 1: twice as slow.
+            probe(1_100, 2_000_000),
+            probe(1_200, 2_000_000),
+            // Second 3: one probe; a zero reading (no CPU time seen) is ignored.
+            probe(3_500, 1_250_000),
+            probe(3_600, 0),
+            // Past the end: no such second, left out.
+            probe(9_000, 4_000_000),
+        ];
+        let speeds = host_speeds(4, &probes);
+        assert_eq!(speeds.len(), 4);
+        assert!((speeds[0].unwrap() - 1.0 / 1.1).abs() < 1e-9);
+        assert!((speeds[1].unwrap() - 0.5).abs() < 1e-9);
+        assert_eq!(speeds[2], None);
+        assert!((speeds[3].unwrap() - 0.8).abs() < 1e-9);
+        assert_eq!(host_speeds(2, &[]), vec![None, None]);
+    }
+
+    #[test]
+    fn the_summary_pools_the_calls_of_the_seconds_at_speed_only() {
+        let mut calls = Vec::new();
+        // Seconds 0 and 2 at full speed with 1–100 ms calls spread evenly; second 1 slow with
+        // 500 ms calls, which must not reach the at-speed figure.
+        for second in [0u32, 2] {
+            for i in 0..100u32 {
+                calls.push(call(
+                    second * 1000 + i,
+                    "SubmitComplaint",
+                    (i + 1) * 1000,
+                    false,
+                ));
+            }
+        }
+        for i in 0..50u32 {
+            calls.push(call(1000 + i, "SubmitComplaint", 500_000, false));
+            calls.push(call(1000 + i, "GetCase", 1_000, false));
+        }
+        let probes = [probe(10, 1_000), probe(1_010, 2_000), probe(2_010, 1_050)];
+        let table = per_second(3, &calls, &[], &[], &probes);
+        let summary = host_summary(&table, &calls, "SubmitComplaint").unwrap();
+        assert_eq!((summary.measured, summary.slow), (3, 1));
+        assert!((summary.slowest - 0.5).abs() < 1e-9);
+        assert!((summary.median - 1.0 / 1.05).abs() < 1e-9);
+        let (seconds, latency) = summary.at_speed.unwrap();
+        assert_eq!((seconds, latency.count), (2, 200));
+        assert_eq!(latency.max_ms, 100.0);
+        assert_eq!(latency.p99_ms, 99.0);
+        // No probe at all: no summary.
+        assert_eq!(
+            host_summary(
+                &per_second(3, &calls, &[], &[], &[]),
+                &calls,
+                "SubmitComplaint"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn the_probe_reads_this_threads_cpu_time_and_measures_while_it_runs() {
+        std::thread::sleep(Duration::from_millis(1));
+        let before = thread_cpu_ns().expect("schedstat on Linux");
+        spin(20_000_000);
+        std::thread::sleep(Duration::from_millis(1));
+        let after = thread_cpu_ns().unwrap();
+        assert!(after > before, "{before} → {after}");
+
+        let started = Instant::now();
+        let probe = HostProbe::start(started).expect("a probe");
+        std::thread::sleep(PROBE_PERIOD * 3);
+        let probes = probe.stop();
+        assert!(!probes.is_empty());
+        assert!(probes.iter().all(|p| p.cpu_ns > 0));
+        assert!(probes.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    }
+}
