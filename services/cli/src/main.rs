@@ -25,7 +25,7 @@ USAGE:
   complaints serve SERVICE
       Runs one service (intake, case-management, sla-timer, feedback-survey or
       performance-scoring) configured from the environment, like its own binary.
-  complaints bench [--clients 16] [--duration 30s] [--rate N] [--mix 80,10,5,5]
+  complaints bench [--clients 16] [--duration 30s] [--warmup 0s] [--rate N] [--mix 80,10,5,5]
                    [--vip-share 0.1] [--repeat-share 0.05] [--pgbench-seconds 10]
                    [--intake-only] [--target HOST] [--json FILE]
       End-to-end load benchmark over gRPC. Starts the five services as separate processes on
@@ -34,8 +34,9 @@ USAGE:
       each, 0 to skip) for the ratio; checks no complaint, case or clock was lost or
       duplicated. --mix: percent submit, acknowledge, transition, query.
       --rate: operations per second across all clients (of every kind); without it, a
-      closed loop. Services run with one runtime thread each unless TOKIO_WORKER_THREADS
-      is set.
+      closed loop. --warmup: load run before the measured --duration (its complaints are
+      still checked, its calls not timed). Services run with one runtime thread each unless
+      TOKIO_WORKER_THREADS is set.
   complaints pg-stop
       Stops the private PostgreSQL started by `up`.
 
@@ -116,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
             valued: &[
                 "--clients",
                 "--duration",
+                "--warmup",
                 "--rate",
                 "--mix",
                 "--vip-share",
@@ -230,6 +232,8 @@ async fn bench(args: &[String]) -> anyhow::Result<()> {
             .context("--rate must be a number")?,
         duration: config::parse_duration(&flag(args, "--duration").unwrap_or_else(|| "30s".into()))
             .map_err(|e| anyhow::anyhow!("--duration: {e}"))?,
+        warmup: config::parse_duration(&flag(args, "--warmup").unwrap_or_else(|| "0s".into()))
+            .map_err(|e| anyhow::anyhow!("--warmup: {e}"))?,
         mix,
         vip_share: parse_f("--vip-share", 0.1)?,
         repeat_share: parse_f("--repeat-share", 0.05)?,

@@ -7,8 +7,12 @@ use std::time::Duration;
 use complaints_kit::testing;
 use sqlx::Connection as _;
 
+/// The bench starts the suite on fixed ports: one run at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ratio() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let server = testing::server_url().await;
     let report = std::env::temp_dir().join(format!("bench-{}.json", uuid::Uuid::new_v4()));
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"))
@@ -135,4 +139,95 @@ async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ra
         .trim()
         .to_owned();
     assert!(!left.contains(&name_of_this_run), "{left:?}");
+}
+
+#[tokio::test]
+async fn a_warmup_is_left_out_of_the_figures_but_its_complaints_are_checked() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let server = testing::server_url().await;
+    let report = std::env::temp_dir().join(format!("bench-{}.json", uuid::Uuid::new_v4()));
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"))
+        .args([
+            "bench",
+            "--clients",
+            "4",
+            "--warmup",
+            "2s",
+            "--duration",
+            "2s",
+            "--pgbench-seconds",
+            "0",
+            "--json",
+        ])
+        .arg(&report)
+        .env("DATABASE_URL", &server)
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("BENCH_KEEP_DATABASE", "1")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the bench finishes")
+        .expect("the bench starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let database = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("started 5 service process(es) on database "))
+        .expect("the bench names its database")
+        .trim()
+        .to_owned();
+    let json: Option<serde_json::Value> = std::fs::read(&report)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let _ = std::fs::remove_file(&report);
+    // What the suite stored, read before the kept database goes.
+    let stored: i64 = {
+        let url = complaints_kit::db::database_url(&server, &database);
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM cases.cases")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+    };
+    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE \"{database}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json = json.expect("the JSON report");
+    assert_eq!(json["warmup_s"].as_f64(), Some(2.0));
+    assert!(stdout.contains("after 2.0 s of warm-up"), "{stdout}");
+    // The figures hold the measured two seconds only: the warm-up's complaints opened cases
+    // too (every one was checked: no problems), yet are not counted as accepted.
+    let accepted = json["accepted"].as_u64().unwrap();
+    assert!(accepted > 0);
+    assert_eq!(
+        json["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{stdout}"
+    );
+    assert!(
+        stored as u64 > accepted + accepted / 4,
+        "{stored} cases for {accepted} measured complaints: {stdout}"
+    );
+    assert_eq!(json["per_second"].as_array().map(Vec::len), Some(2));
+    let submits: u64 = json["per_second"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rpc"]["SubmitComplaint"]["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        Some(submits),
+        json["rpc"]["SubmitComplaint"]["count"].as_u64()
+    );
+    assert!(
+        (accepted as f64) <= submits as f64,
+        "{accepted} accepted from {submits} timed submissions"
+    );
 }
