@@ -27,7 +27,7 @@ USAGE:
       performance-scoring) configured from the environment, like its own binary.
   complaints bench [--clients 16] [--duration 30s] [--warmup 0s] [--rate N] [--mix 80,10,5,5]
                    [--vip-share 0.1] [--repeat-share 0.05] [--pgbench-seconds 10]
-                   [--intake-only] [--target HOST] [--json FILE]
+                   [--intake-only] [--no-host-probe] [--target HOST] [--json FILE]
       End-to-end load benchmark over gRPC. Starts the five services as separate processes on
       a fresh database (ports 24051..24055) unless --target names a running suite; runs
       pgbench -N with the same client count before and after the load (--pgbench-seconds
@@ -35,7 +35,7 @@ USAGE:
       duplicated. --mix: percent submit, acknowledge, transition, query.
       --rate: operations per second across all clients (of every kind); without it, a
       closed loop. --warmup: load run before the measured --duration (its complaints are
-      still checked, its calls not timed). Services run with one runtime thread each unless
+      still checked, its calls not timed). --no-host-probe: no host-speed column. Services run with one runtime thread each unless
       TOKIO_WORKER_THREADS is set.
   complaints pg-stop
       Stops the private PostgreSQL started by `up`.
@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
                 "--target",
                 "--json",
             ],
-            switches: &["--intake-only"],
+            switches: &["--intake-only", "--no-host-probe"],
             optional_number: &[],
         }),
         _ => None,
@@ -238,6 +238,7 @@ async fn bench(args: &[String]) -> anyhow::Result<()> {
         vip_share: parse_f("--vip-share", 0.1)?,
         repeat_share: parse_f("--repeat-share", 0.05)?,
         intake_only: args.iter().any(|a| a == "--intake-only"),
+        host_probe: !args.iter().any(|a| a == "--no-host-probe"),
         pgbench_seconds: parse_f("--pgbench-seconds", 10.0)? as u64,
         json: flag(args, "--json"),
         target: flag(args, "--target"),
