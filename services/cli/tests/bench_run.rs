@@ -10,40 +10,82 @@ use sqlx::Connection as _;
 /// The bench starts the suite on fixed ports: one run at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-#[tokio::test]
-async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ratio() {
-    let _one = ONE_AT_A_TIME.lock().await;
+/// What a bench run left: whether it succeeded, its output, its JSON report (if it wrote one)
+/// and the name of its database; the server it ran against, and the turn it holds.
+struct Finished {
+    server: String,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    success: bool,
+    stdout: String,
+    stderr: String,
+    json: Option<serde_json::Value>,
+    database: Option<String>,
+}
+
+/// Runs `complaints bench ARGS --json FILE` against the test server (ARGS split at spaces),
+/// with `env` set too, once no other run is going.
+async fn bench(args: &str, env: &[(&str, &str)]) -> Finished {
+    let turn = ONE_AT_A_TIME.lock().await;
     let server = testing::server_url().await;
     let report = std::env::temp_dir().join(format!("bench-{}.json", uuid::Uuid::new_v4()));
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"))
-        .args([
-            "bench",
-            "--clients",
-            "4",
-            "--duration",
-            "3s",
-            "--pgbench-seconds",
-            "1",
-            "--json",
-        ])
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"));
+    command
+        .arg("bench")
+        .args(args.split_whitespace())
+        .arg("--json")
         .arg(&report)
         .env("DATABASE_URL", &server)
         .env("TOKIO_WORKER_THREADS", "1")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(240), run)
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(240), command.output())
         .await
         .expect("the bench finishes")
         .expect("the bench starts");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).expect("the JSON report")).unwrap();
+    let json = std::fs::read(&report)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let _ = std::fs::remove_file(&report);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let database = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("started 5 service process(es) on database "))
+        .map(|name| name.trim().to_owned());
+    Finished {
+        server,
+        _turn: turn,
+        success: output.status.success(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        stdout,
+        json,
+        database,
+    }
+}
+
+/// Every timed SubmitComplaint is in exactly one second of the report; returns how many.
+fn timed_once_each(json: &serde_json::Value) -> u64 {
+    let submits: u64 = json["per_second"]
+        .as_array()
+        .expect("per-second figures")
+        .iter()
+        .map(|s| s["rpc"]["SubmitComplaint"]["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        Some(submits),
+        json["rpc"]["SubmitComplaint"]["count"].as_u64()
+    );
+    submits
+}
+
+#[tokio::test]
+async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ratio() {
+    let run = bench("--clients 4 --duration 3s --pgbench-seconds 1", &[]).await;
+    let server = run.server.clone();
+    let stdout = &run.stdout;
+    assert!(run.success, "bench failed: {stdout}\n{}", run.stderr);
+    let json = run.json.expect("the JSON report");
 
     let accepted = json["accepted"].as_u64().unwrap();
     assert!(accepted > 0, "{stdout}");
@@ -75,14 +117,7 @@ async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ra
         json["duration_s"].as_f64().unwrap().floor(),
         "{stdout}"
     );
-    let submits: u64 = seconds
-        .iter()
-        .map(|s| s["rpc"]["SubmitComplaint"]["count"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(
-        Some(submits),
-        json["rpc"]["SubmitComplaint"]["count"].as_u64()
-    );
+    timed_once_each(&json);
     let errors: u64 = seconds.iter().map(|s| s["errors"].as_u64().unwrap()).sum();
     assert_eq!(errors, 0);
     for second in seconds {
@@ -132,54 +167,20 @@ async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ra
     .fetch_all(&mut admin)
     .await
     .unwrap();
-    let name_of_this_run = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("started 5 service process(es) on database "))
-        .expect("the bench names its database")
-        .trim()
-        .to_owned();
+    let name_of_this_run = run.database.expect("the bench names its database");
     assert!(!left.contains(&name_of_this_run), "{left:?}");
 }
 
 #[tokio::test]
 async fn a_warmup_is_left_out_of_the_figures_but_its_complaints_are_checked() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let server = testing::server_url().await;
-    let report = std::env::temp_dir().join(format!("bench-{}.json", uuid::Uuid::new_v4()));
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"))
-        .args([
-            "bench",
-            "--clients",
-            "4",
-            "--warmup",
-            "2s",
-            "--duration",
-            "2s",
-            "--pgbench-seconds",
-            "0",
-            "--json",
-        ])
-        .arg(&report)
-        .env("DATABASE_URL", &server)
-        .env("TOKIO_WORKER_THREADS", "1")
-        .env("BENCH_KEEP_DATABASE", "1")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(240), run)
-        .await
-        .expect("the bench finishes")
-        .expect("the bench starts");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let database = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("started 5 service process(es) on database "))
-        .expect("the bench names its database")
-        .trim()
-        .to_owned();
-    let json: Option<serde_json::Value> = std::fs::read(&report)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let _ = std::fs::remove_file(&report);
+    let run = bench(
+        "--clients 4 --warmup 2s --duration 2s --pgbench-seconds 0",
+        &[("BENCH_KEEP_DATABASE", "1")],
+    )
+    .await;
+    let server = run.server.clone();
+    let stdout = &run.stdout;
+    let database = run.database.clone().expect("the bench names its database");
     // What the suite stored, read before the kept database goes.
     let stored: i64 = {
         let url = complaints_kit::db::database_url(&server, &database);
@@ -194,12 +195,8 @@ async fn a_warmup_is_left_out_of_the_figures_but_its_complaints_are_checked() {
         .execute(&mut admin)
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "bench failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let json = json.expect("the JSON report");
+    assert!(run.success, "bench failed: {stdout}\n{}", run.stderr);
+    let json = run.json.expect("the JSON report");
     assert_eq!(json["warmup_s"].as_f64(), Some(2.0));
     assert!(stdout.contains("after 2.0 s of warm-up"), "{stdout}");
     // The figures hold the measured two seconds only: the warm-up's complaints opened cases
@@ -216,16 +213,7 @@ async fn a_warmup_is_left_out_of_the_figures_but_its_complaints_are_checked() {
         "{stored} cases for {accepted} measured complaints: {stdout}"
     );
     assert_eq!(json["per_second"].as_array().map(Vec::len), Some(2));
-    let submits: u64 = json["per_second"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["rpc"]["SubmitComplaint"]["count"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(
-        Some(submits),
-        json["rpc"]["SubmitComplaint"]["count"].as_u64()
-    );
+    let submits = timed_once_each(&json);
     assert!(
         (accepted as f64) <= submits as f64,
         "{accepted} accepted from {submits} timed submissions"
