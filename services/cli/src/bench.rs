@@ -459,9 +459,14 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
 
     // Progress once a second, and each second's machine CPU and WAL syncs.
     let samples = Arc::new(Mutex::new(Vec::new()));
-    let mut wal_connection = sqlx::PgConnection::connect(&options.database_url)
-        .await
-        .ok();
+    // Only if the server answers at once: the WAL column is a nicety, not a reason to wait.
+    let mut wal_connection = tokio::time::timeout(
+        Duration::from_secs(5),
+        sqlx::PgConnection::connect(&options.database_url),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
     let progress = {
         let stats = stats.clone();
         let propagation = propagation.clone();
@@ -749,14 +754,18 @@ fn machine_cpu_seconds() -> Option<(f64, f64)> {
 /// PostgreSQL's WAL syncs so far, and the milliseconds spent in them when the server times
 /// them (`track_wal_io_timing`, on for the private server): `pg_stat_wal`, which backends
 /// update about once a second.
+/// A reading that does not come within a quarter of a second is skipped (the second's column
+/// stays empty) rather than holding up the progress line.
 async fn wal_syncs(connection: Option<&mut sqlx::PgConnection>) -> Option<(f64, Option<f64>)> {
-    let row: (f64, f64, bool) = sqlx::query_as(
+    let query = sqlx::query_as::<_, (f64, f64, bool)>(
         "SELECT wal_sync::float8, wal_sync_time, current_setting('track_wal_io_timing')::bool \
          FROM pg_stat_wal",
     )
-    .fetch_one(connection?)
-    .await
-    .ok()?;
+    .fetch_one(connection?);
+    let row = tokio::time::timeout(Duration::from_millis(250), query)
+        .await
+        .ok()?
+        .ok()?;
     Some((row.0, row.2.then_some(row.1)))
 }
 
