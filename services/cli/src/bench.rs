@@ -62,12 +62,11 @@ pub struct BenchOptions {
 
 #[derive(Default)]
 struct Stats {
-    latencies: HashMap<&'static str, Vec<u32>>,
     errors: HashMap<String, u64>,
     submitted: HashMap<String, Instant>,
     accepted_per_second: Vec<u64>,
     repeats: u64,
-    /// Every call, for the per-second figures.
+    /// Every call after the warm-up: the latency figures, whole-run and per second.
     calls: Vec<Call>,
 }
 
@@ -413,9 +412,6 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                     .and_then(|at| at.checked_duration_since(started));
                 let mut s = stats.lock().unwrap();
                 let micros = kind.1.as_micros() as u32;
-                if began.is_some() {
-                    s.latencies.entry(kind.0).or_default().push(micros);
-                }
                 let mut error = false;
                 if let Err(status) = result {
                     // A stale version or an illegal move in a random mix is expected traffic.
@@ -994,10 +990,7 @@ fn report(
     }
     out.push_str("\nRPC                     count     p50 ms   p95 ms   p99 ms   max ms\n");
     let mut rpcs = serde_json::Map::new();
-    let mut names: Vec<_> = stats.latencies.keys().copied().collect();
-    names.sort();
-    for name in names {
-        let l = Latency::of(stats.latencies[name].clone());
+    for (name, l) in seconds::by_rpc(&stats.calls) {
         out.push_str(&format!(
             "{name:<22} {:>6} {:>10.2} {:>8.2} {:>8.2} {:>8.2}\n",
             l.count, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms
@@ -1013,7 +1006,7 @@ fn report(
         out.push_str(&format!("\npropagation delay (submit → both clocks started): p50 {d50:.1} ms, p99 {d99:.1} ms, max {dmax:.1} ms\n"));
     }
     out.push_str(&format!(
-        "errors: {}\n",
+        "errors (the warm-up's too): {}\n",
         if stats.errors.is_empty() {
             "none".to_owned()
         } else {

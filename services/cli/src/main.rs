@@ -35,8 +35,8 @@ USAGE:
       duplicated. --mix: percent submit, acknowledge, transition, query.
       --rate: operations per second across all clients (of every kind); without it, a
       closed loop. --warmup: load run before the measured --duration (its complaints are
-      still checked, its calls not timed). --no-host-probe: no host-speed column. Services run with one runtime thread each unless
-      TOKIO_WORKER_THREADS is set.
+      still checked, its calls not timed). --no-host-probe: no host-speed column. Services
+      run with one runtime thread each unless TOKIO_WORKER_THREADS is set.
   complaints pg-stop
       Stops the private PostgreSQL started by `up`.
 

@@ -130,6 +130,18 @@ impl Second {
     }
 }
 
+/// Latency by RPC of the calls given.
+pub fn by_rpc<'a>(calls: impl IntoIterator<Item = &'a Call>) -> BTreeMap<&'static str, Latency> {
+    let mut micros: BTreeMap<&'static str, Vec<u32>> = BTreeMap::new();
+    for call in calls {
+        micros.entry(call.rpc).or_default().push(call.micros);
+    }
+    micros
+        .into_iter()
+        .map(|(name, micros)| (name, Latency::of(micros)))
+        .collect()
+}
+
 /// The seconds `0..seconds` of a run: calls and propagation delays `(submitted_ms, delay_us)`
 /// go to the second they began in (anything past the end to the last second), samples are one
 /// a second in order, probes go to the second their computation ended in.
@@ -142,30 +154,23 @@ pub fn per_second(
 ) -> Vec<Second> {
     let seconds = seconds.max(1);
     let slot = |ms: u32| (ms as usize / 1000).min(seconds - 1);
-    let mut latencies: Vec<BTreeMap<&'static str, Vec<u32>>> = vec![BTreeMap::new(); seconds];
-    let mut errors = vec![0u64; seconds];
+    let mut in_second: Vec<Vec<&Call>> = vec![Vec::new(); seconds];
     for call in calls {
-        let s = slot(call.began_ms);
-        latencies[s].entry(call.rpc).or_default().push(call.micros);
-        errors[s] += u64::from(call.error);
+        in_second[slot(call.began_ms)].push(call);
     }
     let mut propagation: Vec<Vec<u32>> = vec![Vec::new(); seconds];
     for (submitted_ms, delay_us) in delays {
         propagation[slot(*submitted_ms)].push(*delay_us);
     }
     let speeds = host_speeds(seconds, probes);
-    latencies
+    in_second
         .into_iter()
-        .zip(errors)
         .zip(propagation)
         .enumerate()
-        .map(|(second, ((rpc, errors), delays))| Second {
+        .map(|(second, (calls, delays))| Second {
             second,
-            rpc: rpc
-                .into_iter()
-                .map(|(name, micros)| (name, Latency::of(micros)))
-                .collect(),
-            errors,
+            rpc: by_rpc(calls.iter().copied()),
+            errors: calls.iter().filter(|c| c.error).count() as u64,
             propagation: (!delays.is_empty()).then(|| Latency::of(delays)),
             machine: samples.get(second).and_then(|s| s.machine),
             wal: samples.get(second).and_then(|s| s.wal),
@@ -264,18 +269,10 @@ pub struct HostProbe {
 }
 
 impl HostProbe {
-    /// Starts probing; times are counted from `started`. None where the thread's CPU time
-    /// cannot be read (not Linux).
+    /// Starts probing on a thread of its own (the caller is not held up); times are counted
+    /// from `started`. None where the thread's CPU time cannot be read (not Linux).
     pub fn start(started: Instant) -> Option<Self> {
-        // Size the computation once: about PROBE_WORK of CPU at the speed seen now. Each
-        // reading follows a sleep (see `thread_cpu_ns`).
-        let pause = Duration::from_millis(1);
-        std::thread::sleep(pause);
-        let before = thread_cpu_ns()?;
-        spin(1_000_000);
-        std::thread::sleep(pause);
-        let took = thread_cpu_ns()?.saturating_sub(before).max(1);
-        let iterations = (1_000_000u128 * PROBE_WORK.as_nanos() / u128::from(took)) as u64;
+        thread_cpu_ns()?;
         let probes = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -284,12 +281,23 @@ impl HostProbe {
             std::thread::Builder::new()
                 .name("host-probe".into())
                 .spawn(move || {
-                    // The CPU time between two readings, each right after a sleep, is one
-                    // computation's (and a few microseconds of bookkeeping).
+                    // Size the computation once: about PROBE_WORK of CPU at the speed seen
+                    // now. The CPU time between two readings, each right after a sleep (see
+                    // `thread_cpu_ns`), is one computation's (and a few microseconds of
+                    // bookkeeping).
+                    let pause = Duration::from_millis(1);
+                    std::thread::sleep(pause);
+                    let Some(before) = thread_cpu_ns() else {
+                        return;
+                    };
+                    spin(1_000_000);
                     std::thread::sleep(pause);
                     let Some(mut last) = thread_cpu_ns() else {
                         return;
                     };
+                    let took = last.saturating_sub(before).max(1);
+                    let iterations =
+                        (1_000_000u128 * PROBE_WORK.as_nanos() / u128::from(took)) as u64;
                     while !stop.load(Ordering::Relaxed) {
                         spin(iterations.max(1));
                         let at_ms = started.elapsed().as_millis() as u32;

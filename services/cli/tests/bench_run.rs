@@ -172,9 +172,9 @@ async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ra
 }
 
 #[tokio::test]
-async fn a_warmup_is_left_out_of_the_figures_but_its_complaints_are_checked() {
+async fn a_warmup_is_left_out_of_the_figures_but_its_complaints_are_checked_and_the_probe_can_go() {
     let run = bench(
-        "--clients 4 --warmup 2s --duration 2s --pgbench-seconds 0",
+        "--clients 4 --warmup 2s --duration 2s --pgbench-seconds 0 --no-host-probe",
         &[("BENCH_KEEP_DATABASE", "1")],
     )
     .await;
@@ -214,6 +214,16 @@ async fn a_warmup_is_left_out_of_the_figures_but_its_complaints_are_checked() {
     );
     assert_eq!(json["per_second"].as_array().map(Vec::len), Some(2));
     let submits = timed_once_each(&json);
+    // Without the probe: no host speed, anywhere.
+    assert!(json["host_speed"].is_null(), "{}", json["host_speed"]);
+    assert!(
+        json["per_second"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["host_speed_percent"].is_null())
+    );
+    assert!(!stdout.contains("host speed ("), "{stdout}");
     assert!(
         (accepted as f64) <= submits as f64,
         "{accepted} accepted from {submits} timed submissions"
