@@ -1,13 +1,15 @@
 //! `complaints bench`: an end-to-end load benchmark over real gRPC from this separate process.
 //!
-//! By default it starts the five services as separate processes (`complaints serve …`) on a fresh
-//! database, so each one's CPU and peak memory can be read from its own `/metrics`; `--target`
-//! drives a suite that is already running instead. It measures complaints accepted and fully
-//! propagated (case opened and both SLA clocks started, observed on the services' own event
-//! streams), RPC latencies, propagation delay, errors by code, and runs `pgbench -N` (the
-//! database's own simple-update ceiling on this machine, same client count) before and after
-//! the load, so figures compare across machines (the ratio is to the mean of the two). At the end it checks that no complaint, case or clock was lost
-//! or duplicated.
+//! By default it starts the five services as separate processes (`complaints serve …`) on a
+//! fresh database, so each one's CPU and memory can be read from `/proc`; `--target` drives a
+//! suite that is already running instead (and reads them from each service's `/metrics`). It
+//! measures, for the whole run and each second, complaints accepted and fully propagated (case
+//! opened and both SLA clocks started, observed on the services' own event streams), RPC
+//! latencies, propagation delay, errors by code, each service's and PostgreSQL's CPU and the
+//! services' memory, and runs `pgbench -N` (the database's own simple-update ceiling on this
+//! machine, same client count) before and after the load, so figures compare across machines
+//! (the ratio is to the mean of the two). At the end it checks that no complaint, case or clock
+//! was lost or duplicated.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use complaints_kit::auth::{AuthConfig, BearerToken, Role};
+use complaints_kit::process::{Memory, Stat, TICKS_PER_SECOND};
 use complaints_proto::cases::v1::case_service_client::CaseServiceClient;
 use complaints_proto::cases::v1::{AcknowledgeCaseRequest, GetCaseRequest, TransitionCaseRequest};
 use complaints_proto::common::v1::{CaseStatus, Channel, ClockKind, CustomerTier};
@@ -30,7 +33,7 @@ use sqlx::Connection as _;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
 
 use crate::histogram::Histogram;
-use crate::seconds::{self, Call, HostProbe, Latency, Sample, percentile};
+use crate::seconds::{self, Call, HostProbe, Latency, MIB, Recorded, Sample, percentile};
 use crate::suite::SERVICE_NAMES;
 
 /// What to run.
@@ -64,7 +67,8 @@ pub struct BenchOptions {
 struct Stats {
     errors: HashMap<String, u64>,
     submitted: HashMap<String, Instant>,
-    accepted_per_second: Vec<u64>,
+    /// When each measured complaint's SubmitComplaint returned accepted (ms into the load).
+    accepted_ms: Vec<u32>,
     repeats: u64,
     /// Every call after the warm-up: the latency figures, whole-run and per second.
     calls: Vec<Call>,
@@ -196,8 +200,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     )?)?;
     let stats = Arc::new(Mutex::new(Stats::default()));
     let propagation = Arc::new(Mutex::new(Propagation::default()));
-    let pids: Vec<Option<u32>> = children.iter().map(|c| c.id()).collect();
-    let peak_memory = Arc::new(Mutex::new(vec![0f64; 5]));
+    let processes = Processes {
+        pids: children.iter().map(|c| c.id()).collect(),
+        metrics_urls: metrics_urls.clone(),
+    };
 
     // Observe propagation on the services' own event streams.
     let mut watchers = Vec::new();
@@ -262,26 +268,6 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         }
     }
 
-    // Memory sampling.
-    let sampling = {
-        let peak = peak_memory.clone();
-        let metrics_urls = metrics_urls.clone();
-        tokio::spawn(async move {
-            loop {
-                let sample = scrape_process(&metrics_urls).await;
-                {
-                    let mut peak = peak.lock().unwrap();
-                    for (i, s) in sample.iter().enumerate() {
-                        if let Some((_, rss)) = s {
-                            peak[i] = peak[i].max(*rss);
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        })
-    };
-
     println!(
         "load: {} clients, {}, {:?}, mix submit/ack/transition/query = {:?}",
         options.clients,
@@ -338,11 +324,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                             if response.created && complaint.linked_to_complaint_id.is_empty() {
                                 s.submitted.insert(complaint.id.clone(), t);
                                 if t >= started {
-                                    let second = started.elapsed().as_secs() as usize;
-                                    if s.accepted_per_second.len() <= second {
-                                        s.accepted_per_second.resize(second + 1, 0);
-                                    }
-                                    s.accepted_per_second[second] += 1;
+                                    s.accepted_ms.push(started.elapsed().as_millis() as u32);
                                 }
                             } else if repeat {
                                 s.repeats += 1;
@@ -412,7 +394,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                     .and_then(|at| at.checked_duration_since(started));
                 let mut s = stats.lock().unwrap();
                 let micros = kind.1.as_micros() as u32;
-                let mut error = false;
+                let mut error = None;
                 if let Err(status) = result {
                     // A stale version or an illegal move in a random mix is expected traffic.
                     let expected = matches!(kind.0, "AcknowledgeCase" | "TransitionCase")
@@ -421,9 +403,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                             tonic::Code::Aborted | tonic::Code::FailedPrecondition
                         );
                     if !expected {
-                        error = true;
+                        error = Some(status.code());
                         *s.errors
-                            .entry(format!("{} {:?}", kind.0, status.code()))
+                            .entry(seconds::error_key(kind.0, status.code()))
                             .or_default() += 1;
                     }
                 }
@@ -446,14 +428,15 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         );
         tokio::time::sleep_until(tokio::time::Instant::from_std(started)).await;
     }
-    let cpu_before = CpuSnapshot::take(&metrics_urls, &pids).await;
+    let cpu_before = CpuSnapshot::take(&processes).await;
     let probe = if options.host_probe {
         HostProbe::start(started)
     } else {
         None
     };
 
-    // Progress once a second, and each second's machine CPU and WAL syncs.
+    // Progress once a second, and each second's CPU (machine, services, PostgreSQL), the
+    // services' memory and WAL syncs.
     let samples = Arc::new(Mutex::new(Vec::new()));
     // Only if the server answers at once: the WAL column is a nicety, not a reason to wait.
     let mut wal_connection = tokio::time::timeout(
@@ -468,6 +451,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         let propagation = propagation.clone();
         let samples = samples.clone();
         let probes = probe.as_ref().map(HostProbe::reader);
+        let processes = processes.clone();
         tokio::spawn(async move {
             // From where the warm-up left off.
             let mut last = (
@@ -477,6 +461,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             );
             let mut machine = machine_cpu_seconds();
             let mut wal = wal_syncs(wal_connection.as_mut()).await;
+            let mut services = processes.read().await;
+            let mut postgres = postgres_cpu_seconds();
+            let own_cpu = || Stat::own().map(|s| s.cpu_seconds);
+            let mut bench = own_cpu();
             let mut tick = tokio::time::interval_at(
                 tokio::time::Instant::from_std(started) + Duration::from_secs(1),
                 Duration::from_secs(1),
@@ -485,7 +473,20 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                 tick.tick().await;
                 let now = machine_cpu_seconds();
                 let wal_now = wal_syncs(wal_connection.as_mut()).await;
+                let services_now = processes.read().await;
+                let postgres_now = postgres_cpu_seconds();
+                let bench_now = own_cpu();
                 samples.lock().unwrap().push(Sample {
+                    services: services
+                        .iter()
+                        .zip(&services_now)
+                        .map(|(before, after)| {
+                            let (before, after) = (before.as_ref()?, after.as_ref()?);
+                            Some((after.cpu_seconds - before.cpu_seconds, after.resident_bytes))
+                        })
+                        .collect(),
+                    postgres: postgres.zip(postgres_now).map(|(b, a)| a - b),
+                    bench: bench.zip(bench_now).map(|(b, a)| a - b),
                     machine: machine
                         .zip(now)
                         .map(|(before, after)| (after.0 - before.0, after.1 - before.1)),
@@ -498,6 +499,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                 });
                 machine = now;
                 wal = wal_now;
+                services = services_now;
+                postgres = postgres_now;
+                bench = bench_now;
                 let (accepted, calls, submit) = {
                     let s = stats.lock().unwrap();
                     let submit: Vec<u32> = s.calls[last.2..]
@@ -529,7 +533,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         let _ = worker.await;
     }
     let load_time = started.elapsed();
-    let cpu_after_load = CpuSnapshot::take(&metrics_urls, &pids).await;
+    let cpu_after_load = CpuSnapshot::take(&processes).await;
     let probes = probe.map(HostProbe::stop).unwrap_or_default();
 
     // Let propagation finish.
@@ -545,7 +549,6 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         }
     }
     progress.abort();
-    sampling.abort();
     for watcher in watchers {
         watcher.abort();
     }
@@ -568,7 +571,6 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         &pgbench_runs,
         &cpu_before,
         &cpu_after_load,
-        &peak_memory,
     );
     println!("{}", report.0);
     if let Some(path) = &options.json {
@@ -648,14 +650,62 @@ fn realistic_complaint(seed: u64, options: &BenchOptions) -> (SubmitComplaintReq
     )
 }
 
-/// Counters at one instant: each service's CPU and memory (from `/metrics`, and from `/proc`
-/// for the processes the bench started), every PostgreSQL process's CPU, the machine's, and
-/// intake's writer histograms.
+/// The suite's five processes, as the bench reads their CPU and memory: from `/proc` for the
+/// ones it started (exact to 1/100 s, and the kernel's own peak of resident memory), else from
+/// their `/metrics` (`--target`).
+#[derive(Clone)]
+struct Processes {
+    /// In [`SERVICE_NAMES`] order; fewer with `--intake-only`, none with `--target`.
+    pids: Vec<Option<u32>>,
+    metrics_urls: Vec<String>,
+}
+
+/// One service's CPU and memory at one instant.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Reading {
+    cpu_seconds: f64,
+    resident_bytes: f64,
+    /// The most it ever had resident, where the kernel says (a process the bench started).
+    peak_resident_bytes: Option<f64>,
+}
+
+impl Processes {
+    async fn read(&self) -> Vec<Option<Reading>> {
+        let mut readings = Vec::with_capacity(self.metrics_urls.len());
+        for (i, host) in self.metrics_urls.iter().enumerate() {
+            readings.push(match self.pids.get(i).copied().flatten() {
+                Some(pid) => read_process(pid),
+                None => scrape(host).await.ok().as_deref().map(|text| {
+                    let (cpu_seconds, resident_bytes) = process_figures(text);
+                    Reading {
+                        cpu_seconds,
+                        resident_bytes,
+                        peak_resident_bytes: None,
+                    }
+                }),
+            });
+        }
+        readings
+    }
+}
+
+fn read_process(pid: u32) -> Option<Reading> {
+    let stat = Stat::of(pid)?;
+    let memory = Memory::of(pid)?;
+    Some(Reading {
+        cpu_seconds: stat.cpu_seconds,
+        resident_bytes: memory.resident_bytes as f64,
+        peak_resident_bytes: Some(memory.peak_resident_bytes as f64),
+    })
+}
+
+/// Counters at one instant: each service's CPU and memory, every PostgreSQL process's CPU, the
+/// machine's, and intake's writer histograms.
 struct CpuSnapshot {
-    /// (cpu seconds, resident bytes) from `/metrics`.
-    services: Vec<Option<(f64, f64)>>,
-    exact: Vec<Option<f64>>,
+    services: Vec<Option<Reading>>,
     postgres: Option<f64>,
+    /// This process's: the load generator's.
+    bench: Option<f64>,
     /// (busy, stolen) CPU seconds of the whole machine.
     machine: Option<(f64, f64)>,
     /// Intake's submission writers, from its `/metrics`: batch sizes, queue waits, batches.
@@ -669,48 +719,23 @@ const WRITER_SERIES: [&str; 3] = [
     "intake_submit_batch_seconds",
 ];
 
-/// Clock ticks per second of /proc's CPU times (USER_HZ, 100 on Linux).
-const TICKS: f64 = 100.0;
-
 impl CpuSnapshot {
-    async fn take(metrics_urls: &[String], pids: &[Option<u32>]) -> Self {
-        let mut texts = Vec::new();
-        for host in metrics_urls {
-            texts.push(scrape(host).await.ok());
-        }
+    async fn take(processes: &Processes) -> Self {
+        let intake = match processes.metrics_urls.first() {
+            Some(host) => scrape(host).await.ok(),
+            None => None,
+        };
         Self {
-            writers: texts.first().and_then(|t| t.as_deref()).and_then(|text| {
+            writers: intake.as_deref().and_then(|text| {
                 let [size, queue, batch] = WRITER_SERIES.map(|name| Histogram::parse(text, name));
                 Some([size?, queue?, batch?])
             }),
-            services: texts
-                .iter()
-                .map(|t| t.as_deref().map(process_figures))
-                .collect(),
-            exact: pids
-                .iter()
-                .map(|pid| pid.and_then(process_cpu_seconds))
-                .collect(),
+            services: processes.read().await,
             postgres: postgres_cpu_seconds(),
+            bench: Stat::own().map(|s| s.cpu_seconds),
             machine: machine_cpu_seconds(),
         }
     }
-}
-
-/// user + system CPU seconds of a process, from `/proc/PID/stat`.
-fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    cpu_of_stat(&stat).map(|(_, cpu)| cpu)
-}
-
-/// (command, user + system CPU seconds) of a `/proc/PID/stat` line.
-fn cpu_of_stat(stat: &str) -> Option<(&str, f64)> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
-    let user: f64 = fields.get(11)?.parse().ok()?;
-    let system: f64 = fields.get(12)?.parse().ok()?;
-    Some((stat.get(open + 1..close)?, (user + system) / TICKS))
 }
 
 /// CPU seconds of every `postgres` process on this machine (the server the suite and pgbench
@@ -722,8 +747,10 @@ fn postgres_cpu_seconds() -> Option<f64> {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        if let Some(("postgres", cpu)) = cpu_of_stat(&stat) {
-            total += cpu;
+        if let Some(stat) = Stat::parse(&stat)
+            && stat.command == "postgres"
+        {
+            total += stat.cpu_seconds;
             found = true;
         }
     }
@@ -744,7 +771,10 @@ fn machine_cpu_seconds() -> Option<(f64, f64)> {
     let total: f64 = ticks.iter().take(8).sum();
     let idle = ticks.get(3)? + ticks.get(4)?;
     let steal = *ticks.get(7)?;
-    Some(((total - idle - steal) / TICKS, steal / TICKS))
+    Some((
+        (total - idle - steal) / TICKS_PER_SECOND,
+        steal / TICKS_PER_SECOND,
+    ))
 }
 
 /// PostgreSQL's WAL syncs so far, and the milliseconds spent in them when the server times
@@ -763,15 +793,6 @@ async fn wal_syncs(connection: Option<&mut sqlx::PgConnection>) -> Option<(f64, 
         .ok()?
         .ok()?;
     Some((row.0, row.2.then_some(row.1)))
-}
-
-/// (cpu seconds, resident bytes) of each service, from its `/metrics`.
-async fn scrape_process(hosts: &[String]) -> Vec<Option<(f64, f64)>> {
-    let mut out = Vec::new();
-    for host in hosts {
-        out.push(scrape(host).await.ok().as_deref().map(process_figures));
-    }
-    out
 }
 
 /// (cpu seconds, resident bytes) of a service's scrape.
@@ -934,7 +955,6 @@ fn report(
     pgbench_runs: &[f64],
     cpu_before: &CpuSnapshot,
     cpu_after: &CpuSnapshot,
-    peak_memory: &Mutex<Vec<f64>>,
 ) -> (String, serde_json::Value, bool) {
     let stats = run.stats.lock().unwrap();
     let p = run.propagation.lock().unwrap();
@@ -942,17 +962,21 @@ fn report(
     // The measured complaints: submitted after the warm-up.
     let measured = || stats.submitted.iter().filter(|(_, at)| **at >= run.started);
     let accepted = measured().count();
-    // (submitted, delay) of every propagated complaint.
-    let timed: Vec<(u32, u32)> = measured()
+    // (submitted, delay) of every propagated complaint, and when it was seen propagated.
+    let since_start = |at: Instant| at.duration_since(run.started).as_millis() as u32;
+    let (timed, propagated_ms): (Vec<(u32, u32)>, Vec<u32>) = measured()
         .filter_map(|(id, at)| {
             p.propagated_at.get(id).map(|done| {
                 (
-                    at.duration_since(run.started).as_millis() as u32,
-                    done.duration_since(*at).as_micros() as u32,
+                    (
+                        since_start(*at),
+                        done.duration_since(*at).as_micros() as u32,
+                    ),
+                    since_start(*done),
                 )
             })
         })
-        .collect();
+        .unzip();
     let mut delays: Vec<u32> = timed.iter().map(|(_, delay)| *delay).collect();
     delays.sort_unstable();
     let propagated = delays.len();
@@ -1027,26 +1051,31 @@ fn report(
     let (per_second, host) = per_second_section(
         &mut out,
         run.load_time,
-        &stats.calls,
-        if options.intake_only { &[] } else { &timed },
-        run.samples,
-        run.probes,
+        &Recorded {
+            calls: &stats.calls,
+            delays: if options.intake_only { &[] } else { &timed },
+            accepted_ms: &stats.accepted_ms,
+            propagated_ms: &propagated_ms,
+            samples: run.samples,
+            probes: run.probes,
+        },
     );
     let mut services = serde_json::Map::new();
     out.push_str("\nservice                 CPU s (load)  CPU %   peak RSS MiB\n");
-    let peak = peak_memory.lock().unwrap();
     for (i, name) in SERVICE_NAMES.iter().enumerate() {
         if let (Some(Some(before)), Some(Some(after))) =
             (cpu_before.services.get(i), cpu_after.services.get(i))
         {
-            // From /proc when the bench started the process (1/100 s), else from its /metrics
-            // (whole seconds).
-            let exact = match (cpu_before.exact.get(i), cpu_after.exact.get(i)) {
-                (Some(Some(b)), Some(Some(a))) => Some(a - b),
-                _ => None,
-            };
-            let cpu = exact.unwrap_or(after.0 - before.0);
-            let mib = peak[i].max(after.1) / 1_048_576.0;
+            let cpu = after.cpu_seconds - before.cpu_seconds;
+            // The kernel's own peak for a process the bench started; else the most seen in the
+            // per-second readings of its /metrics.
+            let seen = run
+                .samples
+                .iter()
+                .filter_map(|s| s.services.get(i).copied().flatten())
+                .map(|(_, rss)| rss)
+                .fold(after.resident_bytes, f64::max);
+            let mib = after.peak_resident_bytes.unwrap_or(seen) / MIB;
             out.push_str(&format!(
                 "{name:<22} {cpu:>12.1} {:>6.0}% {mib:>14.1}\n",
                 cpu * 100.0 / seconds
@@ -1062,6 +1091,14 @@ fn report(
         out.push_str(&format!(
             "{:<22} {cpu:>12.1} {:>6.0}%   (every postgres process of this machine)\n",
             "postgresql",
+            cpu * 100.0 / seconds
+        ));
+    }
+    let bench_cpu = cpu_before.bench.zip(cpu_after.bench).map(|(b, a)| a - b);
+    if let Some(cpu) = bench_cpu {
+        out.push_str(&format!(
+            "{:<22} {cpu:>12.1} {:>6.0}%   (this process: the load generator)\n",
+            "bench",
             cpu * 100.0 / seconds
         ));
     }
@@ -1138,8 +1175,8 @@ fn report(
         "accepted_per_s": accepted_rate,
         "propagated": propagated,
         "propagated_per_s": propagated_rate,
-        "accepted_per_second": stats.accepted_per_second,
-        "per_second": per_second,
+        "accepted_per_second": per_second.iter().map(|s| s.accepted).collect::<Vec<_>>(),
+        "per_second": per_second.iter().map(seconds::Second::json).collect::<Vec<_>>(),
         "host_speed": host,
         "pgbench_tps": pgbench_tps,
         "pgbench_tps_runs": pgbench_runs,
@@ -1150,29 +1187,28 @@ fn report(
         "intake_writers": writers,
         "services": services,
         "postgres_cpu_seconds": postgres_cpu,
+        "bench_cpu_seconds": bench_cpu,
         "machine": machine,
         "problems": problems,
     });
     (out, json, !problems.is_empty())
 }
 
-/// The per-second table (calls by the second they began in) and the host-speed line; their
-/// JSON.
+/// The two per-second tables (complaints and calls; where the CPU went) and the host-speed
+/// line; the seconds, and the host speed's JSON.
 fn per_second_section(
     out: &mut String,
     load_time: Duration,
-    calls: &[Call],
-    timed: &[(u32, u32)],
-    samples: &[Sample],
-    probes: &[seconds::Probe],
-) -> (serde_json::Value, serde_json::Value) {
+    recorded: &Recorded<'_>,
+) -> (Vec<seconds::Second>, serde_json::Value) {
     // Whole seconds: calls in the last moments past them count in the last one.
     let count = (load_time.as_millis() as usize / 1000).max(1);
-    let table = seconds::per_second(count, calls, timed, samples, probes);
+    let table = seconds::per_second(count, recorded);
+    let calls = recorded.calls;
     out.push_str(
-        "\nper second (calls by the second they began in; host: the probe's speed against its fastest)\n\
-           t   submits  Submit p50 / p99 ms  other RPCs p99 ms  propagation p99 ms  errors  busy %  stolen s  WAL syncs (ms)  host %\n",
+        "\nper second: complaints accepted and propagated in it; calls and propagation delay by the second they began in\n",
     );
+    out.push_str("   t  accepted  propagated  submits  Submit p50 / p99 ms  other RPCs p99 ms  propagation p99 ms  errors\n");
     let dash = || "—".to_owned();
     for second in &table {
         let submit = second.rpc.get("SubmitComplaint");
@@ -1183,8 +1219,10 @@ fn per_second_section(
             .map(|(_, l)| l.p99_ms)
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
         out.push_str(&format!(
-            "{:>4} {:>9} {:>20} {:>18} {:>19} {:>7} {:>7} {:>9} {:>15} {:>7}\n",
+            "{:>4} {:>9} {:>11} {:>8} {:>20} {:>18} {:>19} {:>7}\n",
             second.second + 1,
+            second.accepted,
+            second.propagated,
             submit.map_or(0, |l| l.count),
             submit.map_or_else(dash, |l| format!("{:.1} / {:.1}", l.p50_ms, l.p99_ms)),
             other.map_or_else(dash, |v| format!("{v:.1}")),
@@ -1192,10 +1230,38 @@ fn per_second_section(
                 .propagation
                 .as_ref()
                 .map_or_else(dash, |l| format!("{:.0}", l.p99_ms)),
-            second.errors,
-            second
-                .machine
-                .map_or_else(dash, |(busy, _)| format!("{:.0}", busy * 100.0)),
+            second.error_count(),
+        ));
+    }
+    out.push_str(
+        "\nper second: CPU % of one core (services' resident MiB at the second's end), the bench's own and the machine's busy CPU, time stolen by the host; WAL syncs (ms in them); host: the probe's speed against its fastest\n",
+    );
+    out.push_str("   t       intake   case-mgmt   sla-timer      survey     scoring  postgres  bench  busy %  stolen s  WAL syncs (ms)  host %\n");
+    for second in &table {
+        let services: Vec<String> = (0..SERVICE_NAMES.len())
+            .map(|i| {
+                second
+                    .services
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map_or_else(dash, |(cpu, rss)| {
+                        format!("{:.0} ({:.0})", cpu * 100.0, rss / MIB)
+                    })
+            })
+            .collect();
+        let percent = |cpu: Option<f64>| cpu.map_or_else(dash, |cpu| format!("{:.0}", cpu * 100.0));
+        out.push_str(&format!(
+            "{:>4} {:>12} {:>11} {:>11} {:>11} {:>11} {:>9} {:>6} {:>7} {:>9} {:>15} {:>7}\n",
+            second.second + 1,
+            services[0],
+            services[1],
+            services[2],
+            services[3],
+            services[4],
+            percent(second.postgres),
+            percent(second.bench),
+            percent(second.machine.map(|(busy, _)| busy)),
             second
                 .machine
                 .map_or_else(dash, |(_, steal)| format!("{steal:.2}")),
@@ -1244,10 +1310,7 @@ fn per_second_section(
             "submit_at_speed": h.at_speed.as_ref().map(|(n, l)| serde_json::json!({"seconds": n, "latency": l.json()})),
         })
     });
-    (
-        serde_json::Value::Array(table.iter().map(seconds::Second::json).collect()),
-        host.unwrap_or(serde_json::Value::Null),
-    )
+    (table, host.unwrap_or(serde_json::Value::Null))
 }
 
 /// The line and JSON of what intake's writers did between two scrapes of [`WRITER_SERIES`]:
@@ -1322,12 +1385,18 @@ mod tests {
     }
 
     #[test]
-    fn cpu_times_are_read_from_a_proc_stat_line() {
-        // A command with a space and a parenthesis, as the kernel writes it.
-        let line =
-            "4821 (tokio (rt) w) S 1 4821 4821 0 -1 4194560 1200 0 0 0 250 75 0 0 20 0 3 0 123";
-        assert_eq!(cpu_of_stat(line), Some(("tokio (rt) w", 3.25)));
-        assert_eq!(cpu_of_stat("garbage"), None);
+    fn a_services_cpu_and_memory_are_read_from_its_metrics() {
+        // What a service exports (the kit's registry), as --target reads it, after this
+        // process has used some CPU (more than a tick, less than a whole second).
+        let until = Instant::now() + Duration::from_millis(30);
+        while Instant::now() < until {
+            std::hint::black_box(0);
+        }
+        let text = complaints_kit::metrics::Metrics::new().render();
+        let (cpu, resident) = process_figures(&text);
+        assert!(cpu > 0.0, "{text}");
+        assert!(resident > 1_000_000.0, "{text}");
+        assert_eq!(process_figures("no_such_series 1\n"), (0.0, 0.0));
     }
 
     #[test]

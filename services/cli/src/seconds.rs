@@ -1,6 +1,7 @@
-//! A bench run second by second: each second's calls (latency percentiles by RPC, errors),
-//! the propagation delay of the complaints submitted in it, the machine's busy and stolen CPU,
-//! PostgreSQL's WAL syncs, and how fast the host ran.
+//! A bench run second by second: the complaints accepted and fully propagated in each second,
+//! its calls (latency percentiles by RPC, errors by code), the propagation delay of the
+//! complaints submitted in it, each service's and PostgreSQL's CPU and the services' resident
+//! memory, the machine's busy and stolen CPU, PostgreSQL's WAL syncs, and how fast the host ran.
 //!
 //! The host's speed comes from a probe: a thread that, every [`PROBE_PERIOD`], runs the same
 //! fixed computation (about half a millisecond of arithmetic, no memory traffic) and reads how
@@ -16,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::suite::SERVICE_NAMES;
+
 /// How often the probe runs its computation.
 pub const PROBE_PERIOD: Duration = Duration::from_millis(200);
 /// About how much CPU time one probe computation takes on a fast host. With the period, about
@@ -29,13 +32,18 @@ pub const AT_SPEED: f64 = 0.9;
 pub const SLOW: f64 = 0.8;
 
 /// One finished call: when it began (since the load started), which RPC, how long it took,
-/// and whether it failed unexpectedly.
+/// and the code it failed with, if it failed unexpectedly.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Call {
     pub began_ms: u32,
     pub rpc: &'static str,
     pub micros: u32,
-    pub error: bool,
+    pub error: Option<tonic::Code>,
+}
+
+/// How an unexpected error is counted: `RPC Code`, as in the whole run's `errors`.
+pub fn error_key(rpc: &str, code: tonic::Code) -> String {
+    format!("{rpc} {code:?}")
 }
 
 /// One probe computation: when it ended (since the load started) and the CPU time it took.
@@ -83,22 +91,47 @@ pub fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 /// What was sampled at the end of each second: the machine's (busy, stolen) CPU seconds in it,
-/// and PostgreSQL's WAL syncs in it with the milliseconds they took (when the server times
-/// them, `track_wal_io_timing`).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// PostgreSQL's WAL syncs in it with the milliseconds they took (when the server times them,
+/// `track_wal_io_timing`), each service's CPU seconds in it and resident bytes at its end (in
+/// [`SERVICE_NAMES`] order), and the CPU seconds in it of every PostgreSQL process and of the
+/// bench itself.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sample {
     pub machine: Option<(f64, f64)>,
     pub wal: Option<(f64, Option<f64>)>,
+    pub services: Vec<Option<(f64, f64)>>,
+    pub postgres: Option<f64>,
+    /// The bench's own CPU seconds in it (the load generator).
+    pub bench: Option<f64>,
+}
+
+/// Everything recorded during the measured load, in milliseconds since it started.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Recorded<'a> {
+    pub calls: &'a [Call],
+    /// `(submitted_ms, delay_us)` of each propagated complaint.
+    pub delays: &'a [(u32, u32)],
+    /// When each accepted complaint's SubmitComplaint returned.
+    pub accepted_ms: &'a [u32],
+    /// When each complaint was seen fully propagated (case opened, both clocks started).
+    pub propagated_ms: &'a [u32],
+    /// One a second, in order.
+    pub samples: &'a [Sample],
+    pub probes: &'a [Probe],
 }
 
 /// What one second of the load looked like.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Second {
     pub second: usize,
+    /// Complaints whose SubmitComplaint returned accepted in it.
+    pub accepted: u64,
+    /// Complaints seen fully propagated in it.
+    pub propagated: u64,
     /// The calls that began in it, by RPC.
     pub rpc: BTreeMap<&'static str, Latency>,
-    /// Calls that began in it and failed unexpectedly.
-    pub errors: u64,
+    /// Calls that began in it and failed unexpectedly, by [`error_key`].
+    pub errors: BTreeMap<String, u64>,
     /// Propagation delay of the complaints submitted in it.
     pub propagation: Option<Latency>,
     /// (busy, stolen) CPU seconds of the whole machine in it, when sampled.
@@ -107,6 +140,13 @@ pub struct Second {
     pub wal: Option<(f64, Option<f64>)>,
     /// Its probe computations' median speed against the fastest computation of the run.
     pub host_speed: Option<f64>,
+    /// Each service's (CPU seconds in it, resident bytes at its end), in [`SERVICE_NAMES`]
+    /// order, where read.
+    pub services: Vec<Option<(f64, f64)>>,
+    /// CPU seconds of every PostgreSQL process in it.
+    pub postgres: Option<f64>,
+    /// The bench's own CPU seconds in it.
+    pub bench: Option<f64>,
 }
 
 impl Second {
@@ -116,10 +156,27 @@ impl Second {
             .iter()
             .map(|(name, l)| ((*name).to_owned(), l.json()))
             .collect();
+        let services: serde_json::Map<String, serde_json::Value> = SERVICE_NAMES
+            .iter()
+            .zip(&self.services)
+            .filter_map(|(name, reading)| {
+                let (cpu, rss) = (*reading)?;
+                Some((
+                    (*name).to_owned(),
+                    serde_json::json!({"cpu_percent": cpu * 100.0, "rss_mib": rss / MIB}),
+                ))
+            })
+            .collect();
         serde_json::json!({
             "second": self.second,
+            "accepted": self.accepted,
+            "propagated": self.propagated,
             "rpc": rpc,
-            "errors": self.errors,
+            "errors": self.error_count(),
+            "errors_by_code": self.errors,
+            "services": services,
+            "postgres_cpu_percent": self.postgres.map(|cpu| cpu * 100.0),
+            "bench_cpu_percent": self.bench.map(|cpu| cpu * 100.0),
             "propagation_delay_ms": self.propagation.as_ref().map(|l| serde_json::json!({"p50": l.p50_ms, "p99": l.p99_ms})),
             "machine_busy_percent": self.machine.map(|(busy, _)| busy * 100.0),
             "stolen_s": self.machine.map(|(_, steal)| steal),
@@ -128,7 +185,15 @@ impl Second {
             "host_speed_percent": self.host_speed.map(|s| s * 100.0),
         })
     }
+
+    /// Unexpected errors of the calls that began in it.
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
 }
+
+/// Bytes in a mebibyte.
+pub const MIB: f64 = 1_048_576.0;
 
 /// Latency by RPC of the calls given.
 pub fn by_rpc<'a>(calls: impl IntoIterator<Item = &'a Call>) -> BTreeMap<&'static str, Latency> {
@@ -142,39 +207,57 @@ pub fn by_rpc<'a>(calls: impl IntoIterator<Item = &'a Call>) -> BTreeMap<&'stati
         .collect()
 }
 
-/// The seconds `0..seconds` of a run: calls and propagation delays `(submitted_ms, delay_us)`
-/// go to the second they began in (anything past the end to the last second), samples are one
-/// a second in order, probes go to the second their computation ended in.
-pub fn per_second(
-    seconds: usize,
-    calls: &[Call],
-    delays: &[(u32, u32)],
-    samples: &[Sample],
-    probes: &[Probe],
-) -> Vec<Second> {
+/// The seconds `0..seconds` of a run: calls and propagation delays go to the second they
+/// began in, acceptances and propagations to the second they happened in (anything past the
+/// end to the last second), samples are one a second in order, probes go to the second their
+/// computation ended in.
+pub fn per_second(seconds: usize, recorded: &Recorded<'_>) -> Vec<Second> {
     let seconds = seconds.max(1);
     let slot = |ms: u32| (ms as usize / 1000).min(seconds - 1);
     let mut in_second: Vec<Vec<&Call>> = vec![Vec::new(); seconds];
-    for call in calls {
+    for call in recorded.calls {
         in_second[slot(call.began_ms)].push(call);
     }
     let mut propagation: Vec<Vec<u32>> = vec![Vec::new(); seconds];
-    for (submitted_ms, delay_us) in delays {
+    for (submitted_ms, delay_us) in recorded.delays {
         propagation[slot(*submitted_ms)].push(*delay_us);
     }
-    let speeds = host_speeds(seconds, probes);
+    let count = |times: &[u32]| {
+        let mut counts = vec![0u64; seconds];
+        for ms in times {
+            counts[slot(*ms)] += 1;
+        }
+        counts
+    };
+    let accepted = count(recorded.accepted_ms);
+    let propagated = count(recorded.propagated_ms);
+    let speeds = host_speeds(seconds, recorded.probes);
     in_second
         .into_iter()
         .zip(propagation)
         .enumerate()
-        .map(|(second, (calls, delays))| Second {
-            second,
-            rpc: by_rpc(calls.iter().copied()),
-            errors: calls.iter().filter(|c| c.error).count() as u64,
-            propagation: (!delays.is_empty()).then(|| Latency::of(delays)),
-            machine: samples.get(second).and_then(|s| s.machine),
-            wal: samples.get(second).and_then(|s| s.wal),
-            host_speed: speeds[second],
+        .map(|(second, (calls, delays))| {
+            let sample = recorded.samples.get(second);
+            let mut errors = BTreeMap::new();
+            for call in &calls {
+                if let Some(code) = call.error {
+                    *errors.entry(error_key(call.rpc, code)).or_default() += 1;
+                }
+            }
+            Second {
+                second,
+                accepted: accepted[second],
+                propagated: propagated[second],
+                rpc: by_rpc(calls.iter().copied()),
+                errors,
+                propagation: (!delays.is_empty()).then(|| Latency::of(delays)),
+                machine: sample.and_then(|s| s.machine),
+                wal: sample.and_then(|s| s.wal),
+                host_speed: speeds[second],
+                services: sample.map(|s| s.services.clone()).unwrap_or_default(),
+                postgres: sample.and_then(|s| s.postgres),
+                bench: sample.and_then(|s| s.bench),
+            }
         })
         .collect()
 }
@@ -348,7 +431,7 @@ impl ProbeReader {
 mod tests {
     use super::*;
 
-    fn call(began_ms: u32, rpc: &'static str, micros: u32, error: bool) -> Call {
+    fn call(began_ms: u32, rpc: &'static str, micros: u32, error: Option<tonic::Code>) -> Call {
         Call {
             began_ms,
             rpc,
@@ -364,48 +447,98 @@ mod tests {
     #[test]
     fn calls_delays_and_samples_go_to_the_second_they_began_in() {
         let calls = [
-            call(10, "SubmitComplaint", 2_000, false),
-            call(999, "SubmitComplaint", 4_000, false),
-            call(1_000, "SubmitComplaint", 30_000, true),
-            call(1_500, "GetCase", 1_000, false),
+            call(10, "SubmitComplaint", 2_000, None),
+            call(999, "SubmitComplaint", 4_000, None),
+            call(
+                1_000,
+                "SubmitComplaint",
+                30_000,
+                Some(tonic::Code::Unavailable),
+            ),
+            call(1_400, "GetCase", 1_000, Some(tonic::Code::Internal)),
+            call(
+                1_500,
+                "SubmitComplaint",
+                1_000,
+                Some(tonic::Code::Unavailable),
+            ),
             // Began after the last whole second (the load ran 2.2 s): counted in the last.
-            call(2_100, "SubmitComplaint", 8_000, false),
+            call(2_100, "SubmitComplaint", 8_000, None),
         ];
         let delays = [(5, 100_000), (1_200, 300_000), (1_900, 200_000)];
         let samples = [
             Sample {
                 machine: Some((1.5, 0.0)),
                 wal: Some((400.0, Some(60.5))),
+                services: vec![Some((0.25, 40.0 * MIB)), None],
+                postgres: Some(0.8),
+                bench: Some(0.15),
             },
             Sample {
                 machine: Some((1.9, 0.25)),
                 wal: Some((380.0, None)),
+                services: vec![Some((0.5, 42.0 * MIB)), Some((0.1, 30.0 * MIB))],
+                postgres: None,
+                bench: None,
             },
         ];
-        let seconds = per_second(2, &calls, &delays, &samples, &[]);
+        let recorded = Recorded {
+            calls: &calls,
+            delays: &delays,
+            // Returned at 12 ms and 1,020 ms; one past the end, in the last second.
+            accepted_ms: &[12, 1_020, 2_150],
+            propagated_ms: &[900, 1_100, 1_300, 1_999],
+            samples: &samples,
+            probes: &[],
+        };
+        let seconds = per_second(2, &recorded);
         assert_eq!(seconds.len(), 2);
 
         let first = &seconds[0];
+        assert_eq!((first.accepted, first.propagated), (1, 1));
         let submit = &first.rpc["SubmitComplaint"];
         assert_eq!((submit.count, submit.p50_ms, submit.max_ms), (2, 4.0, 4.0));
-        assert_eq!(first.errors, 0);
+        assert!(first.errors.is_empty());
         assert_eq!(first.propagation.as_ref().map(|l| l.count), Some(1));
         assert_eq!(first.machine, Some((1.5, 0.0)));
         assert_eq!(first.wal, Some((400.0, Some(60.5))));
+        assert_eq!(first.services, vec![Some((0.25, 40.0 * MIB)), None]);
+        assert_eq!((first.postgres, first.bench), (Some(0.8), Some(0.15)));
         assert!(!first.rpc.contains_key("GetCase"));
 
         let second = &seconds[1];
+        assert_eq!((second.accepted, second.propagated), (2, 3));
         let submit = &second.rpc["SubmitComplaint"];
-        assert_eq!((submit.count, submit.max_ms), (2, 30.0));
+        assert_eq!((submit.count, submit.max_ms), (3, 30.0));
         assert_eq!(second.rpc["GetCase"].count, 1);
-        assert_eq!(second.errors, 1);
+        assert_eq!(second.error_count(), 3);
+        assert_eq!(second.errors["SubmitComplaint Unavailable"], 2);
+        assert_eq!(second.errors["GetCase Internal"], 1);
         let propagation = second.propagation.as_ref().unwrap();
         assert_eq!((propagation.count, propagation.max_ms), (2, 300.0));
         assert_eq!(second.machine, Some((1.9, 0.25)));
         assert_eq!(second.wal, Some((380.0, None)));
-        // A second never sampled has neither.
-        let third = &per_second(3, &calls, &delays, &samples, &[])[2];
-        assert_eq!((third.machine, third.wal), (None, None));
+        assert_eq!(second.postgres, None);
+        // The JSON names each service read, with its CPU in percent of one core.
+        let json = second.json();
+        assert_eq!(json["services"]["intake"]["cpu_percent"], 50.0);
+        assert_eq!(json["services"]["case-management"]["rss_mib"], 30.0);
+        assert!(json["services"]["sla-timer"].is_null());
+        assert_eq!(json["errors"], 3);
+        assert_eq!(json["errors_by_code"]["GetCase Internal"], 1);
+        assert!(json["bench_cpu_percent"].is_null());
+        assert_eq!(seconds[0].json()["bench_cpu_percent"], 15.0);
+        assert_eq!(
+            (json["accepted"].as_u64(), json["propagated"].as_u64()),
+            (Some(2), Some(3))
+        );
+        // A second never sampled has none of it.
+        let third = &per_second(3, &recorded)[2];
+        assert_eq!(
+            (third.machine, third.wal, third.postgres),
+            (None, None, None)
+        );
+        assert!(third.services.is_empty());
         assert_eq!(second.host_speed, None);
     }
 
@@ -445,16 +578,21 @@ mod tests {
                     second * 1000 + i,
                     "SubmitComplaint",
                     (i + 1) * 1000,
-                    false,
+                    None,
                 ));
             }
         }
         for i in 0..50u32 {
-            calls.push(call(1000 + i, "SubmitComplaint", 500_000, false));
-            calls.push(call(1000 + i, "GetCase", 1_000, false));
+            calls.push(call(1000 + i, "SubmitComplaint", 500_000, None));
+            calls.push(call(1000 + i, "GetCase", 1_000, None));
         }
         let probes = [probe(10, 1_000), probe(1_010, 2_000), probe(2_010, 1_050)];
-        let table = per_second(3, &calls, &[], &[], &probes);
+        let recorded = Recorded {
+            calls: &calls,
+            probes: &probes,
+            ..Recorded::default()
+        };
+        let table = per_second(3, &recorded);
         let summary = host_summary(&table, &calls, "SubmitComplaint").unwrap();
         assert_eq!((summary.measured, summary.slow), (3, 1));
         assert!((summary.slowest - 0.5).abs() < 1e-9);
@@ -466,7 +604,13 @@ mod tests {
         // No probe at all: no summary.
         assert_eq!(
             host_summary(
-                &per_second(3, &calls, &[], &[], &[]),
+                &per_second(
+                    3,
+                    &Recorded {
+                        calls: &calls,
+                        ..Recorded::default()
+                    }
+                ),
                 &calls,
                 "SubmitComplaint"
             ),

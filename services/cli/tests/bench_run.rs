@@ -7,6 +7,14 @@ use std::time::Duration;
 use complaints_kit::testing;
 use sqlx::Connection as _;
 
+const SERVICES: [&str; 5] = [
+    "intake",
+    "case-management",
+    "sla-timer",
+    "feedback-survey",
+    "performance-scoring",
+];
+
 /// The bench starts the suite on fixed ports: one run at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -120,7 +128,31 @@ async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ra
     timed_once_each(&json);
     let errors: u64 = seconds.iter().map(|s| s["errors"].as_u64().unwrap()).sum();
     assert_eq!(errors, 0);
+    // Each complaint is accepted in one second and propagated in one second.
+    let sum = |key: &str| -> u64 { seconds.iter().map(|s| s[key].as_u64().unwrap()).sum() };
+    assert_eq!(sum("accepted"), accepted, "{stdout}");
+    assert_eq!(sum("propagated"), accepted, "{stdout}");
     for second in seconds {
+        assert_eq!(
+            second["errors_by_code"].as_object().map(|e| e.len()),
+            Some(0)
+        );
+        // Every service's CPU and memory in every second, read from its process, and
+        // PostgreSQL's CPU (the server runs on this machine).
+        for service in SERVICES {
+            let reading = &second["services"][service];
+            assert!(
+                reading["cpu_percent"].as_f64().is_some_and(|v| v >= 0.0)
+                    && reading["rss_mib"].as_f64().is_some_and(|v| v > 1.0),
+                "{service}: {second}"
+            );
+        }
+        assert!(
+            second["postgres_cpu_percent"]
+                .as_f64()
+                .is_some_and(|v| v >= 0.0),
+            "{second}"
+        );
         assert!(
             second["machine_busy_percent"].as_f64().is_some(),
             "{second}"
@@ -146,20 +178,18 @@ async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ra
             .is_some_and(|v| v > 0.0 && v <= 100.0)
     );
 
-    // Every service's CPU was read from its process, and the scratch database is gone.
-    for service in [
-        "intake",
-        "case-management",
-        "sla-timer",
-        "feedback-survey",
-        "performance-scoring",
-    ] {
+    // Every service's CPU and peak memory were read from its process (the load kept intake
+    // busy), and the scratch database is gone.
+    for service in SERVICES {
+        let figures = &json["services"][service];
         assert!(
-            json["services"][service]["cpu_seconds"].as_f64().is_some(),
+            figures["cpu_seconds"].as_f64().is_some_and(|v| v >= 0.0)
+                && figures["peak_rss_mib"].as_f64().is_some_and(|v| v > 1.0),
             "{service}: {}",
             json["services"]
         );
     }
+    assert!(json["services"]["intake"]["cpu_seconds"].as_f64().unwrap() > 0.0);
     let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
     let left: Vec<String> = sqlx::query_scalar(
         "SELECT datname::text FROM pg_database WHERE datname LIKE 'bench\\_%' OR datname LIKE 'pgbench\\_%'",

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod pagination;
 pub mod pg_private;
+pub mod process;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

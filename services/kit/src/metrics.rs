@@ -107,10 +107,9 @@ impl Metrics {
             registry.register(collector).expect("unique metric");
         }
         #[cfg(target_os = "linux")]
-        {
-            let process = prometheus::process_collector::ProcessCollector::for_self();
-            let _ = registry.register(Box::new(process));
-        }
+        registry
+            .register(Box::new(crate::process::ProcessCollector::for_self()))
+            .expect("unique metric");
         Arc::new(Self {
             registry,
             grpc_started,
