@@ -181,6 +181,19 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             scratch_db.as_deref().unwrap_or("")
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
+        // A service that could not start (its port held by another bench or suite) must not
+        // leave the load to whatever answers on that port.
+        let gone = exited(&mut children, &SERVICE_NAMES);
+        if !gone.is_empty() {
+            if let Some(name) = &scratch_db {
+                drop_database(&options.database_url, name).await;
+            }
+            anyhow::bail!(
+                "{} exited at start (is another bench or suite using ports {base_port}–{}?)",
+                gone.join(", "),
+                base_port + 4
+            );
+        }
     }
 
     let mut pgbench_runs = Vec::new();
@@ -533,6 +546,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         let _ = worker.await;
     }
     let load_time = started.elapsed();
+    let died = exited(&mut children, &SERVICE_NAMES);
     let cpu_after_load = CpuSnapshot::take(&processes).await;
     let probes = probe.map(HostProbe::stop).unwrap_or_default();
 
@@ -567,6 +581,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             load_time,
             samples: &samples,
             probes: &probes,
+            died: &died,
         },
         &pgbench_runs,
         &cpu_before,
@@ -592,6 +607,18 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         anyhow::bail!("counts do not add up: something was lost or duplicated (see above)");
     }
     Ok(())
+}
+
+/// The services (named in the order they were started) whose process has exited.
+fn exited(children: &mut [tokio::process::Child], names: &[&str]) -> Vec<String> {
+    children
+        .iter_mut()
+        .zip(names)
+        .filter_map(|(child, name)| {
+            let status = child.try_wait().ok().flatten()?;
+            Some(format!("{name} ({status})"))
+        })
+        .collect()
 }
 
 /// When a client paced at `interval` makes its first call: clients start evenly apart within
@@ -944,9 +971,11 @@ struct Run<'a> {
     started: Instant,
     warmup: Duration,
     load_time: Duration,
-    /// Each second's machine CPU and WAL syncs.
+    /// Each second's CPU, memory and WAL syncs.
     samples: &'a [Sample],
     probes: &'a [seconds::Probe],
+    /// Services whose process exited during the load.
+    died: &'a [String],
 }
 
 fn report(
@@ -1116,6 +1145,9 @@ fn report(
     });
     // Nothing lost, nothing duplicated.
     let mut problems = Vec::new();
+    if !run.died.is_empty() {
+        problems.push(format!("exited during the load: {}", run.died.join(", ")));
+    }
     if !options.intake_only {
         let lost: Vec<_> = stats
             .submitted

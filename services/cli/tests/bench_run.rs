@@ -33,7 +33,16 @@ struct Finished {
 /// Runs `complaints bench ARGS --json FILE` against the test server (ARGS split at spaces),
 /// with `env` set too, once no other run is going.
 async fn bench(args: &str, env: &[(&str, &str)]) -> Finished {
+    bench_holding(args, env, &[]).await
+}
+
+/// [`bench`], with `ports` of 127.0.0.1 held by this test for the whole run.
+async fn bench_holding(args: &str, env: &[(&str, &str)], ports: &[u16]) -> Finished {
     let turn = ONE_AT_A_TIME.lock().await;
+    let _held: Vec<std::net::TcpListener> = ports
+        .iter()
+        .map(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).expect("a free port"))
+        .collect();
     let server = testing::server_url().await;
     let report = std::env::temp_dir().join(format!("bench-{}.json", uuid::Uuid::new_v4()));
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"));
@@ -258,4 +267,33 @@ async fn a_warmup_is_left_out_of_the_figures_but_its_complaints_are_checked_and_
         (accepted as f64) <= submits as f64,
         "{accepted} accepted from {submits} timed submissions"
     );
+}
+
+#[tokio::test]
+async fn a_service_that_cannot_start_stops_the_bench_instead_of_measuring_someone_elses() {
+    // Another program holds intake's port: the bench must not drive whatever answers there.
+    let run = bench_holding(
+        "--clients 2 --duration 2s --pgbench-seconds 0",
+        &[],
+        &[24051],
+    )
+    .await;
+    assert!(!run.success, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("intake (exit status: 1) exited at start")
+            && run.stderr.contains("24051"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.json.is_none());
+    // Its scratch database went with it.
+    let mut admin = sqlx::PgConnection::connect(&run.server).await.unwrap();
+    let name = run.database.expect("the bench names its database");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "{name} left behind");
 }
