@@ -169,6 +169,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                     std::env::var("TOKIO_WORKER_THREADS").unwrap_or_else(|_| "1".into()),
                 )
                 .env("RUST_LOG", "warn")
+                // Killed outright, the bench cannot stop its services: they stop themselves.
+                .env("SERVE_EXIT_WITH_PARENT", "1")
                 .stdout(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()

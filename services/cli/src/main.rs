@@ -163,7 +163,12 @@ async fn serve(service: &str) -> anyhow::Result<()> {
     use complaints_kit::Shutdown;
     use tokio::net::TcpListener;
     let _telemetry = telemetry::init(service);
-    let shutdown = Shutdown::on_signals();
+    // Started by the bench or a test: go when it goes, even if it was killed outright.
+    let shutdown = if config::optional("SERVE_EXIT_WITH_PARENT").is_some() {
+        Shutdown::on_signals_or_parent_exit()
+    } else {
+        Shutdown::on_signals()
+    };
     match service {
         "intake" => {
             let config = intake::Config::from_env()?;

@@ -297,3 +297,57 @@ async fn a_service_that_cannot_start_stops_the_bench_instead_of_measuring_someon
         .unwrap();
     assert_eq!(left, 0, "{name} left behind");
 }
+
+#[tokio::test]
+async fn a_bench_killed_outright_leaves_no_service_holding_its_ports() {
+    use tokio::io::AsyncBufReadExt as _;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = testing::server_url().await;
+    let mut bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"))
+        .args(["bench", "--clients", "2", "--duration", "60s"])
+        .args(["--pgbench-seconds", "0", "--no-host-probe"])
+        .env("DATABASE_URL", &server)
+        .env("TOKIO_WORKER_THREADS", "1")
+        .stdout(std::process::Stdio::piped())
+        // Services left behind would hold the test's output open, and the test run with it.
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the bench starts");
+    let mut lines = tokio::io::BufReader::new(bench.stdout.take().unwrap()).lines();
+    let mut database = None;
+    // Until its load runs: its services are up and serving it.
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the bench gets going")
+            .unwrap()
+            .expect("the bench is still running");
+        if let Some(name) = line.strip_prefix("started 5 service process(es) on database ") {
+            database = Some(name.trim().to_owned());
+        }
+        if line.starts_with("  t=") {
+            break;
+        }
+    }
+    // SIGKILL: the bench gets no chance to stop its children.
+    bench.start_kill().unwrap();
+    bench.wait().await.unwrap();
+    for port in 24051..=24055u16 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "port {port} still held 15 s after the bench died"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The bench could not drop its database; this test does.
+    let name = database.expect("the bench names its database");
+    let mut admin = sqlx::PgConnection::connect(&server).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}

@@ -38,6 +38,25 @@ impl Shutdown {
         shutdown
     }
 
+    /// A shutdown fired by SIGTERM or Ctrl-C, or once the process that started this one has
+    /// gone: for services started as children of a tool (the bench, tests), which must not
+    /// outlive it holding its ports when it is killed outright (no chance to stop them).
+    pub fn on_signals_or_parent_exit() -> Shutdown {
+        let (trigger, shutdown) = Shutdown::new();
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            let orphaned = parent_changed(std::os::unix::process::parent_id, PARENT_CHECK);
+            #[cfg(not(unix))]
+            let orphaned = std::future::pending::<()>();
+            tokio::select! {
+                _ = wait_for_signal() => tracing::info!("shutdown signal received; draining"),
+                _ = orphaned => tracing::warn!("the process that started this one is gone; draining"),
+            }
+            trigger.trigger();
+        });
+        shutdown
+    }
+
     pub fn is_triggered(&self) -> bool {
         *self.rx.borrow()
     }
@@ -46,6 +65,22 @@ impl Shutdown {
     pub async fn wait(&self) {
         let mut rx = self.rx.clone();
         let _ = rx.wait_for(|fired| *fired).await;
+    }
+}
+
+/// How often a child service looks at who its parent is.
+const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Resolves once `parent()` answers something other than it did at first: a process whose
+/// parent dies is handed to another (init, or a subreaper).
+async fn parent_changed(parent: impl Fn() -> u32, every: std::time::Duration) {
+    let first = parent();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if parent() != first {
+            return;
+        }
     }
 }
 
@@ -68,5 +103,30 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_child_notices_when_its_parent_is_gone_and_not_before() {
+        let parent = std::sync::Arc::new(AtomicU32::new(4242));
+        let watched = parent.clone();
+        let changed = tokio::spawn(parent_changed(
+            move || watched.load(Ordering::Relaxed),
+            Duration::from_millis(10),
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!changed.is_finished(), "the parent is still there");
+        // Re-parented to init.
+        parent.store(1, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(5), changed)
+            .await
+            .expect("noticed at a later check")
+            .unwrap();
     }
 }
