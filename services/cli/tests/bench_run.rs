@@ -7,13 +7,7 @@ use std::time::Duration;
 use complaints_kit::testing;
 use sqlx::Connection as _;
 
-const SERVICES: [&str; 5] = [
-    "intake",
-    "case-management",
-    "sla-timer",
-    "feedback-survey",
-    "performance-scoring",
-];
+use complaints_cli::suite::SERVICE_NAMES as SERVICES;
 
 /// The bench starts the suite on fixed ports: one run at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -93,13 +93,7 @@ impl TraceService for Receiver {
     }
 }
 
-const SERVICES: [&str; 5] = [
-    "intake",
-    "case-management",
-    "sla-timer",
-    "feedback-survey",
-    "performance-scoring",
-];
+use complaints_cli::suite::SERVICE_NAMES as SERVICES;
 const PHONE: &str = "13912345678";
 const EMAIL: &str = "private.person@example.com";
 const NAME: &str = "Secret Name";
