@@ -2,38 +2,86 @@
 //! (the difference of two scrapes) and its quantiles, estimated the way PromQL's
 //! `histogram_quantile` does (linear within the bucket the rank falls in).
 
-/// One unlabelled histogram series: cumulative counts by upper bound (`+Inf` last), and sum.
-#[derive(Debug, Clone, PartialEq)]
+/// One histogram: cumulative counts by upper bound (`+Inf` last), and sum. The default is one
+/// with nothing observed (a labelled series appears in a scrape only once it was observed).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Histogram {
     buckets: Vec<(f64, f64)>,
     sum: f64,
 }
 
+/// The labels of a sample line (`{a="x",b="y"}`), as pairs; None if malformed. Label values
+/// the suite exports hold no quotes, commas or escapes.
+fn labels(block: &str) -> Option<Vec<(&str, &str)>> {
+    if block.is_empty() {
+        return Some(Vec::new());
+    }
+    block
+        .split(',')
+        .map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            Some((name, value.strip_prefix('"')?.strip_suffix('"')?))
+        })
+        .collect()
+}
+
+/// A sample line of `series` (`series{labels} value` or `series value`): its labels and value.
+fn sample<'t>(line: &'t str, series: &str) -> Option<(Vec<(&'t str, &'t str)>, f64)> {
+    let rest = line.strip_prefix(series)?;
+    let (block, value) = match rest.strip_prefix('{') {
+        Some(labelled) => labelled.split_once("} ")?,
+        None => ("", rest.strip_prefix(' ')?),
+    };
+    Some((labels(block)?, value.trim().parse().ok()?))
+}
+
 impl Histogram {
-    /// The histogram `name` (without labels other than `le`) of a scrape, if it has one.
+    /// The histogram `name` of a scrape, if it has one (every series of it summed by bound, as
+    /// PromQL's `sum by (le)`; the suite's own are unlabelled).
     pub fn parse(text: &str, name: &str) -> Option<Self> {
-        let bucket = format!("{name}_bucket{{le=\"");
-        let sum = format!("{name}_sum ");
-        let mut buckets = Vec::new();
+        Self::parse_where(text, name, &[])
+    }
+
+    /// The series of histogram `name` whose labels include all of `wanted`, summed by bound.
+    pub fn parse_where(text: &str, name: &str, wanted: &[(&str, &str)]) -> Option<Self> {
+        let (bucket, sum) = (format!("{name}_bucket"), format!("{name}_sum"));
+        let mut by_bound: Vec<(f64, f64)> = Vec::new();
         let mut total = None;
+        let chosen = |labels: &[(&str, &str)]| wanted.iter().all(|w| labels.contains(w));
         for line in text.lines() {
-            if let Some(rest) = line.strip_prefix(&bucket) {
-                let (le, count) = rest.split_once("\"} ")?;
+            if let Some((labels, count)) = sample(line, &bucket) {
+                if !chosen(&labels) {
+                    continue;
+                }
+                let (_, le) = *labels.iter().find(|(n, _)| *n == "le")?;
                 let le = if le == "+Inf" {
                     f64::INFINITY
                 } else {
                     le.parse().ok()?
                 };
-                buckets.push((le, count.trim().parse().ok()?));
-            } else if let Some(value) = line.strip_prefix(&sum) {
-                total = value.trim().parse().ok();
+                match by_bound.iter_mut().find(|(b, _)| *b == le) {
+                    Some((_, c)) => *c += count,
+                    None => by_bound.push((le, count)),
+                }
+            } else if let Some((labels, value)) = sample(line, &sum)
+                && chosen(&labels)
+            {
+                *total.get_or_insert(0.0) += value;
             }
         }
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        (!buckets.is_empty() && buckets.last()?.0.is_infinite()).then_some(Self {
-            buckets,
+        by_bound.sort_by(|a, b| a.0.total_cmp(&b.0));
+        (!by_bound.is_empty() && by_bound.last()?.0.is_infinite()).then_some(Self {
+            buckets: by_bound,
             sum: total?,
         })
+    }
+
+    /// The share (0–1) of observations above `bound`, which must be one of the bucket bounds
+    /// (then the figure is exact, not interpolated); None otherwise or if nothing was observed.
+    pub fn share_above(&self, bound: f64) -> Option<f64> {
+        let count = self.count();
+        let (_, at_or_below) = self.buckets.iter().find(|(le, _)| *le == bound)?;
+        (count > 0.0).then(|| (count - at_or_below) / count)
     }
 
     /// What was observed after `earlier` (a scrape of the same series) up to this one.
@@ -118,6 +166,33 @@ other_seconds_sum 1
         assert!(Histogram::parse(SCRAPE, "missing_seconds").is_none());
         // No +Inf bucket: not a histogram this can read.
         assert!(Histogram::parse("x_bucket{le=\"1\"} 1\nx_sum 1\n", "x").is_none());
+    }
+
+    #[test]
+    fn labelled_series_are_chosen_by_their_labels_and_summed_by_bound() {
+        let scrape = "\
+rpc_seconds_bucket{method=\"Submit\",service=\"intake\",le=\"0.01\"} 90
+rpc_seconds_bucket{method=\"Submit\",service=\"intake\",le=\"0.025\"} 99
+rpc_seconds_bucket{method=\"Submit\",service=\"intake\",le=\"+Inf\"} 100
+rpc_seconds_sum{method=\"Submit\",service=\"intake\"} 0.8
+rpc_seconds_bucket{method=\"Get\",service=\"intake\",le=\"0.01\"} 5
+rpc_seconds_bucket{method=\"Get\",service=\"intake\",le=\"0.025\"} 5
+rpc_seconds_bucket{method=\"Get\",service=\"intake\",le=\"+Inf\"} 10
+rpc_seconds_sum{method=\"Get\",service=\"intake\"} 0.5
+";
+        let submit =
+            Histogram::parse_where(scrape, "rpc_seconds", &[("method", "Submit")]).unwrap();
+        assert_eq!(submit.count(), 100.0);
+        assert!((submit.mean().unwrap() - 0.008).abs() < 1e-12);
+        // Exactly one in a hundred above 25 ms, read at the bound, not interpolated.
+        assert!((submit.share_above(0.025).unwrap() - 0.01).abs() < 1e-12);
+        assert!((submit.share_above(0.01).unwrap() - 0.10).abs() < 1e-12);
+        assert_eq!(submit.share_above(0.02), None, "not a bound");
+        // Every series of the name: summed by bound.
+        let all = Histogram::parse(scrape, "rpc_seconds").unwrap();
+        assert_eq!(all.count(), 110.0);
+        assert!((all.share_above(0.01).unwrap() - 15.0 / 110.0).abs() < 1e-12);
+        assert!(Histogram::parse_where(scrape, "rpc_seconds", &[("method", "Nope")]).is_none());
     }
 
     #[test]

@@ -104,6 +104,23 @@ async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ra
     assert_eq!(json["problems"].as_array().map(Vec::len), Some(0));
     assert_eq!(json["errors"].as_object().map(|e| e.len()), Some(0));
     assert!(json["rpc"]["SubmitComplaint"]["count"].as_u64().unwrap() >= accepted);
+    // SubmitComplaint's tail against the target, as intake timed it and as the bench did: the
+    // same calls on both sides (but those around the scrapes at the load's ends).
+    let tail = &json["submit_above_target"];
+    let (intake_side, bench_side) = (
+        tail["server_calls"].as_f64().unwrap(),
+        tail["bench_calls"].as_f64().unwrap(),
+    );
+    assert!(
+        intake_side > 0.0 && (intake_side - bench_side).abs() <= bench_side * 0.1,
+        "{tail}"
+    );
+    assert!(
+        tail["server_percent"]
+            .as_f64()
+            .is_some_and(|p| (0.0..=100.0).contains(&p))
+    );
+    assert!(stdout.contains("as intake timed them"), "{stdout}");
 
     // pgbench ran twice, and the ratio is to the mean of both.
     let runs: Vec<f64> = json["pgbench_tps_runs"]
