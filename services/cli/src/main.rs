@@ -163,11 +163,13 @@ async fn serve(service: &str) -> anyhow::Result<()> {
     use complaints_kit::Shutdown;
     use tokio::net::TcpListener;
     let _telemetry = telemetry::init(service);
-    // Started by the bench or a test: go when it goes, even if it was killed outright.
-    let shutdown = if config::optional("SERVE_EXIT_WITH_PARENT").is_some() {
-        Shutdown::on_signals_or_parent_exit()
-    } else {
-        Shutdown::on_signals()
+    // Started by the bench or a test (which names itself): go when it goes, even if it was
+    // killed outright.
+    let shutdown = match config::optional("SERVE_EXIT_WITH_PARENT") {
+        Some(pid) => Shutdown::on_signals_or_parent_exit(pid.parse().with_context(|| {
+            format!("SERVE_EXIT_WITH_PARENT must be the PID of the parent process, not {pid:?}")
+        })?),
+        None => Shutdown::on_signals(),
     };
     match service {
         "intake" => {

@@ -90,11 +90,12 @@ pub fn percentile(sorted: &[u32], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-/// What was sampled at the end of each second: the machine's (busy, stolen) CPU seconds in it,
-/// PostgreSQL's WAL syncs in it with the milliseconds they took (when the server times them,
-/// `track_wal_io_timing`), each service's CPU seconds in it and resident bytes at its end (in
-/// [`SERVICE_NAMES`] order), and the CPU seconds in it of every PostgreSQL process and of the
-/// bench itself.
+/// What was sampled at the end of each second. CPU figures are rates over the time since the
+/// previous sample (CPU seconds a second, 1.0 = one core busy), so a late sample is not read
+/// as a busier second: the machine's busy and stolen CPU, each service's CPU and its resident
+/// bytes at the sample (in [`SERVICE_NAMES`] order), and the CPU of every PostgreSQL process
+/// and of the bench itself. PostgreSQL's WAL syncs in the second, with the milliseconds they
+/// took (when the server times them, `track_wal_io_timing`), are counts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sample {
     pub machine: Option<(f64, f64)>,
@@ -113,7 +114,8 @@ pub struct Recorded<'a> {
     pub delays: &'a [(u32, u32)],
     /// When each accepted complaint's SubmitComplaint returned.
     pub accepted_ms: &'a [u32],
-    /// When each complaint was seen fully propagated (case opened, both clocks started).
+    /// When each complaint was seen fully propagated (case opened, both clocks started); those
+    /// seen after the last second (while the bench waits for the stragglers) are left out.
     pub propagated_ms: &'a [u32],
     /// One a second, in order.
     pub samples: &'a [Sample],
@@ -134,18 +136,18 @@ pub struct Second {
     pub errors: BTreeMap<String, u64>,
     /// Propagation delay of the complaints submitted in it.
     pub propagation: Option<Latency>,
-    /// (busy, stolen) CPU seconds of the whole machine in it, when sampled.
+    /// (busy, stolen) CPU of the whole machine in it (CPU seconds a second), when sampled.
     pub machine: Option<(f64, f64)>,
     /// PostgreSQL's WAL syncs in it, and the milliseconds they took (see [`Sample`]).
     pub wal: Option<(f64, Option<f64>)>,
     /// Its probe computations' median speed against the fastest computation of the run.
     pub host_speed: Option<f64>,
-    /// Each service's (CPU seconds in it, resident bytes at its end), in [`SERVICE_NAMES`]
-    /// order, where read.
+    /// Each service's (CPU seconds a second in it, resident bytes at its end), in
+    /// [`SERVICE_NAMES`] order, where read.
     pub services: Vec<Option<(f64, f64)>>,
-    /// CPU seconds of every PostgreSQL process in it.
+    /// CPU seconds a second of every PostgreSQL process in it.
     pub postgres: Option<f64>,
-    /// The bench's own CPU seconds in it.
+    /// The bench's own CPU seconds a second in it.
     pub bench: Option<f64>,
 }
 
@@ -208,9 +210,10 @@ pub fn by_rpc<'a>(calls: impl IntoIterator<Item = &'a Call>) -> BTreeMap<&'stati
 }
 
 /// The seconds `0..seconds` of a run: calls and propagation delays go to the second they
-/// began in, acceptances and propagations to the second they happened in (anything past the
-/// end to the last second), samples are one a second in order, probes go to the second their
-/// computation ended in.
+/// began in, acceptances to the second they happened in (anything past the end to the last
+/// second: its call began in the run), propagations to the second they happened in (none past
+/// the end: see [`propagated_after`]), samples are one a second in order, probes go to the
+/// second their computation ended in.
 pub fn per_second(seconds: usize, recorded: &Recorded<'_>) -> Vec<Second> {
     let seconds = seconds.max(1);
     let slot = |ms: u32| (ms as usize / 1000).min(seconds - 1);
@@ -222,15 +225,16 @@ pub fn per_second(seconds: usize, recorded: &Recorded<'_>) -> Vec<Second> {
     for (submitted_ms, delay_us) in recorded.delays {
         propagation[slot(*submitted_ms)].push(*delay_us);
     }
-    let count = |times: &[u32]| {
+    let count = |times: &mut dyn Iterator<Item = &u32>| {
         let mut counts = vec![0u64; seconds];
         for ms in times {
             counts[slot(*ms)] += 1;
         }
         counts
     };
-    let accepted = count(recorded.accepted_ms);
-    let propagated = count(recorded.propagated_ms);
+    let accepted = count(&mut recorded.accepted_ms.iter());
+    let end = (seconds * 1000) as u32;
+    let propagated = count(&mut recorded.propagated_ms.iter().filter(|ms| **ms < end));
     let speeds = host_speeds(seconds, recorded.probes);
     in_second
         .into_iter()
@@ -260,6 +264,12 @@ pub fn per_second(seconds: usize, recorded: &Recorded<'_>) -> Vec<Second> {
             }
         })
         .collect()
+}
+
+/// How many complaints were seen propagated after the last of `seconds` whole seconds.
+pub fn propagated_after(seconds: usize, propagated_ms: &[u32]) -> usize {
+    let end = (seconds.max(1) * 1000) as u32;
+    propagated_ms.iter().filter(|ms| **ms >= end).count()
 }
 
 /// Each second's host speed: the median CPU time of its probe computations against the
@@ -487,7 +497,8 @@ mod tests {
             delays: &delays,
             // Returned at 12 ms and 1,020 ms; one past the end, in the last second.
             accepted_ms: &[12, 1_020, 2_150],
-            propagated_ms: &[900, 1_100, 1_300, 1_999],
+            // The last one after the run's two whole seconds: not in either.
+            propagated_ms: &[900, 1_100, 1_300, 1_999, 2_400],
             samples: &samples,
             probes: &[],
         };
@@ -508,6 +519,8 @@ mod tests {
 
         let second = &seconds[1];
         assert_eq!((second.accepted, second.propagated), (2, 3));
+        assert_eq!(propagated_after(2, recorded.propagated_ms), 1);
+        assert_eq!(propagated_after(3, recorded.propagated_ms), 0);
         let submit = &second.rpc["SubmitComplaint"];
         assert_eq!((submit.count, submit.max_ms), (3, 30.0));
         assert_eq!(second.rpc["GetCase"].count, 1);

@@ -151,7 +151,8 @@ async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ra
     // Each complaint is accepted in one second and propagated in one second.
     let sum = |key: &str| -> u64 { seconds.iter().map(|s| s[key].as_u64().unwrap()).sum() };
     assert_eq!(sum("accepted"), accepted, "{stdout}");
-    assert_eq!(sum("propagated"), accepted, "{stdout}");
+    let after_load = json["propagated_after_load"].as_u64().unwrap();
+    assert_eq!(sum("propagated") + after_load, accepted, "{stdout}");
     for second in seconds {
         assert_eq!(
             second["errors_by_code"].as_object().map(|e| e.len()),
@@ -361,4 +362,82 @@ async fn a_bench_killed_outright_leaves_no_service_holding_its_ports() {
         .execute(&mut admin)
         .await
         .unwrap();
+}
+
+/// The process ids of the children of `parent` whose command line holds `word`.
+fn children_running(parent: u32, word: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid …
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(word) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_service_that_dies_during_the_load_fails_the_run_by_name() {
+    use tokio::io::AsyncBufReadExt as _;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = testing::server_url().await;
+    let report = std::env::temp_dir().join(format!("bench-{}.json", uuid::Uuid::new_v4()));
+    let mut bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"))
+        .args(["bench", "--clients", "2", "--duration", "4s"])
+        .args(["--pgbench-seconds", "0", "--no-host-probe", "--json"])
+        .arg(&report)
+        .env("DATABASE_URL", &server)
+        .env("TOKIO_WORKER_THREADS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the bench starts");
+    let mut lines = tokio::io::BufReader::new(bench.stdout.take().unwrap()).lines();
+    // Until its load runs, then the survey service goes.
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the bench gets going")
+            .unwrap()
+            .expect("the bench is still running");
+        if line.starts_with("  t=") {
+            break;
+        }
+    }
+    let survey = children_running(bench.id().unwrap(), "feedback-survey");
+    assert_eq!(survey.len(), 1, "{survey:?}");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &survey[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    while let Ok(Some(_)) = lines.next_line().await {}
+    let status = tokio::time::timeout(Duration::from_secs(120), bench.wait())
+        .await
+        .expect("the bench finishes")
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&report);
+    assert!(!status.success(), "a run with a dead service must fail");
+    let problems = json["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p
+            .as_str()
+            .is_some_and(|p| p.starts_with("exited during the load: feedback-survey"))),
+        "{problems:?}"
+    );
 }

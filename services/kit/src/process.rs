@@ -87,6 +87,11 @@ impl Memory {
     pub fn of(pid: u32) -> Option<Self> {
         Self::parse(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
     }
+
+    /// Of this process.
+    pub fn own() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/self/status").ok()?)
+    }
 }
 
 /// The soft limit of open files from the text of `/proc/PID/limits`.
@@ -113,7 +118,9 @@ fn boot_time_seconds() -> Option<f64> {
 /// scrape.
 pub struct ProcessCollector {
     descs: Vec<Desc>,
-    cpu: Counter,
+    /// `process_cpu_seconds_total`: a counter made afresh at each scrape with the kernel's
+    /// figure, so scrapes at once never add the same difference twice (no state to update).
+    cpu: Opts,
     resident: IntGauge,
     virtual_memory: IntGauge,
     threads: IntGauge,
@@ -124,11 +131,11 @@ pub struct ProcessCollector {
 
 impl ProcessCollector {
     pub fn for_self() -> Self {
-        let cpu = Counter::with_opts(Opts::new(
+        let cpu = Opts::new(
             "process_cpu_seconds_total",
             "Total user and system CPU time spent in seconds.",
-        ))
-        .expect("metric");
+        );
+        let cpu_template = Counter::with_opts(cpu.clone()).expect("metric");
         let int_gauge =
             |name: &str, help: &str| IntGauge::with_opts(Opts::new(name, help)).expect("metric");
         let resident = int_gauge(
@@ -154,7 +161,7 @@ impl ProcessCollector {
             start_time.set(boot + stat.start_ticks as f64 / TICKS_PER_SECOND);
         }
         let collectors: [&dyn Collector; 7] = [
-            &cpu,
+            &cpu_template,
             &resident,
             &virtual_memory,
             &threads,
@@ -188,20 +195,14 @@ impl Collector for ProcessCollector {
         let Some(stat) = Stat::own() else {
             return Vec::new();
         };
-        // Two scrapes at once may both add: the counter only ever moves up to the reading.
-        let seen = self.cpu.get();
-        if stat.cpu_seconds > seen {
-            self.cpu.inc_by(stat.cpu_seconds - seen);
-        }
         self.virtual_memory.set(stat.virtual_bytes as i64);
         self.threads.set(stat.threads);
-        if let Some(memory) =
-            Memory::parse(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
-        {
+        if let Some(memory) = Memory::own() {
             self.resident.set(memory.resident_bytes as i64);
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            self.open_fds.set(fds.count() as i64);
+            // Less the descriptor the listing itself holds open.
+            self.open_fds.set((fds.count() as i64 - 1).max(0));
         }
         if let Some(max) = std::fs::read_to_string("/proc/self/limits")
             .ok()
@@ -211,7 +212,9 @@ impl Collector for ProcessCollector {
             self.max_fds.set(max);
         }
         let mut families = Vec::with_capacity(7);
-        families.extend(self.cpu.collect());
+        let cpu = Counter::with_opts(self.cpu.clone()).expect("metric");
+        cpu.inc_by(stat.cpu_seconds);
+        families.extend(cpu.collect());
         families.extend(self.resident.collect());
         families.extend(self.virtual_memory.collect());
         families.extend(self.threads.collect());
@@ -268,12 +271,14 @@ mod tests {
         );
     }
 
-    /// Burns about `ms` of CPU time on this thread.
-    fn burn(ms: u64) {
-        let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    /// Spins until this process has used `seconds` more of CPU time (however busy the machine).
+    fn burn(seconds: f64) {
+        let start = Stat::own().unwrap().cpu_seconds;
         let mut x = 1u64;
-        while std::time::Instant::now() < until {
-            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        while Stat::own().unwrap().cpu_seconds - start < seconds {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
         }
     }
 
@@ -294,7 +299,7 @@ mod tests {
     fn the_cpu_counter_moves_by_fractions_of_a_second() {
         let collector = ProcessCollector::for_self();
         let before = series(&collector.collect(), "process_cpu_seconds_total");
-        burn(150);
+        burn(0.15);
         // The exported figure lies between two direct readings taken around it (whole seconds,
         // rounded down, would fall below the first).
         let direct_before = Stat::own().unwrap().cpu_seconds;
@@ -305,7 +310,7 @@ mod tests {
             direct_before <= after && after <= direct_after,
             "exported {after}, read {direct_before} and {direct_after}"
         );
-        assert!(after - before >= 0.1, "{before} → {after}");
+        assert!(after - before >= 0.15, "{before} → {after}");
         assert!(series(&families, "process_resident_memory_bytes") > 1_000_000.0);
         assert!(series(&families, "process_threads") >= 1.0);
         assert!(series(&families, "process_open_fds") >= 3.0);

@@ -38,14 +38,15 @@ impl Shutdown {
         shutdown
     }
 
-    /// A shutdown fired by SIGTERM or Ctrl-C, or once the process that started this one has
-    /// gone: for services started as children of a tool (the bench, tests), which must not
-    /// outlive it holding its ports when it is killed outright (no chance to stop them).
-    pub fn on_signals_or_parent_exit() -> Shutdown {
+    /// A shutdown fired by SIGTERM or Ctrl-C, or once process `parent` (the one that started
+    /// this one) has gone, even before this one looked: for services started as children of a
+    /// tool (the bench, tests), which must not outlive it holding its ports when it is killed
+    /// outright (no chance to stop them).
+    pub fn on_signals_or_parent_exit(parent: u32) -> Shutdown {
         let (trigger, shutdown) = Shutdown::new();
         tokio::spawn(async move {
             #[cfg(unix)]
-            let orphaned = parent_changed(std::os::unix::process::parent_id, PARENT_CHECK);
+            let orphaned = parent_gone(parent, std::os::unix::process::parent_id, PARENT_CHECK);
             #[cfg(not(unix))]
             let orphaned = std::future::pending::<()>();
             tokio::select! {
@@ -71,14 +72,13 @@ impl Shutdown {
 /// How often a child service looks at who its parent is.
 const PARENT_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Resolves once `parent()` answers something other than it did at first: a process whose
-/// parent dies is handed to another (init, or a subreaper).
-async fn parent_changed(parent: impl Fn() -> u32, every: std::time::Duration) {
-    let first = parent();
+/// Resolves once `parent_now()` answers something other than `parent` (at once if it already
+/// does): a process whose parent dies is handed to another (init, or a subreaper).
+async fn parent_gone(parent: u32, parent_now: impl Fn() -> u32, every: std::time::Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        if parent() != first {
+        if parent_now() != parent {
             return;
         }
     }
@@ -116,7 +116,8 @@ mod tests {
     async fn a_child_notices_when_its_parent_is_gone_and_not_before() {
         let parent = std::sync::Arc::new(AtomicU32::new(4242));
         let watched = parent.clone();
-        let changed = tokio::spawn(parent_changed(
+        let changed = tokio::spawn(parent_gone(
+            4242,
             move || watched.load(Ordering::Relaxed),
             Duration::from_millis(10),
         ));
@@ -128,5 +129,16 @@ mod tests {
             .await
             .expect("noticed at a later check")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_child_whose_parent_died_before_it_looked_goes_at_once() {
+        // Already re-parented to init when the watch starts.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            parent_gone(4242, || 1, Duration::from_secs(3600)),
+        )
+        .await
+        .expect("noticed at the first look, not an hour later");
     }
 }

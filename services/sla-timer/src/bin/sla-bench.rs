@@ -57,13 +57,14 @@ fn options() -> anyhow::Result<Options> {
 }
 
 fn memory() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join(", ")
+    match complaints_kit::process::Memory::own() {
+        Some(m) => format!(
+            "peak RSS {:.1} MiB, RSS {:.1} MiB",
+            m.peak_resident_bytes as f64 / 1_048_576.0,
+            m.resident_bytes as f64 / 1_048_576.0
+        ),
+        None => "unknown".into(),
+    }
 }
 
 /// Inserts `count` open calendar-time clocks (one per case) whose next firing is `first_due`
