@@ -801,21 +801,11 @@ impl CpuSnapshot {
 /// CPU seconds of each `postgres` process on this machine, by process id (the server the
 /// suite and pgbench use, when it runs here).
 fn postgres_cpu() -> Option<HashMap<u32, f64>> {
-    let mut by_pid = HashMap::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(stat) = Stat::of(pid)
-            && stat.command == "postgres"
-        {
-            by_pid.insert(pid, stat.cpu_seconds);
-        }
-    }
+    let by_pid: HashMap<u32, f64> = complaints_kit::process::pids()
+        .filter_map(|pid| Some((pid, Stat::of(pid)?)))
+        .filter(|(_, stat)| stat.command == "postgres")
+        .map(|(pid, stat)| (pid, stat.cpu_seconds))
+        .collect();
     (!by_pid.is_empty()).then_some(by_pid)
 }
 

@@ -310,25 +310,30 @@ async fn a_service_that_cannot_start_stops_the_bench_instead_of_measuring_someon
     assert_eq!(left, 0, "{name} left behind");
 }
 
-#[tokio::test]
-async fn a_bench_killed_outright_leaves_no_service_holding_its_ports() {
+/// A bench (2 clients, no pgbench, no probe, ARGS) started on the test server and read until
+/// its load runs; its stderr goes nowhere, so services it leaves behind cannot hold the test's
+/// output open. Returns it and the name of its database.
+async fn bench_under_load(server: &str, args: &[&str]) -> (RunningBench, Option<String>) {
     use tokio::io::AsyncBufReadExt as _;
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let server = testing::server_url().await;
-    let mut bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"))
-        .args(["bench", "--clients", "2", "--duration", "60s"])
-        .args(["--pgbench-seconds", "0", "--no-host-probe"])
-        .env("DATABASE_URL", &server)
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"))
+        .args([
+            "bench",
+            "--clients",
+            "2",
+            "--pgbench-seconds",
+            "0",
+            "--no-host-probe",
+        ])
+        .args(args)
+        .env("DATABASE_URL", server)
         .env("TOKIO_WORKER_THREADS", "1")
         .stdout(std::process::Stdio::piped())
-        // Services left behind would hold the test's output open, and the test run with it.
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("the bench starts");
-    let mut lines = tokio::io::BufReader::new(bench.stdout.take().unwrap()).lines();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut database = None;
-    // Until its load runs: its services are up and serving it.
     loop {
         let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
             .await
@@ -339,12 +344,24 @@ async fn a_bench_killed_outright_leaves_no_service_holding_its_ports() {
             database = Some(name.trim().to_owned());
         }
         if line.starts_with("  t=") {
-            break;
+            return (RunningBench { child, lines }, database);
         }
     }
+}
+
+struct RunningBench {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+#[tokio::test]
+async fn a_bench_killed_outright_leaves_no_service_holding_its_ports() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let server = testing::server_url().await;
+    let (mut bench, database) = bench_under_load(&server, &["--duration", "60s"]).await;
     // SIGKILL: the bench gets no chance to stop its children.
-    bench.start_kill().unwrap();
-    bench.wait().await.unwrap();
+    bench.child.start_kill().unwrap();
+    bench.child.wait().await.unwrap();
     for port in 24051..=24055u16 {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
@@ -366,67 +383,33 @@ async fn a_bench_killed_outright_leaves_no_service_holding_its_ports() {
 
 /// The process ids of the children of `parent` whose command line holds `word`.
 fn children_running(parent: u32, word: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // pid (comm) state ppid …
-        let ppid = stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if ppid == Some(parent) && String::from_utf8_lossy(&cmdline).contains(word) {
-            found.push(pid);
-        }
-    }
-    found
+    use complaints_kit::process::{Stat, pids};
+    pids()
+        .filter(|pid| Stat::of(*pid).is_some_and(|s| s.parent_pid == parent))
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(word)
+        })
+        .collect()
 }
 
 #[tokio::test]
 async fn a_service_that_dies_during_the_load_fails_the_run_by_name() {
-    use tokio::io::AsyncBufReadExt as _;
     let _turn = ONE_AT_A_TIME.lock().await;
     let server = testing::server_url().await;
     let report = std::env::temp_dir().join(format!("bench-{}.json", uuid::Uuid::new_v4()));
-    let mut bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"))
-        .args(["bench", "--clients", "2", "--duration", "4s"])
-        .args(["--pgbench-seconds", "0", "--no-host-probe", "--json"])
-        .arg(&report)
-        .env("DATABASE_URL", &server)
-        .env("TOKIO_WORKER_THREADS", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the bench starts");
-    let mut lines = tokio::io::BufReader::new(bench.stdout.take().unwrap()).lines();
-    // Until its load runs, then the survey service goes.
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the bench gets going")
-            .unwrap()
-            .expect("the bench is still running");
-        if line.starts_with("  t=") {
-            break;
-        }
-    }
-    let survey = children_running(bench.id().unwrap(), "feedback-survey");
+    let report_arg = report.display().to_string();
+    let (mut bench, _) =
+        bench_under_load(&server, &["--duration", "4s", "--json", &report_arg]).await;
+    let survey = children_running(bench.child.id().unwrap(), "feedback-survey");
     assert_eq!(survey.len(), 1, "{survey:?}");
     let killed = std::process::Command::new("kill")
         .args(["-9", &survey[0].to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    while let Ok(Some(_)) = lines.next_line().await {}
-    let status = tokio::time::timeout(Duration::from_secs(120), bench.wait())
+    while let Ok(Some(_)) = bench.lines.next_line().await {}
+    let status = tokio::time::timeout(Duration::from_secs(120), bench.child.wait())
         .await
         .expect("the bench finishes")
         .unwrap();

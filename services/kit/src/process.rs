@@ -19,6 +19,7 @@ pub const TICKS_PER_SECOND: f64 = 100.0;
 pub struct Stat {
     /// The command name (in parentheses in the file; it may itself hold spaces and parentheses).
     pub command: String,
+    pub parent_pid: u32,
     /// User plus system CPU time, in seconds.
     pub cpu_seconds: f64,
     pub threads: i64,
@@ -38,6 +39,7 @@ impl Stat {
         let ticks = |n: usize| field(n)?.parse::<u64>().ok();
         Some(Self {
             command: line.get(open + 1..close)?.to_owned(),
+            parent_pid: field(4)?.parse().ok()?,
             cpu_seconds: (ticks(14)? + ticks(15)?) as f64 / TICKS_PER_SECOND,
             threads: field(20)?.parse().ok()?,
             start_ticks: ticks(22)?,
@@ -54,6 +56,15 @@ impl Stat {
     pub fn own() -> Option<Self> {
         Self::parse(&std::fs::read_to_string("/proc/self/stat").ok()?)
     }
+}
+
+/// The ids of the processes running now (the numbered entries of `/proc`).
+pub fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
 }
 
 /// Resident memory of a process, now and at its peak, from `/proc/PID/status`.
@@ -237,6 +248,7 @@ mod tests {
                     250 75 0 0 20 0 3 0 123456 987654321 2048 18446744073709551615";
         let stat = Stat::parse(line).unwrap();
         assert_eq!(stat.command, "tokio (rt) w");
+        assert_eq!(stat.parent_pid, 1);
         assert_eq!(stat.cpu_seconds, 3.25);
         assert_eq!(stat.threads, 3);
         assert_eq!(stat.start_ticks, 123_456);
@@ -257,6 +269,16 @@ mod tests {
             })
         );
         assert_eq!(Memory::parse("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn this_process_is_among_the_running_ones_with_its_parent() {
+        let own = std::process::id();
+        assert!(pids().any(|pid| pid == own));
+        assert_eq!(
+            Stat::of(own).map(|s| s.parent_pid),
+            Some(std::os::unix::process::parent_id())
+        );
     }
 
     #[test]
