@@ -34,7 +34,7 @@ use tonic::transport::{Channel as GrpcChannel, Endpoint};
 
 use crate::histogram::Histogram;
 use crate::seconds::{self, Call, HostProbe, Latency, MIB, Recorded, Sample, percentile};
-use crate::suite::SERVICE_NAMES;
+use crate::suite::{EXIT_WITH_PARENT, SERVICE_NAMES};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -170,7 +170,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                 )
                 .env("RUST_LOG", "warn")
                 // Killed outright, the bench cannot stop its services: they stop themselves.
-                .env("SERVE_EXIT_WITH_PARENT", std::process::id().to_string())
+                .env(EXIT_WITH_PARENT, std::process::id().to_string())
                 .stdout(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
@@ -716,9 +716,9 @@ struct Reading {
 
 impl Processes {
     async fn read(&self) -> Vec<Option<Reading>> {
+        let started_here = !self.pids.is_empty();
         let mut readings = Vec::with_capacity(self.metrics_urls.len());
         for (i, host) in self.metrics_urls.iter().enumerate() {
-            let started_here = !self.pids.is_empty();
             readings.push(match self.pids.get(i).copied().flatten() {
                 Some(pid) => read_process(pid),
                 // One the bench did not start (`--intake-only`): whatever answers on its port

@@ -165,9 +165,10 @@ async fn serve(service: &str) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(service);
     // Started by the bench or a test (which names itself): go when it goes, even if it was
     // killed outright.
-    let shutdown = match config::optional("SERVE_EXIT_WITH_PARENT") {
+    let exit_with_parent = complaints_cli::suite::EXIT_WITH_PARENT;
+    let shutdown = match config::optional(exit_with_parent) {
         Some(pid) => Shutdown::on_signals_or_parent_exit(pid.parse().with_context(|| {
-            format!("SERVE_EXIT_WITH_PARENT must be the PID of the parent process, not {pid:?}")
+            format!("{exit_with_parent} must be the PID of the parent process, not {pid:?}")
         })?),
         None => Shutdown::on_signals(),
     };

@@ -6,6 +6,10 @@ use complaints_kit::auth::AuthConfig;
 use complaints_kit::config::{CommonConfig, MetricsEndpoint};
 
 /// The five services, in port order.
+/// Set (to the parent's process id) on a `complaints serve` child, it stops once that process
+/// is gone: the bench and tests set it, so a parent killed outright leaves no service behind.
+pub const EXIT_WITH_PARENT: &str = "SERVE_EXIT_WITH_PARENT";
+
 pub const SERVICE_NAMES: [&str; 5] = [
     "intake",
     "case-management",

@@ -424,3 +424,19 @@ async fn a_service_that_dies_during_the_load_fails_the_run_by_name() {
         "{problems:?}"
     );
 }
+
+#[tokio::test]
+async fn serve_refuses_a_parent_that_is_not_a_process_id_by_the_settings_name() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_complaints"))
+        .args(["serve", "intake"])
+        .env(complaints_cli::suite::EXIT_WITH_PARENT, "yes")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SERVE_EXIT_WITH_PARENT must be the PID of the parent process"),
+        "{stderr}"
+    );
+}

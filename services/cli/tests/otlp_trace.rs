@@ -151,7 +151,10 @@ async fn a_complaint_is_one_trace_across_all_five_services() {
             .env("OTEL_SERVICE_NAME", service)
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .env("RUST_LOG", "info")
-            .env("SERVE_EXIT_WITH_PARENT", std::process::id().to_string())
+            .env(
+                complaints_cli::suite::EXIT_WITH_PARENT,
+                std::process::id().to_string(),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

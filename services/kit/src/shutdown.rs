@@ -29,13 +29,7 @@ impl Shutdown {
 
     /// A shutdown fired by SIGTERM or Ctrl-C.
     pub fn on_signals() -> Shutdown {
-        let (trigger, shutdown) = Shutdown::new();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown signal received; draining");
-            trigger.trigger();
-        });
-        shutdown
+        Self::on_signals_or(std::future::pending::<()>(), "")
     }
 
     /// A shutdown fired by SIGTERM or Ctrl-C, or once process `parent` (the one that started
@@ -43,15 +37,26 @@ impl Shutdown {
     /// tool (the bench, tests), which must not outlive it holding its ports when it is killed
     /// outright (no chance to stop them).
     pub fn on_signals_or_parent_exit(parent: u32) -> Shutdown {
+        #[cfg(unix)]
+        let orphaned = parent_gone(parent, std::os::unix::process::parent_id, PARENT_CHECK);
+        #[cfg(not(unix))]
+        let orphaned = std::future::pending::<()>();
+        Self::on_signals_or(
+            orphaned,
+            "the process that started this one is gone; draining",
+        )
+    }
+
+    /// A shutdown fired by a signal or when `other` resolves (saying `why`).
+    fn on_signals_or(
+        other: impl std::future::Future<Output = ()> + Send + 'static,
+        why: &'static str,
+    ) -> Shutdown {
         let (trigger, shutdown) = Shutdown::new();
         tokio::spawn(async move {
-            #[cfg(unix)]
-            let orphaned = parent_gone(parent, std::os::unix::process::parent_id, PARENT_CHECK);
-            #[cfg(not(unix))]
-            let orphaned = std::future::pending::<()>();
             tokio::select! {
                 _ = wait_for_signal() => tracing::info!("shutdown signal received; draining"),
-                _ = orphaned => tracing::warn!("the process that started this one is gone; draining"),
+                _ = other => tracing::warn!("{why}"),
             }
             trigger.trigger();
         });
