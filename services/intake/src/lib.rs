@@ -38,6 +38,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_complaint_cases",
         sql: include_str!("../migrations/0003_complaint_cases.sql"),
     },
+    Migration {
+        name: "0004_repeat_candidates_function",
+        sql: include_str!("../migrations/0004_repeat_candidates_function.sql"),
+    },
 ];
 
 #[derive(Clone, Debug)]

@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use complaints_kit::events::EncodedEvent;
-use sqlx::{PgConnection, PgPool};
+use complaints_kit::db::{HeldConnection, RawTransaction};
+use sqlx::{FromRow as _, PgConnection, PgPool, Row as _};
 use uuid::Uuid;
 
 use crate::domain::classify::Classification;
@@ -175,7 +176,6 @@ pub async fn find_by_request_ids(
     conn: &mut PgConnection,
     request_ids: &[&str],
 ) -> Result<Vec<(String, ComplaintRow)>, sqlx::Error> {
-    use sqlx::{FromRow as _, Row as _};
     let rows = sqlx::query(&format!(
         "SELECT request_id, {COLUMNS} FROM intake.complaints WHERE request_id = ANY($1)"
     ))
@@ -309,91 +309,123 @@ pub struct CandidateRow {
     pub linked_to: Option<Uuid>,
 }
 
-/// Open, unlinked complaints received since `since` of any of the given customers (by id,
-/// phone or email): for each identifier its 50 newest, each complaint once.
-pub async fn repeat_candidates(
-    conn: &mut PgConnection,
-    customer_ids: &[&str],
-    phones: &[&str],
-    emails: &[&str],
-    since: DateTime<Utc>,
-) -> Result<Vec<CandidateRow>, sqlx::Error> {
-    // One branch per way of recognising a customer, each an index range scan of its partial
-    // index per identifier, reading the rows straight from it. (A form that joined the
-    // branches' ids back to the table was planned on the empty table as a scan of the whole
-    // table per candidate, and that plan was kept: 3.8 ms a submission after 10 000
-    // complaints, the top statement of the whole suite.)
-    const CANDIDATE: &str = "c.id, c.customer_id, c.phone, c.email, c.order_ref, c.product_ref, \
-        c.received_at, c.case_open, c.linked_to";
-    let branch = |column: &str, param: u8| {
-        format!(
-            "SELECT {CANDIDATE} FROM unnest(${param}::text[]) AS k(v) CROSS JOIN LATERAL (
-                 SELECT * FROM intake.complaints c
-                 WHERE c.{column} = k.v AND c.{column} IS NOT NULL AND c.case_open
-                   AND c.linked_to IS NULL AND c.received_at >= $4 AND c.status IN (1, 2)
-                 ORDER BY c.received_at DESC LIMIT 50) c"
-        )
-    };
-    let mut rows: Vec<CandidateRow> = sqlx::query_as(&format!(
-        "{} UNION ALL {} UNION ALL {}",
-        branch("customer_id", 1),
-        branch("phone", 2),
-        branch("email", 3)
-    ))
-    .bind(customer_ids)
-    .bind(phones)
-    .bind(emails)
-    .bind(since)
-    .fetch_all(conn)
-    .await?;
-    // A complaint found by two identifiers comes back twice.
-    rows.sort_by_key(|r| r.id);
-    rows.dedup_by_key(|r| r.id);
-    Ok(rows)
+/// What a batch's repeat-contact lookup looks for: open, unlinked complaints received since
+/// `since` of any of these customers (by id, phone or email).
+pub struct CandidateLookup<'a> {
+    pub customer_ids: Vec<&'a str>,
+    pub phones: Vec<&'a str>,
+    pub emails: Vec<&'a str>,
+    pub since: DateTime<Utc>,
 }
 
-/// Begins a transaction that serialises submissions of the customers given, so two first
-/// contacts of one customer cannot both open a case. A contact is the same customer's when any of its identifiers
-/// matches, so every identifier given (`customer:…`, `phone:…`, `email:…`) is locked, in one
-/// order for all, with one statement in the `BEGIN` round trip. No identifiers: no lock, but
-/// the same `lock_timeout`.
-pub async fn begin_for_customer<'c>(
-    connection: &'c mut PgConnection,
+/// Begins a batch's transaction: serialises submissions of the customers given, so two first
+/// contacts of one customer cannot both open a case, and finds the stored complaints the batch
+/// may be a repeat contact of, all in one round trip. A contact is the same customer's when any
+/// of its identifiers matches, so every identifier given (`customer:…`, `phone:…`, `email:…`)
+/// is locked, in one order for all. No identifiers: no lock, but the same `lock_timeout`. The
+/// candidates (`intake.repeat_candidates`: for each identifier its 50 newest, each complaint
+/// once) are read after the locks are granted, so a contact committed by the holder of a lock
+/// is seen.
+pub async fn begin_for_customer<'h>(
+    connection: &'h mut HeldConnection,
     identifiers: &[String],
+    lookup: Option<&CandidateLookup<'_>>,
     lock_timeout: std::time::Duration,
-) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, sqlx::Error> {
-    // Lock ids are numbers computed here, never text from the request.
+) -> Result<(RawTransaction<'h>, Vec<CandidateRow>), sqlx::Error> {
+    let (transaction, rows) =
+        RawTransaction::begin(connection, &begin_sql(identifiers, lookup, lock_timeout)).await?;
+    // The lock statement's one row has no `id`.
+    let mut candidates = rows
+        .iter()
+        .filter(|row| row.try_column("id").is_ok())
+        .map(CandidateRow::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    // A complaint found by two identifiers comes back twice.
+    candidates.sort_by_key(|r| r.id);
+    candidates.dedup_by_key(|r| r.id);
+    Ok((transaction, candidates))
+}
+
+/// The one simple query that begins a batch (see [`begin_for_customer`]).
+///
+/// The statements before the `BEGIN` run in the query's implicit transaction, which the
+/// `BEGIN` turns into the transaction block (settings and locks kept). When a lock times out
+/// (SQLSTATE 55P03), PostgreSQL rolls that implicit transaction back and skips the rest. The
+/// locks are taken in the array's (sorted) order by one statement whatever their count; lock
+/// ids are numbers computed here. The transaction keeps generic plans: the lookup is a nested
+/// loop of index scans in every plan, and re-planning it for each batch's identifiers cost
+/// more than running it (0.7 ms against 0.1 ms); the function keeps its plan for the session.
+///
+/// A simple query carries no parameters, so the lookup's values are written into its text,
+/// each dollar-quoted with a tag that it does not contain: nothing inside is an escape or a
+/// quote to PostgreSQL (whatever `standard_conforming_strings` says), so no text from a
+/// request is ever read as SQL. (Written as hexadecimal decoded by `convert_from`, a STABLE
+/// function, the values were no constants to the planner, and the inlined lookup became a scan
+/// of the whole table.) The kit's pool never logs statement texts.
+pub fn begin_sql(
+    identifiers: &[String],
+    lookup: Option<&CandidateLookup<'_>>,
+    lock_timeout: std::time::Duration,
+) -> String {
+    use std::fmt::Write as _;
     let mut ids: Vec<i64> = identifiers.iter().map(|k| customer_lock_id(k)).collect();
     ids.sort_unstable();
     ids.dedup();
-    let timeout_ms = lock_timeout.as_millis().max(1);
-    if ids.is_empty() {
-        // No customer to lock, but the batch's waits on stored complaints (another
-        // transaction inserting the same request id) are bounded all the same.
-        let begin = format!("SET LOCAL lock_timeout = '{timeout_ms}ms'; BEGIN");
-        return sqlx::Connection::begin_with(connection, begin).await;
-    }
-    // One statement whatever the count, taking the locks in the array's (sorted) order, sent
-    // with the `BEGIN` in one round trip (a simple query: never prepared). The transaction
-    // keeps generic plans: the repeat-contact lookup is a nested loop of index scans in every
-    // plan, and re-planning it for each batch's array of identifiers cost more than running
-    // it (0.7 ms against 0.1 ms). Every lock wait of the transaction (these, and row locks on
-    // stored complaints) is bounded by `lock_timeout` (SQLSTATE 55P03).
-    //
-    // The `BEGIN` comes last: the statements before it run in the query's implicit
-    // transaction, which the `BEGIN` turns into the transaction block (settings and locks
-    // kept). When a lock times out, PostgreSQL rolls that implicit transaction back by itself
-    // and the connection is left clean; a failure after an explicit `BEGIN` would leave it
-    // inside a failed transaction that sqlx, which did not see the transaction begin, would
-    // never roll back.
-    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
-    let begin = format!(
-        "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '{}ms'; \
-         SELECT count(pg_advisory_xact_lock(k)) FROM unnest('{{{}}}'::bigint[]) AS k; BEGIN",
-        timeout_ms,
-        list.join(",")
+    let mut sql = format!(
+        "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '{}ms'; ",
+        lock_timeout.as_millis().max(1)
     );
-    sqlx::Connection::begin_with(connection, begin).await
+    if !ids.is_empty() {
+        let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+        let _ = write!(
+            sql,
+            "SELECT count(pg_advisory_xact_lock(k)) AS locked FROM unnest('{{{}}}'::bigint[]) AS k; ",
+            list.join(",")
+        );
+    }
+    sql.push_str("BEGIN");
+    if let Some(lookup) = lookup {
+        let _ = write!(
+            sql,
+            "; SELECT * FROM intake.repeat_candidates({}, {}, {}, '{}'::timestamptz)",
+            text_array_literal(&lookup.customer_ids),
+            text_array_literal(&lookup.phones),
+            text_array_literal(&lookup.emails),
+            lookup
+                .since
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        );
+    }
+    sql
+}
+
+/// A `text[]` constant holding `values`, each dollar-quoted ([`dollar_quoted`]).
+fn text_array_literal(values: &[&str]) -> String {
+    if values.is_empty() {
+        return "'{}'::text[]".into();
+    }
+    let quoted: Vec<String> = values.iter().map(|v| dollar_quoted(v)).collect();
+    format!("ARRAY[{}]::text[]", quoted.join(", "))
+}
+
+/// `value` as a dollar-quoted string constant, `$v$…$v$`, with a tag (`$v$`, `$v0$`, `$v1$`, …)
+/// whose first occurrence after the opening one is the closing one. A value holding a NUL (which
+/// PostgreSQL's text cannot hold, and which would end the query's text) becomes NULL, which
+/// matches nothing.
+fn dollar_quoted(value: &str) -> String {
+    if value.contains('\0') {
+        return "NULL".into();
+    }
+    let mut tag = String::from("$v$");
+    let mut n = 0;
+    loop {
+        let quoted = format!("{tag}{value}{tag}");
+        if quoted[tag.len()..].find(&tag) == Some(value.len()) {
+            return quoted;
+        }
+        tag = format!("$v{n}$");
+        n += 1;
+    }
 }
 
 /// The advisory-lock id of a customer identifier: FNV-1a (64 bit) of a namespaced key, the
@@ -410,6 +442,57 @@ pub fn customer_lock_id(key: &str) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::customer_lock_id;
+
+    #[test]
+    fn a_batch_begins_with_its_locks_in_order_then_its_lookup_with_values_in_hex() {
+        use super::{CandidateLookup, begin_sql};
+        let timeout = std::time::Duration::from_millis(1500);
+        let identifiers = ["phone:+86139".to_owned(), "customer:C-1".to_owned()];
+        let mut ids = [
+            customer_lock_id("phone:+86139"),
+            customer_lock_id("customer:C-1"),
+        ];
+        ids.sort_unstable();
+        let since = chrono::DateTime::parse_from_rfc3339("2026-11-06T08:00:00.5Z")
+            .unwrap()
+            .to_utc();
+        let lookup = CandidateLookup {
+            customer_ids: vec!["C-1"],
+            phones: vec!["+86139", "x'); --"],
+            emails: vec![],
+            since,
+        };
+        assert_eq!(
+            begin_sql(&identifiers, Some(&lookup), timeout),
+            format!(
+                "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '1500ms'; \
+                 SELECT count(pg_advisory_xact_lock(k)) AS locked FROM unnest('{{{},{}}}'::bigint[]) AS k; \
+                 BEGIN; SELECT * FROM intake.repeat_candidates(ARRAY[$v$C-1$v$]::text[], \
+                 ARRAY[$v$+86139$v$, $v$x'); --$v$]::text[], '{{}}'::text[], \
+                 '2026-11-06T08:00:00.500000Z'::timestamptz)",
+                ids[0], ids[1]
+            )
+        );
+        // Nothing to lock or look up: the transaction's settings and its BEGIN only.
+        assert_eq!(
+            begin_sql(&[], None, timeout),
+            "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '1500ms'; BEGIN"
+        );
+    }
+
+    #[test]
+    fn a_value_is_dollar_quoted_with_a_tag_it_cannot_close_early() {
+        use super::dollar_quoted;
+        assert_eq!(dollar_quoted("O'Brien\\"), "$v$O'Brien\\$v$");
+        // The tag itself, or the start of it at the end (which would close early with the
+        // closing tag's first characters).
+        assert_eq!(dollar_quoted("a$v$b"), "$v0$a$v$b$v0$");
+        assert_eq!(dollar_quoted("a$v"), "$v0$a$v$v0$");
+        assert_eq!(dollar_quoted("$v$ $v0$"), "$v1$$v$ $v0$$v1$");
+        assert_eq!(dollar_quoted("$v0"), "$v$$v0$v$");
+        assert_eq!(dollar_quoted(""), "$v$$v$");
+        assert_eq!(dollar_quoted("a\0b"), "NULL");
+    }
 
     #[test]
     fn customer_lock_ids_are_stable_and_tell_customers_apart() {

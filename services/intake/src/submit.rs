@@ -431,11 +431,6 @@ impl Writer {
             .iter()
             .flat_map(|p| customer_identifiers(&p.complaint))
             .collect();
-        let connection = connection.get().await.map_err(storage)?;
-        let mut tx = store::begin_for_customer(connection, &identifiers, lock_timeout)
-            .await
-            .map_err(storage)?;
-
         let contacts: Vec<BatchContact> = unique
             .iter()
             .map(|p| BatchContact {
@@ -444,7 +439,14 @@ impl Writer {
                 received_at: p.received_at,
             })
             .collect();
-        let stored = self.stored_candidates(&mut tx, &contacts).await?;
+        // One round trip: the customers' locks, the transaction's BEGIN, and the stored
+        // complaints this batch may be a repeat contact of.
+        let lookup = self.candidate_lookup(&contacts);
+        let (mut tx, rows) =
+            store::begin_for_customer(connection, &identifiers, lookup.as_ref(), lock_timeout)
+                .await
+                .map_err(storage)?;
+        let stored = candidates(rows);
         // Decide, lock the stored complaints chosen as roots, and decide again without any
         // that stopped being open or unlinked before the lock was taken.
         let mut roots: HashMap<Uuid, ComplaintRow> = HashMap::new();
@@ -635,56 +637,33 @@ impl Writer {
         Ok(outcomes)
     }
 
-    /// Stored open, unlinked complaints of the batch's customers (one query).
-    async fn stored_candidates(
+    /// What the batch's repeat-contact lookup looks for (nothing if no contact can be matched).
+    fn candidate_lookup<'a>(
         &self,
-        tx: &mut sqlx::PgConnection,
-        contacts: &[BatchContact],
-    ) -> Result<Vec<Candidate>, Status> {
+        contacts: &'a [BatchContact],
+    ) -> Option<store::CandidateLookup<'a>> {
         let matchable: Vec<&ContactKey> = contacts
             .iter()
             .map(|c| &c.key)
             .filter(|k| k.is_matchable())
             .collect();
-        let Some(earliest) = contacts
+        let earliest = contacts
             .iter()
             .filter(|c| c.key.is_matchable())
             .map(|c| c.received_at)
-            .min()
-        else {
-            return Ok(Vec::new());
-        };
+            .min()?;
         let values = |f: fn(&ContactKey) -> &Option<String>| -> Vec<&str> {
             let mut v: Vec<&str> = matchable.iter().filter_map(|k| f(k).as_deref()).collect();
             v.sort_unstable();
             v.dedup();
             v
         };
-        let rows = store::repeat_candidates(
-            tx,
-            &values(|k| &k.customer_id),
-            &values(|k| &k.phone),
-            &values(|k| &k.email),
-            earliest - self.rules.window,
-        )
-        .await
-        .map_err(|e| grpc::storage(&e))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Candidate {
-                id: r.id,
-                key: ContactKey {
-                    customer_id: r.customer_id,
-                    phone: r.phone,
-                    email: r.email,
-                    order_ref: r.order_ref,
-                    product_ref: r.product_ref,
-                },
-                received_at: r.received_at,
-                open: r.case_open,
-                linked: r.linked_to.is_some(),
-            })
-            .collect())
+        Some(store::CandidateLookup {
+            customer_ids: values(|k| &k.customer_id),
+            phones: values(|k| &k.phone),
+            emails: values(|k| &k.email),
+            since: earliest - self.rules.window,
+        })
     }
 
     /// `n` reference numbers: from this replica's block, topped up from the sequence.
@@ -723,6 +702,25 @@ impl Writer {
             Err(_) => Vec::new(),
         }
     }
+}
+
+/// The stored complaints a batch's lookup found, as repeat matching sees them.
+fn candidates(rows: Vec<store::CandidateRow>) -> Vec<Candidate> {
+    rows.into_iter()
+        .map(|r| Candidate {
+            id: r.id,
+            key: ContactKey {
+                customer_id: r.customer_id,
+                phone: r.phone,
+                email: r.email,
+                order_ref: r.order_ref,
+                product_ref: r.product_ref,
+            },
+            received_at: r.received_at,
+            open: r.case_open,
+            linked: r.linked_to.is_some(),
+        })
+        .collect()
 }
 
 /// A storage error as the caller sees it: a lock wait that ran out is `ABORTED` (retry with

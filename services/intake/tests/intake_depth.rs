@@ -968,54 +968,189 @@ async fn advisory_locks_and_timeout(tx: &mut sqlx::PgConnection) -> (i64, String
     .unwrap()
 }
 
+async fn count_rows(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// The server process of a connection.
+async fn backend_pid(conn: &mut sqlx::PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits until the server process `pid` has ended (its connection was closed).
+async fn wait_backend_gone(pool: &PgPool, pid: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let alive: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(pid)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if !alive {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend {pid} still runs: the connection was not closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_that_times_out_leaves_the_connection_clean_for_its_next_use() {
+async fn a_batch_that_does_not_commit_closes_its_connection_and_the_next_begins_clean() {
+    use complaints_kit::db::HeldConnection;
     let h = start().await;
     let holder = hold_customer(&h, "HELD").await;
-    let mut conn = h.pool.acquire().await.unwrap();
+    let mut held = HeldConnection::new(h.pool.clone());
+    let first = backend_pid(held.get().await.unwrap()).await;
     let identifiers = ["customer:HELD".to_owned()];
     let timeout = std::time::Duration::from_millis(50);
-    let failed = intake::store::begin_for_customer(&mut conn, &identifiers, timeout).await;
+    let failed = intake::store::begin_for_customer(&mut held, &identifiers, None, timeout).await;
     let error = failed.map(|_| ()).unwrap_err();
     assert_eq!(
         error.as_database_error().and_then(|e| e.code()).as_deref(),
         Some("55P03"),
         "{error}"
     );
-    // No transaction left open, failed or not (two statements get two transaction ids), and
-    // no setting of it left behind.
-    let xid = "SELECT pg_current_xact_id()::text, current_setting('lock_timeout')";
-    let (first, lock_timeout): (String, String) = sqlx::query_as(xid)
-        .fetch_one(&mut *conn)
-        .await
-        .expect("the connection is usable after the failed begin");
-    let (second, _): (String, String) = sqlx::query_as(xid).fetch_one(&mut *conn).await.unwrap();
-    assert_ne!(first, second, "a transaction was left open");
-    assert_eq!(lock_timeout, "0");
+    // A connection whose batch did not commit is never used again: PostgreSQL ends whatever
+    // it left open (a failed transaction, its settings) with it.
+    assert!(!held.is_held());
+    wait_backend_gone(&h.pool, first).await;
     release(holder).await;
-    // The next batch on the same connection begins, holds the lock and commits.
-    let mut tx = intake::store::begin_for_customer(&mut conn, &identifiers, timeout)
+
+    // The next batch begins on a new connection, holds the lock with its timeout, and finds
+    // the stored complaints of its customer in the same round trip.
+    let mut intake = h.client(Role::Service);
+    let stored = intake
+        .submit_complaint(own_contact("held-1", "HELD", "O-held", "发票金额不对"))
         .await
+        .unwrap()
+        .into_inner()
+        .complaint
         .unwrap();
+    let lookup = intake::store::CandidateLookup {
+        customer_ids: vec!["HELD"],
+        phones: vec![],
+        emails: vec![],
+        since: chrono::Utc::now() - chrono::Duration::days(1),
+    };
+    let (mut tx, candidates) =
+        intake::store::begin_for_customer(&mut held, &identifiers, Some(&lookup), timeout)
+            .await
+            .unwrap();
+    assert_eq!(
+        candidates.iter().map(|c| c.id.to_string()).collect::<Vec<_>>(),
+        vec![stored.id]
+    );
     assert_eq!(
         advisory_locks_and_timeout(&mut tx).await,
         (1, "50ms".into())
     );
+    let second = backend_pid(&mut tx).await;
+    assert_ne!(second, first);
     tx.commit().await.unwrap();
+    // Committed: the connection stays, out of any transaction, its settings gone.
+    assert!(held.is_held());
+    let xid = "SELECT pg_current_xact_id()::text, current_setting('lock_timeout')";
+    let conn = held.get().await.unwrap();
+    let (a, lock_timeout): (String, String) = sqlx::query_as(xid).fetch_one(&mut *conn).await.unwrap();
+    let (b, _): (String, String) = sqlx::query_as(xid).fetch_one(&mut *conn).await.unwrap();
+    assert_ne!(a, b, "a transaction was left open");
+    assert_eq!(lock_timeout, "0", "the setting ends with its transaction");
+
     // A batch without identifiers locks no customer, and its waits are bounded all the same.
-    let mut tx = intake::store::begin_for_customer(&mut conn, &[], timeout)
+    let (mut tx, candidates) = intake::store::begin_for_customer(&mut held, &[], None, timeout)
         .await
         .unwrap();
+    assert!(candidates.is_empty());
     assert_eq!(
         advisory_locks_and_timeout(&mut tx).await,
         (0, "50ms".into())
     );
     tx.commit().await.unwrap();
-    let (after,): (String,) = sqlx::query_as("SELECT current_setting('lock_timeout')")
-        .fetch_one(&mut *conn)
+
+    // A batch dropped before its commit (an error after it began, a panic) takes its
+    // connection with it: nothing it wrote stays, and its lock is free at once.
+    let (mut tx, _) = intake::store::begin_for_customer(&mut held, &identifiers, None, timeout)
         .await
         .unwrap();
-    assert_eq!(after, "0", "the setting ends with its transaction");
-    drop(conn);
+    sqlx::query("UPDATE intake.complaints SET status_note = 'uncommitted' WHERE customer_id = 'HELD'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let third = backend_pid(&mut tx).await;
+    drop(tx);
+    assert!(!held.is_held());
+    wait_backend_gone(&h.pool, third).await;
+    assert_eq!(
+        count_rows(
+            &h.pool,
+            "SELECT count(*) FROM intake.complaints WHERE status_note = 'uncommitted'"
+        )
+        .await,
+        0
+    );
+    let mut other = h.pool.acquire().await.unwrap();
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(intake::store::customer_lock_id("customer:HELD"))
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(free, "the dropped batch's lock is still held");
+    release(other).await;
+    h.service.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identifiers_that_look_like_sql_are_matched_exactly() {
+    // The batch's lookup writes its identifiers into the text of a simple query (as hex):
+    // quotes, backslashes, dollar quotes and comment marks must match as they are.
+    let h = start().await;
+    let customer = "O'Brien\\'); DROP TABLE intake.complaints; -- $$ 客户";
+    let mut intake = h.client(Role::Service);
+    let first = intake
+        .submit_complaint(own_contact("sql-1", customer, "O-sql", "发票金额不对"))
+        .await
+        .unwrap()
+        .into_inner();
+    // Another phone: only the customer id can link it.
+    let repeat = intake
+        .submit_complaint(contact(
+            "sql-2",
+            customer,
+            "O-sql",
+            Channel::App,
+            "发票金额还是不对",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = first.complaint.unwrap();
+    let repeat = repeat.complaint.unwrap();
+    assert_eq!(repeat.linked_to_complaint_id, first.id);
+    assert_eq!(repeat.complainant.unwrap().customer_id, customer);
+    // A customer whose identifier differs by one character is another customer.
+    let other = intake
+        .submit_complaint(own_contact(
+            "sql-3",
+            &customer.replace('\'', "\""),
+            "O-sql",
+            "发票金额不对",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    assert!(other.linked_to_complaint_id.is_empty());
+    assert_eq!(
+        count_rows(&h.pool, "SELECT count(*) FROM intake.complaints").await,
+        3
+    );
     h.service.stop().await.unwrap();
 }

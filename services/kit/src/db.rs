@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, Executor, PgPool};
+use sqlx::{ConnectOptions as _, Connection, Executor, PgPool};
 
 /// One embedded migration. `{schema}` in the SQL is replaced by the service's schema name.
 #[derive(Clone, Copy, Debug)]
@@ -61,9 +61,16 @@ pub async fn connect(
     application: &str,
     max_connections: u32,
 ) -> Result<PgPool, DbError> {
+    // No statement's text is logged by sqlx (it would log every statement at `debug`, and
+    // one slower than a second at `warn`, in full): intake's submit transaction begins with a
+    // statement whose text carries customers' identifiers (see intake's
+    // `store::begin_for_customer`). Slow statements show in `pg_stat_statements` (constants
+    // stripped) and in the services' own histograms.
     let options = PgConnectOptions::from_str(url)
         .map_err(DbError::Url)?
-        .application_name(application);
+        .application_name(application)
+        .log_statements(log::LevelFilter::Off)
+        .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(1));
     PgPoolOptions::new()
         .max_connections(max_connections.max(1))
         .min_connections(0)
@@ -134,6 +141,84 @@ impl HeldConnection {
 
     pub fn is_held(&self) -> bool {
         self.connection.is_some()
+    }
+
+    /// Closes the held connection instead of giving it back: its state is not known (a
+    /// transaction of [`RawTransaction`] neither committed nor rolled back). PostgreSQL rolls
+    /// back whatever it left open when the connection ends.
+    pub fn discard(&mut self) {
+        if let Some(mut connection) = self.connection.take() {
+            connection.close_on_drop();
+        }
+    }
+}
+
+/// A transaction begun by one multi-statement simple query whose rows the caller needs.
+///
+/// sqlx's `Transaction` can begin with a statement of the caller's (`begin_with`) but throws
+/// its rows away, so work that must follow the `BEGIN` in the same round trip (intake's
+/// repeat-contact lookup, after its customers' locks) would cost a round trip of its own.
+/// Here the query's rows come back with the transaction. sqlx does not know the connection is
+/// inside a transaction, so this one is ended here: [`commit`](Self::commit), or, if it is
+/// dropped before (an error, a panic, a cancelled future), the connection is closed and
+/// PostgreSQL rolls it back. A failed `begin` closes the connection too, whether or not its
+/// `BEGIN` ran.
+pub struct RawTransaction<'h> {
+    held: &'h mut HeldConnection,
+    open: bool,
+}
+
+impl<'h> RawTransaction<'h> {
+    /// Runs `sql` (the simple query protocol: several statements, one round trip, no
+    /// parameters), which must begin a transaction block, and returns its rows (of every
+    /// statement that returns any, in order).
+    pub async fn begin(
+        held: &'h mut HeldConnection,
+        sql: &str,
+    ) -> Result<(Self, Vec<sqlx::postgres::PgRow>), sqlx::Error> {
+        held.get().await?;
+        let mut transaction = Self { held, open: true };
+        let rows = Executor::fetch_all(transaction.connection(), sqlx::raw_sql(sql)).await?;
+        Ok((transaction, rows))
+    }
+
+    fn connection(&mut self) -> &mut sqlx::PgConnection {
+        self.held
+            .connection
+            .as_deref_mut()
+            .expect("a transaction holds its connection")
+    }
+
+    /// Commits; on failure the connection is closed (and the transaction rolled back).
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        Executor::execute(self.connection(), sqlx::raw_sql("COMMIT")).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for RawTransaction<'_> {
+    type Target = sqlx::PgConnection;
+
+    fn deref(&self) -> &sqlx::PgConnection {
+        self.held
+            .connection
+            .as_deref()
+            .expect("a transaction holds its connection")
+    }
+}
+
+impl std::ops::DerefMut for RawTransaction<'_> {
+    fn deref_mut(&mut self) -> &mut sqlx::PgConnection {
+        self.connection()
+    }
+}
+
+impl Drop for RawTransaction<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.held.discard();
+        }
     }
 }
 
