@@ -113,13 +113,13 @@ fn replay(
 }
 
 pub(crate) fn repeat_event(
-    root: &ComplaintRow,
+    root: uuid::Uuid,
     repeat: &ComplaintRow,
     raised: Option<Priority>,
     at: chrono::DateTime<Utc>,
 ) -> Payload {
     Payload::ComplaintRepeatContact(ComplaintRepeatContact {
-        complaint_id: root.id.to_string(),
+        complaint_id: root.to_string(),
         repeat_complaint_id: repeat.id.to_string(),
         repeat_reference: repeat.reference.clone(),
         channel: repeat.channel as i32,
@@ -689,7 +689,7 @@ impl IntakeService for IntakeApi {
                 &mut tx,
                 &root.id.to_string(),
                 "",
-                repeat_event(&root, &row, None, now),
+                repeat_event(root.id, &row, None, now),
             )
             .await
             .map_err(|e| grpc::storage(&e))?;

@@ -39,8 +39,8 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0003_complaint_cases.sql"),
     },
     Migration {
-        name: "0004_repeat_candidates_function",
-        sql: include_str!("../migrations/0004_repeat_candidates_function.sql"),
+        name: "0004_lock_repeat_candidates",
+        sql: include_str!("../migrations/0004_lock_repeat_candidates.sql"),
     },
 ];
 

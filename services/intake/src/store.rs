@@ -1,8 +1,8 @@
 //! SQL of the `intake` schema.
 
 use chrono::{DateTime, Utc};
-use complaints_kit::events::EncodedEvent;
 use complaints_kit::db::{HeldConnection, RawTransaction};
+use complaints_kit::events::EncodedEvent;
 use sqlx::{FromRow as _, PgConnection, PgPool, Row as _};
 use uuid::Uuid;
 
@@ -65,17 +65,6 @@ pub struct NewComplaintRow<'a> {
     pub status: i16,
     /// For a repeat contact: the complaint it is linked to.
     pub linked_to: Option<Uuid>,
-}
-
-/// Takes `n` reference numbers from the sequence (handed out by the caller one at a time).
-pub async fn reserve_reference_numbers(
-    conn: &mut PgConnection,
-    n: i64,
-) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT nextval('intake.reference_seq') FROM generate_series(1, $1)")
-        .bind(n)
-        .fetch_all(conn)
-        .await
 }
 
 /// Inserts complaints whose `request_id` is not taken yet, and with them, in the same
@@ -208,25 +197,6 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<ComplaintR
     .await
 }
 
-/// Locks several complaints (in id order, so writers never deadlock).
-pub async fn lock_all(
-    conn: &mut PgConnection,
-    ids: &[Uuid],
-) -> Result<Vec<ComplaintRow>, sqlx::Error> {
-    let mut ids = ids.to_vec();
-    ids.sort();
-    ids.dedup();
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM intake.complaints WHERE id = ANY($1) ORDER BY id FOR UPDATE"
-    ))
-    // Unprepared (see "Plans" in `complaints_kit::db`); inside the submit transaction its
-    // generic plan is built afresh each time.
-    .persistent(false)
-    .bind(&ids)
-    .fetch_all(conn)
-    .await
-}
-
 pub struct ListFilter {
     pub channel: Option<i16>,
     pub status: Option<i16>,
@@ -295,18 +265,19 @@ pub async fn set_status(
     .await
 }
 
-/// What repeat matching needs of a stored complaint.
+/// A stored open, unlinked complaint a batch may be a repeat contact of (locked by the batch),
+/// with what repeat matching and recording need of it.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct CandidateRow {
     pub id: Uuid,
+    pub reference: String,
     pub customer_id: Option<String>,
     pub phone: Option<String>,
     pub email: Option<String>,
     pub order_ref: Option<String>,
     pub product_ref: Option<String>,
     pub received_at: DateTime<Utc>,
-    pub case_open: bool,
-    pub linked_to: Option<Uuid>,
+    pub priority: i16,
 }
 
 /// What a batch's repeat-contact lookup looks for: open, unlinked complaints received since
@@ -318,32 +289,56 @@ pub struct CandidateLookup<'a> {
     pub since: DateTime<Utc>,
 }
 
+/// A batch's transaction, just begun, with what its first round trip read.
+pub struct Begun<'h> {
+    pub transaction: RawTransaction<'h>,
+    /// Stored open, unlinked complaints of the batch's customers, each once, locked until
+    /// the transaction ends.
+    pub candidates: Vec<CandidateRow>,
+    /// Numbers taken from the reference sequence, as many as asked for.
+    pub reference_numbers: Vec<i64>,
+}
+
 /// Begins a batch's transaction: serialises submissions of the customers given, so two first
-/// contacts of one customer cannot both open a case, and finds the stored complaints the batch
-/// may be a repeat contact of, all in one round trip. A contact is the same customer's when any
-/// of its identifiers matches, so every identifier given (`customer:…`, `phone:…`, `email:…`)
-/// is locked, in one order for all. No identifiers: no lock, but the same `lock_timeout`. The
-/// candidates (`intake.repeat_candidates`: for each identifier its 50 newest, each complaint
-/// once) are read after the locks are granted, so a contact committed by the holder of a lock
-/// is seen.
+/// contacts of one customer cannot both open a case, finds the stored complaints the batch may
+/// be a repeat contact of, and takes `reserve` numbers from the reference sequence, all in one
+/// round trip. A contact is the same customer's when any of its identifiers matches, so every
+/// identifier given (`customer:…`, `phone:…`, `email:…`) is locked, in one order for all. No
+/// identifiers: no lock, but the same `lock_timeout`. The candidates
+/// (`intake.lock_repeat_candidates`: for each identifier its 50 newest) are read after the
+/// customers' locks are granted, so a contact committed by the holder of one is seen, and are
+/// locked themselves (in id order), so none is closed or linked elsewhere before the batch
+/// commits.
 pub async fn begin_for_customer<'h>(
     connection: &'h mut HeldConnection,
     identifiers: &[String],
     lookup: Option<&CandidateLookup<'_>>,
+    reserve: usize,
     lock_timeout: std::time::Duration,
-) -> Result<(RawTransaction<'h>, Vec<CandidateRow>), sqlx::Error> {
-    let (transaction, rows) =
-        RawTransaction::begin(connection, &begin_sql(identifiers, lookup, lock_timeout)).await?;
-    // The lock statement's one row has no `id`.
-    let mut candidates = rows
-        .iter()
-        .filter(|row| row.try_column("id").is_ok())
-        .map(CandidateRow::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    // A complaint found by two identifiers comes back twice.
-    candidates.sort_by_key(|r| r.id);
-    candidates.dedup_by_key(|r| r.id);
-    Ok((transaction, candidates))
+) -> Result<Begun<'h>, sqlx::Error> {
+    let sql = begin_sql(identifiers, lookup, reserve, lock_timeout);
+    let (transaction, rows) = RawTransaction::begin(connection, &sql).await?;
+    let mut candidates = Vec::new();
+    let mut reference_numbers = Vec::with_capacity(reserve);
+    // Rows of three statements: the locks' one (`locked`), the numbers, the candidates.
+    for row in &rows {
+        if row.try_column("reference_number").is_ok() {
+            reference_numbers.push(row.try_get("reference_number")?);
+        } else if row.try_column("id").is_ok() {
+            candidates.push(CandidateRow::from_row(row)?);
+        }
+    }
+    if reference_numbers.len() != reserve {
+        return Err(sqlx::Error::Protocol(format!(
+            "the reference sequence gave {} numbers, not {reserve}",
+            reference_numbers.len()
+        )));
+    }
+    Ok(Begun {
+        transaction,
+        candidates,
+        reference_numbers,
+    })
 }
 
 /// The one simple query that begins a batch (see [`begin_for_customer`]).
@@ -365,6 +360,7 @@ pub async fn begin_for_customer<'h>(
 pub fn begin_sql(
     identifiers: &[String],
     lookup: Option<&CandidateLookup<'_>>,
+    reserve: usize,
     lock_timeout: std::time::Duration,
 ) -> String {
     use std::fmt::Write as _;
@@ -383,11 +379,19 @@ pub fn begin_sql(
             list.join(",")
         );
     }
+    if reserve > 0 {
+        // Sequences ignore transactions: the numbers are taken either way.
+        let _ = write!(
+            sql,
+            "SELECT nextval('intake.reference_seq') AS reference_number \
+             FROM generate_series(1, {reserve}); "
+        );
+    }
     sql.push_str("BEGIN");
     if let Some(lookup) = lookup {
         let _ = write!(
             sql,
-            "; SELECT * FROM intake.repeat_candidates({}, {}, {}, '{}'::timestamptz)",
+            "; SELECT * FROM intake.lock_repeat_candidates({}, {}, {}, '{}'::timestamptz)",
             text_array_literal(&lookup.customer_ids),
             text_array_literal(&lookup.phones),
             text_array_literal(&lookup.emails),
@@ -444,7 +448,7 @@ mod tests {
     use super::customer_lock_id;
 
     #[test]
-    fn a_batch_begins_with_its_locks_in_order_then_its_lookup_with_values_in_hex() {
+    fn a_batch_begins_with_its_locks_in_order_then_its_numbers_and_lookup() {
         use super::{CandidateLookup, begin_sql};
         let timeout = std::time::Duration::from_millis(1500);
         let identifiers = ["phone:+86139".to_owned(), "customer:C-1".to_owned()];
@@ -463,11 +467,12 @@ mod tests {
             since,
         };
         assert_eq!(
-            begin_sql(&identifiers, Some(&lookup), timeout),
+            begin_sql(&identifiers, Some(&lookup), 3, timeout),
             format!(
                 "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '1500ms'; \
                  SELECT count(pg_advisory_xact_lock(k)) AS locked FROM unnest('{{{},{}}}'::bigint[]) AS k; \
-                 BEGIN; SELECT * FROM intake.repeat_candidates(ARRAY[$v$C-1$v$]::text[], \
+                 SELECT nextval('intake.reference_seq') AS reference_number FROM generate_series(1, 3); \
+                 BEGIN; SELECT * FROM intake.lock_repeat_candidates(ARRAY[$v$C-1$v$]::text[], \
                  ARRAY[$v$+86139$v$, $v$x'); --$v$]::text[], '{{}}'::text[], \
                  '2026-11-06T08:00:00.500000Z'::timestamptz)",
                 ids[0], ids[1]
@@ -475,7 +480,7 @@ mod tests {
         );
         // Nothing to lock or look up: the transaction's settings and its BEGIN only.
         assert_eq!(
-            begin_sql(&[], None, timeout),
+            begin_sql(&[], None, 0, timeout),
             "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '1500ms'; BEGIN"
         );
     }
@@ -518,6 +523,62 @@ pub async fn record_repeat(
     .bind(priority)
     .fetch_one(conn)
     .await
+}
+
+/// Counts repeat contacts on the complaints they are linked to and sets their (possibly
+/// raised) priorities, and writes the events that announce them, in one statement: `roots`
+/// holds (complaint, repeat contacts to add, priority now), `events` the announcements in
+/// their order.
+pub async fn record_repeats(
+    conn: &mut PgConnection,
+    roots: &[(Uuid, i32, i16)],
+    events: &[EncodedEvent],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = roots.iter().map(|r| r.0).collect();
+    let counts: Vec<i32> = roots.iter().map(|r| r.1).collect();
+    let priorities: Vec<i16> = roots.iter().map(|r| r.2).collect();
+    let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let aggregates: Vec<&str> = events.iter().map(|e| e.aggregate_id.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    let updated = sqlx::query_scalar::<_, i64>(
+        "WITH counted AS (
+             UPDATE intake.complaints c
+             SET repeat_contacts = c.repeat_contacts + r.n, priority = r.priority,
+                 version = c.version + r.n
+             FROM unnest($1::uuid[], $2::integer[], $3::smallint[]) AS r(id, n, priority)
+             WHERE c.id = r.id
+             RETURNING c.id),
+         announced AS (
+             -- Sequence numbers follow the order given.
+             INSERT INTO intake.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
+             SELECT e.id, e.aggregate, e.kind, e.at, e.payload
+             FROM unnest($4::uuid[], $5::text[], $6::text[], $7::timestamptz[], $8::bytea[])
+                  WITH ORDINALITY AS e(id, aggregate, kind, at, payload, n)
+             ORDER BY e.n)
+         SELECT count(*) FROM counted",
+    )
+    // Unprepared (see "Plans" in `complaints_kit::db`): a plan kept from when the table was
+    // small joined the whole table, and every repeat contact's batch grew slower with it.
+    .persistent(false)
+    .bind(&ids)
+    .bind(&counts)
+    .bind(&priorities)
+    .bind(&event_ids)
+    .bind(&aggregates)
+    .bind(&types)
+    .bind(&times)
+    .bind(&payloads)
+    .fetch_one(conn)
+    .await?;
+    if updated != roots.len() as i64 {
+        return Err(sqlx::Error::Protocol(format!(
+            "{updated} of {} complaints counted a repeat contact",
+            roots.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Links a complaint to an earlier one (or unlinks it with `None`), setting its status.

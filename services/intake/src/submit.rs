@@ -11,7 +11,7 @@
 //! ([`repeat::decide_batch`]). A batch that fails is retried one complaint per transaction,
 //! so one bad complaint never fails the others and every caller gets its own answer.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -442,46 +442,41 @@ impl Writer {
         // One round trip: the customers' locks, the transaction's BEGIN, and the stored
         // complaints this batch may be a repeat contact of.
         let lookup = self.candidate_lookup(&contacts);
-        let (mut tx, rows) =
-            store::begin_for_customer(connection, &identifiers, lookup.as_ref(), lock_timeout)
-                .await
-                .map_err(storage)?;
-        let stored = candidates(rows);
-        // Decide, lock the stored complaints chosen as roots, and decide again without any
-        // that stopped being open or unlinked before the lock was taken.
-        let mut roots: HashMap<Uuid, ComplaintRow> = HashMap::new();
-        let mut gone: HashSet<Uuid> = HashSet::new();
-        let decisions = loop {
-            let candidates: Vec<Candidate> = stored
-                .iter()
-                .filter(|c| !gone.contains(&c.id))
-                .cloned()
-                .collect();
-            let decisions = repeat::decide_batch(&contacts, &candidates, &self.rules);
-            let wanted: Vec<Uuid> = decisions
-                .iter()
-                .filter_map(|d| match d {
-                    Some((Root::Stored(id), _)) if !roots.contains_key(id) => Some(*id),
-                    _ => None,
-                })
-                .collect();
-            if wanted.is_empty() {
-                break decisions;
-            }
-            let locked = store::lock_all(&mut tx, &wanted).await.map_err(storage)?;
-            for id in wanted {
-                match locked.iter().find(|r| r.id == id) {
-                    Some(row) if row.case_open && row.linked_to.is_none() => {
-                        roots.insert(id, row.clone());
-                    }
-                    _ => {
-                        gone.insert(id);
-                    }
-                }
-            }
+        // Reference numbers come from this replica's block, topped up in the same round trip
+        // when it runs short (a failed batch leaves a gap: references have gaps, never
+        // duplicates).
+        let mut numbers = self.take_reference_numbers(unique.len());
+        let missing = unique.len() - numbers.len();
+        let reserve = if missing > 0 {
+            missing + REFERENCE_BLOCK
+        } else {
+            0
         };
+        let begun = store::begin_for_customer(
+            connection,
+            &identifiers,
+            lookup.as_ref(),
+            reserve,
+            lock_timeout,
+        )
+        .await
+        .map_err(storage)?;
+        let store::Begun {
+            transaction: mut tx,
+            candidates: stored,
+            reference_numbers: mut block,
+        } = begun;
+        if reserve > 0 {
+            let rest = block.split_off(missing);
+            numbers.extend(block);
+            if let Ok(mut queue) = self.reference_numbers.lock() {
+                queue.extend(rest);
+            }
+        }
+        // The candidates are locked: each stays open and unlinked until this batch commits.
+        let decisions = repeat::decide_batch(&contacts, &candidates(&stored), &self.rules);
+        let roots: HashMap<Uuid, &store::CandidateRow> = stored.iter().map(|r| (r.id, r)).collect();
 
-        let numbers = self.reference_numbers(&mut tx, unique.len()).await?;
         let references: Vec<String> = unique
             .iter()
             .zip(&numbers)
@@ -563,12 +558,14 @@ impl Writer {
                 .collect()
         };
 
-        // Repeat contacts count on their roots, in order (each may raise the priority again).
+        // Repeat contacts count on their roots, in order (each may raise the priority again),
+        // recorded with their announcements in one statement.
         let mut priorities: HashMap<Uuid, i16> =
             roots.values().map(|r| (r.id, r.priority)).collect();
         for row in inserted.values() {
             priorities.entry(row.id).or_insert(row.priority);
         }
+        let mut counts: HashMap<Uuid, i32> = HashMap::new();
         let mut linked_references: Vec<String> = vec![String::new(); unique.len()];
         let mut repeat_events = Vec::new();
         for (i, p) in unique.iter().enumerate() {
@@ -581,21 +578,33 @@ impl Writer {
                 .unwrap_or(Priority::P3);
             let raised = (self.rules.raises_priority && current != Priority::P1)
                 .then(|| classify::raise(current));
-            let root = store::record_repeat(&mut tx, root_id, raised.unwrap_or(current) as i16)
+            priorities.insert(root_id, raised.unwrap_or(current) as i16);
+            *counts.entry(root_id).or_default() += 1;
+            repeat_events.push(self.events.encode(
+                &root_id.to_string(),
+                &p.traceparent,
+                repeat_event(root_id, row, raised, p.received_at),
+            ));
+            // A stored root, or one stored by this batch (the foreign key saw to that).
+            linked_references[i] = match roots.get(&root_id) {
+                Some(root) => root.reference.clone(),
+                None => inserted
+                    .get(&root_id)
+                    .map(|r| r.reference.clone())
+                    .unwrap_or_default(),
+            };
+        }
+        if !counts.is_empty() {
+            let mut recorded: Vec<(Uuid, i32, i16)> = counts
+                .iter()
+                .map(|(id, n)| (*id, *n, priorities[id]))
+                .collect();
+            // In id order, as every writer locks them.
+            recorded.sort_unstable_by_key(|r| r.0);
+            store::record_repeats(&mut tx, &recorded, &repeat_events)
                 .await
                 .map_err(storage)?;
-            priorities.insert(root_id, root.priority);
-            repeat_events.push((
-                root.id.to_string(),
-                p.traceparent.clone(),
-                repeat_event(&root, row, raised, p.received_at),
-            ));
-            linked_references[i] = root.reference;
         }
-        self.events
-            .append_all(&mut tx, repeat_events)
-            .await
-            .map_err(storage)?;
         tx.commit().await.map_err(storage)?;
         for (row, event) in &rows {
             if let Some(event) = event
@@ -603,6 +612,9 @@ impl Writer {
             {
                 self.events.produced(event.event_type);
             }
+        }
+        for event in &repeat_events {
+            self.events.produced(event.event_type);
         }
         self.events.committed();
 
@@ -666,33 +678,7 @@ impl Writer {
         })
     }
 
-    /// `n` reference numbers: from this replica's block, topped up from the sequence.
-    async fn reference_numbers(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        n: usize,
-    ) -> Result<Vec<i64>, Status> {
-        let mut taken = self.take_reference_numbers(n);
-        if taken.len() < n {
-            let missing = n - taken.len();
-            let mut block =
-                store::reserve_reference_numbers(tx, (missing + REFERENCE_BLOCK) as i64)
-                    .await
-                    .map_err(|e| grpc::storage(&e))?;
-            if block.len() < missing {
-                return Err(Status::internal(
-                    "the reference sequence returned too few numbers",
-                ));
-            }
-            let rest = block.split_off(missing);
-            taken.extend(block);
-            if let Ok(mut queue) = self.reference_numbers.lock() {
-                queue.extend(rest);
-            }
-        }
-        Ok(taken)
-    }
-
+    /// Up to `n` numbers of this replica's block of reference numbers.
     fn take_reference_numbers(&self, n: usize) -> Vec<i64> {
         match self.reference_numbers.lock() {
             Ok(mut queue) => {
@@ -704,21 +690,22 @@ impl Writer {
     }
 }
 
-/// The stored complaints a batch's lookup found, as repeat matching sees them.
-fn candidates(rows: Vec<store::CandidateRow>) -> Vec<Candidate> {
-    rows.into_iter()
+/// The stored complaints a batch's lookup found (open and unlinked, locked by the batch), as
+/// repeat matching sees them.
+fn candidates(rows: &[store::CandidateRow]) -> Vec<Candidate> {
+    rows.iter()
         .map(|r| Candidate {
             id: r.id,
             key: ContactKey {
-                customer_id: r.customer_id,
-                phone: r.phone,
-                email: r.email,
-                order_ref: r.order_ref,
-                product_ref: r.product_ref,
+                customer_id: r.customer_id.clone(),
+                phone: r.phone.clone(),
+                email: r.email.clone(),
+                order_ref: r.order_ref.clone(),
+                product_ref: r.product_ref.clone(),
             },
             received_at: r.received_at,
-            open: r.case_open,
-            linked: r.linked_to.is_some(),
+            open: true,
+            linked: false,
         })
         .collect()
 }

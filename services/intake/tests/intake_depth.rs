@@ -1010,7 +1010,7 @@ async fn a_batch_that_does_not_commit_closes_its_connection_and_the_next_begins_
     let first = backend_pid(held.get().await.unwrap()).await;
     let identifiers = ["customer:HELD".to_owned()];
     let timeout = std::time::Duration::from_millis(50);
-    let failed = intake::store::begin_for_customer(&mut held, &identifiers, None, timeout).await;
+    let failed = intake::store::begin_for_customer(&mut held, &identifiers, None, 0, timeout).await;
     let error = failed.map(|_| ()).unwrap_err();
     assert_eq!(
         error.as_database_error().and_then(|e| e.code()).as_deref(),
@@ -1039,13 +1039,32 @@ async fn a_batch_that_does_not_commit_closes_its_connection_and_the_next_begins_
         emails: vec![],
         since: chrono::Utc::now() - chrono::Duration::days(1),
     };
-    let (mut tx, candidates) =
-        intake::store::begin_for_customer(&mut held, &identifiers, Some(&lookup), timeout)
-            .await
-            .unwrap();
+    let intake::store::Begun {
+        transaction: mut tx,
+        candidates,
+        reference_numbers: numbers,
+    } = intake::store::begin_for_customer(&mut held, &identifiers, Some(&lookup), 3, timeout)
+        .await
+        .unwrap();
     assert_eq!(
-        candidates.iter().map(|c| c.id.to_string()).collect::<Vec<_>>(),
+        candidates
+            .iter()
+            .map(|c| c.id.to_string())
+            .collect::<Vec<_>>(),
         vec![stored.id]
+    );
+    // Three numbers of the sequence, one after another, all after the stored complaint's.
+    let stored_number: i64 = stored
+        .reference
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(numbers.len(), 3);
+    assert!(
+        numbers[0] > stored_number && numbers[1] == numbers[0] + 1 && numbers[2] == numbers[1] + 1,
+        "{numbers:?}"
     );
     assert_eq!(
         advisory_locks_and_timeout(&mut tx).await,
@@ -1058,16 +1077,21 @@ async fn a_batch_that_does_not_commit_closes_its_connection_and_the_next_begins_
     assert!(held.is_held());
     let xid = "SELECT pg_current_xact_id()::text, current_setting('lock_timeout')";
     let conn = held.get().await.unwrap();
-    let (a, lock_timeout): (String, String) = sqlx::query_as(xid).fetch_one(&mut *conn).await.unwrap();
+    let (a, lock_timeout): (String, String) =
+        sqlx::query_as(xid).fetch_one(&mut *conn).await.unwrap();
     let (b, _): (String, String) = sqlx::query_as(xid).fetch_one(&mut *conn).await.unwrap();
     assert_ne!(a, b, "a transaction was left open");
     assert_eq!(lock_timeout, "0", "the setting ends with its transaction");
 
     // A batch without identifiers locks no customer, and its waits are bounded all the same.
-    let (mut tx, candidates) = intake::store::begin_for_customer(&mut held, &[], None, timeout)
+    let intake::store::Begun {
+        transaction: mut tx,
+        candidates,
+        reference_numbers,
+    } = intake::store::begin_for_customer(&mut held, &[], None, 0, timeout)
         .await
         .unwrap();
-    assert!(candidates.is_empty());
+    assert!(candidates.is_empty() && reference_numbers.is_empty());
     assert_eq!(
         advisory_locks_and_timeout(&mut tx).await,
         (0, "50ms".into())
@@ -1076,13 +1100,16 @@ async fn a_batch_that_does_not_commit_closes_its_connection_and_the_next_begins_
 
     // A batch dropped before its commit (an error after it began, a panic) takes its
     // connection with it: nothing it wrote stays, and its lock is free at once.
-    let (mut tx, _) = intake::store::begin_for_customer(&mut held, &identifiers, None, timeout)
+    let mut tx = intake::store::begin_for_customer(&mut held, &identifiers, None, 0, timeout)
         .await
-        .unwrap();
-    sqlx::query("UPDATE intake.complaints SET status_note = 'uncommitted' WHERE customer_id = 'HELD'")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+        .unwrap()
+        .transaction;
+    sqlx::query(
+        "UPDATE intake.complaints SET status_note = 'uncommitted' WHERE customer_id = 'HELD'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
     let third = backend_pid(&mut tx).await;
     drop(tx);
     assert!(!held.is_held());
@@ -1152,5 +1179,121 @@ async fn identifiers_that_look_like_sql_are_matched_exactly() {
         count_rows(&h.pool, "SELECT count(*) FROM intake.complaints").await,
         3
     );
+    h.service.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_repeat_contacts_in_one_batch_count_twice_and_raise_priority_twice() {
+    let h = start().await;
+    let mut intake = h.client(Role::Service);
+    let root = intake
+        .submit_complaint(own_contact("twice-0", "TWICE", "O-twice", "快递丢了"))
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    let root_id: uuid::Uuid = root.id.parse().unwrap();
+    sqlx::query("UPDATE intake.complaints SET priority = 4 WHERE id = $1")
+        .bind(root_id)
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    let held = hold_writers(&h).await;
+    let calls: Vec<_> = (1..=2)
+        .map(|i| {
+            let mut intake = h.client(Role::Service);
+            tokio::spawn(async move {
+                intake
+                    .submit_complaint(own_contact(
+                        &format!("twice-{i}"),
+                        "TWICE",
+                        "O-twice",
+                        "快递还是没有消息",
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    release_writers(held).await;
+    for call in calls {
+        let repeat = call.await.unwrap().unwrap().into_inner().complaint.unwrap();
+        assert_eq!(repeat.linked_to_complaint_id, root.id);
+    }
+    // P4 raised twice, two contacts and two versions more, in the one statement of the batch.
+    let (priority, repeats, version): (i16, i32, i64) = sqlx::query_as(
+        "SELECT priority, repeat_contacts, version FROM intake.complaints WHERE id = $1",
+    )
+    .bind(root_id)
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (priority, repeats, version),
+        (2, 2, root.version as i64 + 2)
+    );
+    let transactions: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT txid::text, count(*) FROM intake.event_outbox
+         WHERE aggregate_id = $1 AND event_type = 'ComplaintRepeatContact' GROUP BY txid",
+    )
+    .bind(&root.id)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(transactions.len(), 1, "{transactions:?}");
+    assert_eq!(transactions[0].1, 2);
+    h.service.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complaint_closed_while_a_repeat_contact_waits_for_it_is_not_linked_to() {
+    let h = start().await;
+    let mut intake = h.client(Role::Service);
+    let first = intake
+        .submit_complaint(own_contact("gone-1", "GONE", "O-gone", "屏幕坏了"))
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap();
+    // Its case closes in a transaction that holds the complaint's row meanwhile.
+    let mut closing = h.pool.begin().await.unwrap();
+    sqlx::query("UPDATE intake.complaints SET case_open = false WHERE id = $1::uuid")
+        .bind(&first.id)
+        .execute(&mut *closing)
+        .await
+        .unwrap();
+    let mut repeat_client = h.client(Role::Service);
+    let repeat = tokio::spawn(async move {
+        repeat_client
+            .submit_complaint(own_contact("gone-2", "GONE", "O-gone", "屏幕还是坏的"))
+            .await
+    });
+    // The contact's batch found the complaint open and waits for its row.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'intake' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no batch waited for the row"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    closing.commit().await.unwrap();
+    let repeat = repeat.await.unwrap().unwrap().into_inner();
+    assert!(repeat.created);
+    let repeat = repeat.complaint.unwrap();
+    assert!(repeat.linked_to_complaint_id.is_empty(), "{repeat:?}");
+    assert_eq!(repeat.status, ComplaintStatus::Received as i32);
     h.service.stop().await.unwrap();
 }
