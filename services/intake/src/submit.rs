@@ -5,9 +5,10 @@
 //! A writer takes whatever is queued once the batch in flight is done (at most
 //! [`MAX_BATCH`]; a batch stuck past [`STANDBY_AFTER`] holds nothing back) and, while it has
 //! fewer than four, what arrives within the gather window (`SUBMIT_BATCH_GATHER`, 1 ms), so a
-//! lone call waits at most that long, and under load one transaction — the customer locks, one
-//! repeat-contact lookup, one insert of every complaint and its event, one commit — serves
-//! many calls. Decisions are the ones the calls would get one at a time in arrival order
+//! lone call waits at most that long, and under load one transaction serves many calls, in
+//! three round trips: the customers' locks, the `BEGIN` and the repeat-contact lookup (which
+//! locks the complaints it finds) together; one insert of every complaint and its event; the
+//! commit. Repeat contacts add one statement, for all of the batch's. Decisions are the ones the calls would get one at a time in arrival order
 //! ([`repeat::decide_batch`]). A batch that fails is retried one complaint per transaction,
 //! so one bad complaint never fails the others and every caller gets its own answer.
 

@@ -15,7 +15,10 @@
 //! an index scan (lookups by primary key, one branch per partial index). The one exception is
 //! intake's submit transaction, which forces generic plans (`plan_cache_mode`): its lookup by
 //! arrays of identifiers is a nested loop of index scans in every plan, and re-planning it per
-//! batch cost more than running it.
+//! batch cost more than running it. That lookup is a PL/pgSQL function (called in the round
+//! trip that begins the transaction, see [`RawTransaction`]) whose plan is kept for the
+//! session; the function plans without sequential scans, so the plan it keeps from a nearly
+//! empty table is still one index range scan per identifier.
 
 use std::str::FromStr;
 use std::time::Duration;
