@@ -356,7 +356,9 @@ pub async fn begin_for_customer<'h>(
 /// quote to PostgreSQL (whatever `standard_conforming_strings` says), so no text from a
 /// request is ever read as SQL. (Written as hexadecimal decoded by `convert_from`, a STABLE
 /// function, the values were no constants to the planner, and the inlined lookup became a scan
-/// of the whole table.) The kit's pool never logs statement texts.
+/// of the whole table.) The kit's pool never logs statement texts; PostgreSQL's own log does
+/// when the statement fails (`log_min_error_statement`, default `error`: a lock that timed out
+/// writes the identifiers to the server's log), and `pg_stat_activity` shows it while it runs.
 pub fn begin_sql(
     identifiers: &[String],
     lookup: Option<&CandidateLookup<'_>>,
@@ -561,6 +563,7 @@ pub async fn record_repeats(
     )
     // Unprepared (see "Plans" in `complaints_kit::db`): a plan kept from when the table was
     // small joined the whole table, and every repeat contact's batch grew slower with it.
+    // (sqlx describes an unprepared statement in a round trip of its own: two in all.)
     .persistent(false)
     .bind(&ids)
     .bind(&counts)

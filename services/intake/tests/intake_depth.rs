@@ -1135,7 +1135,7 @@ async fn a_batch_that_does_not_commit_closes_its_connection_and_the_next_begins_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identifiers_that_look_like_sql_are_matched_exactly() {
-    // The batch's lookup writes its identifiers into the text of a simple query (as hex):
+    // The batch's lookup writes its identifiers into the text of a simple query (dollar-quoted):
     // quotes, backslashes, dollar quotes and comment marks must match as they are.
     let h = start().await;
     let customer = "O'Brien\\'); DROP TABLE intake.complaints; -- $$ 客户";
@@ -1215,7 +1215,8 @@ async fn two_repeat_contacts_in_one_batch_count_twice_and_raise_priority_twice()
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Both calls reach the queue while the writers are held, so they are one batch.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     release_writers(held).await;
     for call in calls {
         let repeat = call.await.unwrap().unwrap().into_inner().complaint.unwrap();
@@ -1275,7 +1276,8 @@ async fn a_complaint_closed_while_a_repeat_contact_waits_for_it_is_not_linked_to
     loop {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
-             WHERE application_name = 'intake' AND wait_event_type = 'Lock'",
+             WHERE application_name = 'intake' AND datname = current_database()
+               AND wait_event_type = 'Lock' AND wait_event = 'transactionid'",
         )
         .fetch_one(&h.pool)
         .await

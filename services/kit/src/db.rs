@@ -165,7 +165,8 @@ impl HeldConnection {
 /// inside a transaction, so this one is ended here: [`commit`](Self::commit), or, if it is
 /// dropped before (an error, a panic, a cancelled future), the connection is closed and
 /// PostgreSQL rolls it back. A failed `begin` closes the connection too, whether or not its
-/// `BEGIN` ran.
+/// `BEGIN` ran. Never begin a sqlx transaction on it (sqlx does not know this one is open: its
+/// commit would end this one).
 pub struct RawTransaction<'h> {
     held: &'h mut HeldConnection,
     open: bool,
