@@ -343,13 +343,13 @@ pub async fn begin_for_customer<'h>(
 
 /// The one simple query that begins a batch (see [`begin_for_customer`]).
 ///
-/// The statements before the `BEGIN` run in the query's implicit transaction, which the
-/// `BEGIN` turns into the transaction block (settings and locks kept). When a lock times out
-/// (SQLSTATE 55P03), PostgreSQL rolls that implicit transaction back and skips the rest. The
-/// locks are taken in the array's (sorted) order by one statement whatever their count; lock
-/// ids are numbers computed here. The transaction keeps generic plans: the lookup is a nested
-/// loop of index scans in every plan, and re-planning it for each batch's identifiers cost
-/// more than running it (0.7 ms against 0.1 ms); the function keeps its plan for the session.
+/// The `BEGIN` comes first: whatever fails after it (a lock that timed out, SQLSTATE 55P03)
+/// leaves a failed transaction block, which `RawTransaction` rolls back, so the connection
+/// ends clean either way. The locks are taken in the array's (sorted) order by one statement
+/// whatever their count; lock ids are numbers computed here. The transaction keeps generic
+/// plans: the lookup is a nested loop of index scans in every plan, and re-planning it for
+/// each batch's identifiers cost more than running it (0.7 ms against 0.1 ms); the function
+/// keeps its plan for the session.
 ///
 /// A simple query carries no parameters, so the lookup's values are written into its text,
 /// each dollar-quoted with a tag that it does not contain: nothing inside is an escape or a
@@ -370,26 +370,25 @@ pub fn begin_sql(
     ids.sort_unstable();
     ids.dedup();
     let mut sql = format!(
-        "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '{}ms'; ",
+        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '{}ms'",
         lock_timeout.as_millis().max(1)
     );
     if !ids.is_empty() {
         let list: Vec<String> = ids.iter().map(i64::to_string).collect();
         let _ = write!(
             sql,
-            "SELECT count(pg_advisory_xact_lock(k)) AS locked FROM unnest('{{{}}}'::bigint[]) AS k; ",
+            "; SELECT count(pg_advisory_xact_lock(k)) AS locked FROM unnest('{{{}}}'::bigint[]) AS k",
             list.join(",")
         );
     }
     if reserve > 0 {
-        // Sequences ignore transactions: the numbers are taken either way.
+        // Sequences ignore transactions: the numbers are taken even if the batch fails.
         let _ = write!(
             sql,
-            "SELECT nextval('intake.reference_seq') AS reference_number \
-             FROM generate_series(1, {reserve}); "
+            "; SELECT nextval('intake.reference_seq') AS reference_number \
+             FROM generate_series(1, {reserve})"
         );
     }
-    sql.push_str("BEGIN");
     if let Some(lookup) = lookup {
         let _ = write!(
             sql,
@@ -471,10 +470,10 @@ mod tests {
         assert_eq!(
             begin_sql(&identifiers, Some(&lookup), 3, timeout),
             format!(
-                "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '1500ms'; \
+                "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '1500ms'; \
                  SELECT count(pg_advisory_xact_lock(k)) AS locked FROM unnest('{{{},{}}}'::bigint[]) AS k; \
                  SELECT nextval('intake.reference_seq') AS reference_number FROM generate_series(1, 3); \
-                 BEGIN; SELECT * FROM intake.lock_repeat_candidates(ARRAY[$v$C-1$v$]::text[], \
+                 SELECT * FROM intake.lock_repeat_candidates(ARRAY[$v$C-1$v$]::text[], \
                  ARRAY[$v$+86139$v$, $v$x'); --$v$]::text[], '{{}}'::text[], \
                  '2026-11-06T08:00:00.500000Z'::timestamptz)",
                 ids[0], ids[1]
@@ -483,7 +482,7 @@ mod tests {
         // Nothing to lock or look up: the transaction's settings and its BEGIN only.
         assert_eq!(
             begin_sql(&[], None, 0, timeout),
-            "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '1500ms'; BEGIN"
+            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '1500ms'"
         );
     }
 

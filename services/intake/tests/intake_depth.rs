@@ -1002,7 +1002,7 @@ async fn wait_backend_gone(pool: &PgPool, pid: i32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_that_does_not_commit_closes_its_connection_and_the_next_begins_clean() {
+async fn a_batch_that_fails_to_begin_is_rolled_back_and_one_dropped_closes_its_connection() {
     use complaints_kit::db::HeldConnection;
     let h = start().await;
     let holder = hold_customer(&h, "HELD").await;
@@ -1017,14 +1017,21 @@ async fn a_batch_that_does_not_commit_closes_its_connection_and_the_next_begins_
         Some("55P03"),
         "{error}"
     );
-    // A connection whose batch did not commit is never used again: PostgreSQL ends whatever
-    // it left open (a failed transaction, its settings) with it.
-    assert!(!held.is_held());
-    wait_backend_gone(&h.pool, first).await;
+    // The failed transaction was rolled back and the connection kept: no transaction left
+    // open (two statements get two transaction ids), no setting of it left behind.
+    assert!(held.is_held());
+    let conn = held.get().await.unwrap();
+    assert_eq!(backend_pid(&mut *conn).await, first);
+    let xid = "SELECT pg_current_xact_id()::text, current_setting('lock_timeout')";
+    let (a, lock_timeout): (String, String) =
+        sqlx::query_as(xid).fetch_one(&mut *conn).await.unwrap();
+    let (b, _): (String, String) = sqlx::query_as(xid).fetch_one(&mut *conn).await.unwrap();
+    assert_ne!(a, b, "a transaction was left open");
+    assert_eq!(lock_timeout, "0");
     release(holder).await;
 
-    // The next batch begins on a new connection, holds the lock with its timeout, and finds
-    // the stored complaints of its customer in the same round trip.
+    // The next batch begins, holds the lock with its timeout, and finds the stored complaints
+    // of its customer in the same round trip.
     let mut intake = h.client(Role::Service);
     let stored = intake
         .submit_complaint(own_contact("held-1", "HELD", "O-held", "发票金额不对"))
@@ -1070,8 +1077,6 @@ async fn a_batch_that_does_not_commit_closes_its_connection_and_the_next_begins_
         advisory_locks_and_timeout(&mut tx).await,
         (1, "50ms".into())
     );
-    let second = backend_pid(&mut tx).await;
-    assert_ne!(second, first);
     tx.commit().await.unwrap();
     // Committed: the connection stays, out of any transaction, its settings gone.
     assert!(held.is_held());

@@ -162,11 +162,11 @@ impl HeldConnection {
 /// its rows away, so work that must follow the `BEGIN` in the same round trip (intake's
 /// repeat-contact lookup, after its customers' locks) would cost a round trip of its own.
 /// Here the query's rows come back with the transaction. sqlx does not know the connection is
-/// inside a transaction, so this one is ended here: [`commit`](Self::commit), or, if it is
-/// dropped before (an error, a panic, a cancelled future), the connection is closed and
-/// PostgreSQL rolls it back. A failed `begin` closes the connection too, whether or not its
-/// `BEGIN` ran. Never begin a sqlx transaction on it (sqlx does not know this one is open: its
-/// commit would end this one).
+/// inside a transaction, so this one is ended here: [`commit`](Self::commit) or
+/// [`rollback`](Self::rollback). If it is dropped before (an error, a panic, a cancelled
+/// future), the connection is closed and PostgreSQL rolls the transaction back. A `begin` that
+/// fails (a lock that timed out) is rolled back at once and the connection kept. Never begin a
+/// sqlx transaction on it (sqlx does not know this one is open: its commit would end this one).
 pub struct RawTransaction<'h> {
     held: &'h mut HeldConnection,
     open: bool,
@@ -174,16 +174,36 @@ pub struct RawTransaction<'h> {
 
 impl<'h> RawTransaction<'h> {
     /// Runs `sql` (the simple query protocol: several statements, one round trip, no
-    /// parameters), which must begin a transaction block, and returns its rows (of every
-    /// statement that returns any, in order).
+    /// parameters), which must start with `BEGIN`, and returns its rows (of every statement
+    /// that returns any, in order). Whatever fails after the `BEGIN` leaves a failed
+    /// transaction block, which is rolled back here before the error is returned.
     pub async fn begin(
         held: &'h mut HeldConnection,
         sql: &str,
     ) -> Result<(Self, Vec<sqlx::postgres::PgRow>), sqlx::Error> {
+        debug_assert!(
+            sql.trim_start().starts_with("BEGIN"),
+            "a raw transaction's query starts with BEGIN"
+        );
         held.get().await?;
         let mut transaction = Self { held, open: true };
-        let rows = Executor::fetch_all(transaction.connection(), sqlx::raw_sql(sql)).await?;
-        Ok((transaction, rows))
+        match Executor::fetch_all(transaction.connection(), sqlx::raw_sql(sql)).await {
+            Ok(rows) => Ok((transaction, rows)),
+            Err(error) => {
+                transaction.rollback().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Rolls back; if that fails too, the connection is closed.
+    pub async fn rollback(mut self) {
+        if Executor::execute(self.connection(), sqlx::raw_sql("ROLLBACK"))
+            .await
+            .is_ok()
+        {
+            self.open = false;
+        }
     }
 
     fn connection(&mut self) -> &mut sqlx::PgConnection {
