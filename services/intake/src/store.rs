@@ -347,9 +347,12 @@ pub async fn begin_for_customer<'h>(
 /// leaves a failed transaction block, which `RawTransaction` rolls back, so the connection
 /// ends clean either way. The locks are taken in the array's (sorted) order by one statement
 /// whatever their count; lock ids are numbers computed here. The transaction keeps generic
-/// plans: the lookup is a nested loop of index scans in every plan, and re-planning it for
-/// each batch's identifiers cost more than running it (0.7 ms against 0.1 ms); the function
-/// keeps its plan for the session.
+/// plans, made without sequential scans: each of its statements reads a few rows by key, so an
+/// index scan is right at any table size, and a plan kept from a nearly empty table stays
+/// right (one that joined `unnest(…)` to a scan of the whole table made every repeat contact's
+/// batch slower as the table grew). The lookup is a nested loop of index scans in every plan,
+/// and re-planning it for each batch's identifiers cost more than running it (0.7 ms against
+/// 0.1 ms); the function keeps its plan for the session.
 ///
 /// A simple query carries no parameters, so the lookup's values are written into its text,
 /// each dollar-quoted with a tag that it does not contain: nothing inside is an escape or a
@@ -370,7 +373,8 @@ pub fn begin_sql(
     ids.sort_unstable();
     ids.dedup();
     let mut sql = format!(
-        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '{}ms'",
+        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; \
+         SET LOCAL lock_timeout = '{}ms'",
         lock_timeout.as_millis().max(1)
     );
     if !ids.is_empty() {
@@ -470,7 +474,8 @@ mod tests {
         assert_eq!(
             begin_sql(&identifiers, Some(&lookup), 3, timeout),
             format!(
-                "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '1500ms'; \
+                "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; \
+                 SET LOCAL lock_timeout = '1500ms'; \
                  SELECT count(pg_advisory_xact_lock(k)) AS locked FROM unnest('{{{},{}}}'::bigint[]) AS k; \
                  SELECT nextval('intake.reference_seq') AS reference_number FROM generate_series(1, 3); \
                  SELECT * FROM intake.lock_repeat_candidates(ARRAY[$v$C-1$v$]::text[], \
@@ -482,7 +487,8 @@ mod tests {
         // Nothing to lock or look up: the transaction's settings and its BEGIN only.
         assert_eq!(
             begin_sql(&[], None, 0, timeout),
-            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '1500ms'"
+            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; \
+             SET LOCAL lock_timeout = '1500ms'"
         );
     }
 
@@ -526,6 +532,23 @@ pub async fn record_repeat(
     .await
 }
 
+/// The statement of [`record_repeats`].
+pub const RECORD_REPEATS: &str = "WITH counted AS (
+         UPDATE intake.complaints c
+         SET repeat_contacts = c.repeat_contacts + r.n, priority = r.priority,
+             version = c.version + r.n
+         FROM unnest($1::uuid[], $2::integer[], $3::smallint[]) AS r(id, n, priority)
+         WHERE c.id = r.id
+         RETURNING c.id),
+     announced AS (
+         -- Sequence numbers follow the order given.
+         INSERT INTO intake.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
+         SELECT e.id, e.aggregate, e.kind, e.at, e.payload
+         FROM unnest($4::uuid[], $5::text[], $6::text[], $7::timestamptz[], $8::bytea[])
+              WITH ORDINALITY AS e(id, aggregate, kind, at, payload, n)
+         ORDER BY e.n)
+     SELECT count(*) FROM counted";
+
 /// Counts repeat contacts on the complaints they are linked to and sets their (possibly
 /// raised) priorities, and writes the events that announce them, in one statement: `roots`
 /// holds (complaint, repeat contacts to add, priority now), `events` the announcements in
@@ -543,37 +566,19 @@ pub async fn record_repeats(
     let types: Vec<&str> = events.iter().map(|e| e.event_type).collect();
     let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
     let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-    let updated = sqlx::query_scalar::<_, i64>(
-        "WITH counted AS (
-             UPDATE intake.complaints c
-             SET repeat_contacts = c.repeat_contacts + r.n, priority = r.priority,
-                 version = c.version + r.n
-             FROM unnest($1::uuid[], $2::integer[], $3::smallint[]) AS r(id, n, priority)
-             WHERE c.id = r.id
-             RETURNING c.id),
-         announced AS (
-             -- Sequence numbers follow the order given.
-             INSERT INTO intake.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
-             SELECT e.id, e.aggregate, e.kind, e.at, e.payload
-             FROM unnest($4::uuid[], $5::text[], $6::text[], $7::timestamptz[], $8::bytea[])
-                  WITH ORDINALITY AS e(id, aggregate, kind, at, payload, n)
-             ORDER BY e.n)
-         SELECT count(*) FROM counted",
-    )
-    // Unprepared (see "Plans" in `complaints_kit::db`): a plan kept from when the table was
-    // small joined the whole table, and every repeat contact's batch grew slower with it.
-    // (sqlx describes an unprepared statement in a round trip of its own: two in all.)
-    .persistent(false)
-    .bind(&ids)
-    .bind(&counts)
-    .bind(&priorities)
-    .bind(&event_ids)
-    .bind(&aggregates)
-    .bind(&types)
-    .bind(&times)
-    .bind(&payloads)
-    .fetch_one(conn)
-    .await?;
+    // Prepared and kept: made in the submit transaction, which plans without sequential
+    // scans (see `begin_sql`), the kept plan reads each complaint by its key at any table size.
+    let updated = sqlx::query_scalar::<_, i64>(RECORD_REPEATS)
+        .bind(&ids)
+        .bind(&counts)
+        .bind(&priorities)
+        .bind(&event_ids)
+        .bind(&aggregates)
+        .bind(&types)
+        .bind(&times)
+        .bind(&payloads)
+        .fetch_one(conn)
+        .await?;
     if updated != roots.len() as i64 {
         return Err(sqlx::Error::Protocol(format!(
             "{updated} of {} complaints counted a repeat contact",

@@ -1304,3 +1304,53 @@ async fn a_complaint_closed_while_a_repeat_contact_waits_for_it_is_not_linked_to
     assert_eq!(repeat.status, ComplaintStatus::Received as i32);
     h.service.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_submit_transaction_keeps_plans_that_read_by_key_even_from_an_empty_table() {
+    // A batch's statements are prepared once per connection and their generic plans kept.
+    // Made while `intake.complaints` is empty, a plan of the repeat-contact update that scanned
+    // the whole table would be kept while the table grew.
+    let h = start().await;
+    // The service migrates its schema as it starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sqlx::query_scalar::<_, bool>(
+        "SELECT to_regprocedure('intake.lock_repeat_candidates(text[], text[], text[], timestamptz)') IS NOT NULL",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap()
+    {
+        assert!(std::time::Instant::now() < deadline, "intake never migrated");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut held = complaints_kit::db::HeldConnection::new(h.pool.clone());
+    let mut tx = intake::store::begin_for_customer(
+        &mut held,
+        &[],
+        None,
+        0,
+        std::time::Duration::from_secs(1),
+    )
+    .await
+    .unwrap()
+    .transaction;
+    sqlx::raw_sql(&format!(
+        "PREPARE record_repeats(uuid[], integer[], smallint[], uuid[], text[], text[], \
+         timestamptz[], bytea[]) AS {}",
+        intake::store::RECORD_REPEATS
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN EXECUTE record_repeats('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}')",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("complaints_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan on complaints"), "{plan}");
+    drop(tx);
+    h.service.stop().await.unwrap();
+}
