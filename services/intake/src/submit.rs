@@ -8,8 +8,8 @@
 //! lone call waits at most that long, and under load one transaction serves many calls, in
 //! three round trips: the customers' locks, the `BEGIN` and the repeat-contact lookup (which
 //! locks the complaints it finds) together; one insert of every complaint and its event; the
-//! commit. Repeat contacts add one statement, for all of the batch's. Decisions are the ones the calls would get one at a time in arrival order
-//! ([`repeat::decide_batch`]). A batch that fails is retried one complaint per transaction,
+//! commit. Repeat contacts add one statement, for all of the batch's. Decisions are the ones
+//! the calls would get one at a time in arrival order ([`repeat::decide_batch`]). A batch that fails is retried one complaint per transaction,
 //! so one bad complaint never fails the others and every caller gets its own answer.
 
 use std::collections::{HashMap, VecDeque};

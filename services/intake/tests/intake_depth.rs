@@ -8,10 +8,10 @@ use complaints_kit::testing::{self, RunningService};
 use complaints_proto::common::v1::{Channel, Priority, Severity};
 use complaints_proto::intake::v1::intake_service_client::IntakeServiceClient;
 use complaints_proto::intake::v1::{
-    Attachment, CategoryRule, Complainant, ComplaintContent, ComplaintStatus, GetComplaintRequest,
-    GetCustomerHistoryRequest, GetTaxonomyRequest, LinkComplaintRequest, ListComplaintsRequest,
-    OverrideClassificationRequest, PublishTaxonomyRequest, SubmitComplaintRequest,
-    UnlinkComplaintRequest,
+    Attachment, CategoryRule, Complainant, Complaint, ComplaintContent, ComplaintStatus,
+    GetComplaintRequest, GetCustomerHistoryRequest, GetTaxonomyRequest, LinkComplaintRequest,
+    ListComplaintsRequest, OverrideClassificationRequest, PublishTaxonomyRequest,
+    SubmitComplaintRequest, UnlinkComplaintRequest,
 };
 use sqlx::PgPool;
 use tonic::Code;
@@ -968,6 +968,17 @@ async fn advisory_locks_and_timeout(tx: &mut sqlx::PgConnection) -> (i64, String
     .unwrap()
 }
 
+/// Submits a contact that must be stored, and returns the complaint.
+async fn stored(intake: &mut Client, request: SubmitComplaintRequest) -> Complaint {
+    intake
+        .submit_complaint(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .complaint
+        .unwrap()
+}
+
 async fn count_rows(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
@@ -1033,13 +1044,11 @@ async fn a_batch_that_fails_to_begin_is_rolled_back_and_one_dropped_closes_its_c
     // The next batch begins, holds the lock with its timeout, and finds the stored complaints
     // of its customer in the same round trip.
     let mut intake = h.client(Role::Service);
-    let stored = intake
-        .submit_complaint(own_contact("held-1", "HELD", "O-held", "发票金额不对"))
-        .await
-        .unwrap()
-        .into_inner()
-        .complaint
-        .unwrap();
+    let stored = stored(
+        &mut intake,
+        own_contact("held-1", "HELD", "O-held", "发票金额不对"),
+    )
+    .await;
     let lookup = intake::store::CandidateLookup {
         customer_ids: vec!["HELD"],
         phones: vec![],
@@ -1143,7 +1152,7 @@ async fn identifiers_that_look_like_sql_are_matched_exactly() {
     // The batch's lookup writes its identifiers into the text of a simple query (dollar-quoted):
     // quotes, backslashes, dollar quotes and comment marks must match as they are.
     let h = start().await;
-    let customer = "O'Brien\\'); DROP TABLE intake.complaints; -- $$ 客户";
+    let customer = "O'Brien\\'); DROP TABLE intake.complaints; -- $$ $v$ 客户";
     let mut intake = h.client(Role::Service);
     let first = intake
         .submit_complaint(own_contact("sql-1", customer, "O-sql", "发票金额不对"))
@@ -1167,18 +1176,16 @@ async fn identifiers_that_look_like_sql_are_matched_exactly() {
     assert_eq!(repeat.linked_to_complaint_id, first.id);
     assert_eq!(repeat.complainant.unwrap().customer_id, customer);
     // A customer whose identifier differs by one character is another customer.
-    let other = intake
-        .submit_complaint(own_contact(
+    let other = stored(
+        &mut intake,
+        own_contact(
             "sql-3",
             &customer.replace('\'', "\""),
             "O-sql",
             "发票金额不对",
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .complaint
-        .unwrap();
+        ),
+    )
+    .await;
     assert!(other.linked_to_complaint_id.is_empty());
     assert_eq!(
         count_rows(&h.pool, "SELECT count(*) FROM intake.complaints").await,
@@ -1191,13 +1198,11 @@ async fn identifiers_that_look_like_sql_are_matched_exactly() {
 async fn two_repeat_contacts_in_one_batch_count_twice_and_raise_priority_twice() {
     let h = start().await;
     let mut intake = h.client(Role::Service);
-    let root = intake
-        .submit_complaint(own_contact("twice-0", "TWICE", "O-twice", "快递丢了"))
-        .await
-        .unwrap()
-        .into_inner()
-        .complaint
-        .unwrap();
+    let root = stored(
+        &mut intake,
+        own_contact("twice-0", "TWICE", "O-twice", "快递丢了"),
+    )
+    .await;
     let root_id: uuid::Uuid = root.id.parse().unwrap();
     sqlx::query("UPDATE intake.complaints SET priority = 4 WHERE id = $1")
         .bind(root_id)
@@ -1256,13 +1261,11 @@ async fn two_repeat_contacts_in_one_batch_count_twice_and_raise_priority_twice()
 async fn a_complaint_closed_while_a_repeat_contact_waits_for_it_is_not_linked_to() {
     let h = start().await;
     let mut intake = h.client(Role::Service);
-    let first = intake
-        .submit_complaint(own_contact("gone-1", "GONE", "O-gone", "屏幕坏了"))
-        .await
-        .unwrap()
-        .into_inner()
-        .complaint
-        .unwrap();
+    let first = stored(
+        &mut intake,
+        own_contact("gone-1", "GONE", "O-gone", "屏幕坏了"),
+    )
+    .await;
     // Its case closes in a transaction that holds the complaint's row meanwhile.
     let mut closing = h.pool.begin().await.unwrap();
     sqlx::query("UPDATE intake.complaints SET case_open = false WHERE id = $1::uuid")

@@ -17,8 +17,9 @@
 //! arrays of identifiers is a nested loop of index scans in every plan, and re-planning it per
 //! batch cost more than running it. That lookup is a PL/pgSQL function (called in the round
 //! trip that begins the transaction, see [`RawTransaction`]) whose plan is kept for the
-//! session; the function plans without sequential scans, so the plan it keeps from a nearly
-//! empty table is still one index range scan per identifier.
+//! session, and the whole transaction plans without sequential scans (`enable_seqscan = off`:
+//! each of its statements reads a few rows by key), so a plan kept from a nearly empty table
+//! still reads by key.
 
 use std::str::FromStr;
 use std::time::Duration;
