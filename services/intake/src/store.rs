@@ -797,6 +797,29 @@ pub async fn case_of(
     .await
 }
 
+/// Locks, in id order, the complaints of `cases` (as [`set_case_open`] finds them) and the
+/// complaints `joining` them, so that the updates that follow wait for no other row.
+pub async fn lock_complaints_of_cases(
+    conn: &mut PgConnection,
+    cases: &[Uuid],
+    joining: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT c.id FROM intake.complaints c
+         WHERE c.id = ANY (ARRAY(
+                   SELECT complaint_id FROM intake.complaint_cases WHERE case_id = ANY ($1)
+                   UNION SELECT id FROM intake.complaints WHERE case_id = ANY ($1)
+                   UNION SELECT unnest($2::uuid[])))
+         ORDER BY c.id
+         FOR NO KEY UPDATE OF c",
+    )
+    .bind(cases)
+    .bind(joining)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Marks whether a case (and so its complaint) is still open.
 pub async fn set_case_open(
     conn: &mut PgConnection,

@@ -1357,3 +1357,185 @@ async fn the_submit_transaction_keeps_plans_that_read_by_key_even_from_an_empty_
     drop(tx);
     h.service.stop().await.unwrap();
 }
+
+/// A `CaseStatusChanged` event of `case_id` to `to`.
+fn status_event(
+    case_id: uuid::Uuid,
+    to: complaints_proto::common::v1::CaseStatus,
+) -> complaints_proto::events::v1::Event {
+    use complaints_proto::events::v1::{CaseStatusChanged, event::Payload};
+    complaints_proto::events::v1::Event {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        aggregate_id: case_id.to_string(),
+        payload: Some(Payload::CaseStatusChanged(CaseStatusChanged {
+            case_id: case_id.to_string(),
+            to: to as i32,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_events_lock_the_complaints_they_close_in_id_order_like_submission_batches() {
+    use complaints_kit::events::{EventHandler, Incoming};
+    use complaints_proto::common::v1::CaseStatus;
+    let h = start().await;
+    let mut intake = h.client(Role::Service);
+    let mut ids = Vec::new();
+    for (i, customer) in ["ORDER-1", "ORDER-2"].iter().enumerate() {
+        let complaint = stored(
+            &mut intake,
+            own_contact(&format!("order-{i}"), customer, "O-order", "破损"),
+        )
+        .await;
+        ids.push(uuid::Uuid::parse_str(&complaint.id).unwrap());
+    }
+    ids.sort();
+    let (low, high) = (ids[0], ids[1]);
+    let (low_case, high_case) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let mut conn = h.pool.acquire().await.unwrap();
+    intake::store::set_cases(&mut conn, &[(low, low_case), (high, high_case)])
+        .await
+        .unwrap();
+    drop(conn);
+
+    // A submission batch holds the lower complaint (it found it as a repeat candidate).
+    let mut batch = h.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM intake.complaints WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(low)
+        .execute(&mut *batch)
+        .await
+        .unwrap();
+
+    // One chunk closes the higher complaint's case first, then the lower one's.
+    let events = [
+        status_event(high_case, CaseStatus::Closed),
+        status_event(uuid::Uuid::now_v7(), CaseStatus::Investigating),
+        status_event(low_case, CaseStatus::Cancelled),
+    ];
+    let handler = intake::consumer::CaseEvents;
+    assert!(events.iter().all(|e| handler.in_sets(e)), "one run a chunk");
+    let mut consumer = h.pool.begin().await.unwrap();
+    let consumer_pid = backend_pid(&mut consumer).await;
+    let applying = tokio::spawn(async move {
+        let run: Vec<Incoming> = events
+            .iter()
+            .map(|event| Incoming {
+                event,
+                span: tracing::Span::none(),
+            })
+            .collect();
+        intake::consumer::CaseEvents
+            .apply_set(&mut consumer, &run)
+            .await
+            .unwrap();
+        consumer.commit().await.unwrap();
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(consumer_pid)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chunk never waited for the lower complaint"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Waiting for the lower complaint, the chunk holds nothing above it: the batch could go on
+    // to lock the higher one (in events' order, the chunk would hold it already: a deadlock).
+    sqlx::query("SELECT id FROM intake.complaints WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
+        .bind(high)
+        .execute(&mut *batch)
+        .await
+        .expect("the higher complaint is free while the chunk waits for the lower one");
+    batch.commit().await.unwrap();
+    applying.await.unwrap();
+    let open: Vec<(uuid::Uuid, bool)> =
+        sqlx::query_as("SELECT id, case_open FROM intake.complaints ORDER BY id")
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(open, vec![(low, false), (high, false)]);
+    h.service.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_chunk_applies_openings_and_closings_in_their_order() {
+    use complaints_kit::events::{EventHandler, Incoming};
+    use complaints_proto::common::v1::CaseStatus;
+    use complaints_proto::events::v1::{CaseOpened, Event, event::Payload};
+    let h = start().await;
+    let mut intake = h.client(Role::Service);
+    let mut ids = Vec::new();
+    for (i, customer) in ["SEQ-1", "SEQ-2"].iter().enumerate() {
+        let complaint = stored(
+            &mut intake,
+            own_contact(&format!("seq-{i}"), customer, "O-seq", "破损"),
+        )
+        .await;
+        ids.push(uuid::Uuid::parse_str(&complaint.id).unwrap());
+    }
+    let opened = |complaint: uuid::Uuid, case: uuid::Uuid| Event {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        aggregate_id: case.to_string(),
+        payload: Some(Payload::CaseOpened(CaseOpened {
+            case_id: case.to_string(),
+            complaint_id: complaint.to_string(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let (first, review, second) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    // The first complaint's case opens and closes, then a review case opens for it; the
+    // second's case opens, closes and reopens: all in one chunk.
+    let events = [
+        opened(ids[0], first),
+        opened(ids[1], second),
+        status_event(first, CaseStatus::Closed),
+        status_event(second, CaseStatus::Closed),
+        opened(ids[0], review),
+        status_event(second, CaseStatus::Reopened),
+    ];
+    let run: Vec<Incoming> = events
+        .iter()
+        .map(|event| Incoming {
+            event,
+            span: tracing::Span::none(),
+        })
+        .collect();
+    let mut tx = h.pool.begin().await.unwrap();
+    intake::consumer::CaseEvents
+        .apply_set(&mut tx, &run)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let open: Vec<(uuid::Uuid, bool)> =
+        sqlx::query_as("SELECT id, case_open FROM intake.complaints ORDER BY id")
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+    let mut expected = vec![(ids[0], false), (ids[1], true)];
+    expected.sort();
+    // One event at a time: the first complaint was closed with its first case (a review
+    // opening does not reopen it); the second was reopened.
+    assert_eq!(open, expected);
+    let mut conn = h.pool.acquire().await.unwrap();
+    assert_eq!(
+        intake::store::case_of(&mut conn, ids[0]).await.unwrap(),
+        Some(review)
+    );
+    h.service.stop().await.unwrap();
+}
