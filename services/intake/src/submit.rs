@@ -536,12 +536,24 @@ impl Writer {
         // A contact linked to an earlier one of this batch whose request id turns out to be
         // taken (a replay) would point at a complaint never stored: the foreign key on
         // `linked_to` refuses the statement, and the batch is retried one by one.
-        let mut inserted: HashMap<Uuid, ComplaintRow> = store::insert_complaints(&mut tx, &rows)
-            .await
-            .map_err(storage)?
-            .into_iter()
-            .map(|r| (r.id, r))
-            .collect();
+        // A statement that fails leaves the transaction failed: it is rolled back, so that the
+        // connection stays usable for the one-by-one retry (dropped, it would be closed).
+        macro_rules! or_roll_back {
+            ($tx:ident, $result:expr) => {
+                match $result {
+                    Ok(value) => value,
+                    Err(error) => {
+                        $tx.rollback().await;
+                        return Err(storage(error));
+                    }
+                }
+            };
+        }
+        let mut inserted: HashMap<Uuid, ComplaintRow> =
+            or_roll_back!(tx, store::insert_complaints(&mut tx, &rows).await)
+                .into_iter()
+                .map(|r| (r.id, r))
+                .collect();
         // Request ids already taken: replays, or the same requests committed concurrently.
         let taken: Vec<&str> = unique
             .iter()
@@ -552,9 +564,7 @@ impl Writer {
         let mut existing: HashMap<String, ComplaintRow> = if taken.is_empty() {
             HashMap::new()
         } else {
-            store::find_by_request_ids(&mut tx, &taken)
-                .await
-                .map_err(storage)?
+            or_roll_back!(tx, store::find_by_request_ids(&mut tx, &taken).await)
                 .into_iter()
                 .collect()
         };
@@ -602,9 +612,10 @@ impl Writer {
                 .collect();
             // In id order, as every writer locks them.
             recorded.sort_unstable_by_key(|r| r.0);
-            store::record_repeats(&mut tx, &recorded, &repeat_events)
-                .await
-                .map_err(storage)?;
+            or_roll_back!(
+                tx,
+                store::record_repeats(&mut tx, &recorded, &repeat_events).await
+            );
         }
         tx.commit().await.map_err(storage)?;
         for (row, event) in &rows {

@@ -786,6 +786,7 @@ async fn a_complaint_the_database_refuses_fails_alone_and_its_batch_is_stored() 
         })
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let before = intake_backends(&h.pool).await;
     release_writers(held).await;
     for (i, call) in calls.into_iter().enumerate() {
         let answer = call.await.unwrap();
@@ -802,7 +803,24 @@ async fn a_complaint_the_database_refuses_fails_alone_and_its_batch_is_stored() 
         .await
         .unwrap();
     assert_eq!(stored, 12, "ten good ones and both held contacts");
+    // The failed transactions were rolled back, not ended by closing their connections.
+    let after = intake_backends(&h.pool).await;
+    assert!(
+        before.iter().all(|pid| after.contains(pid)),
+        "{before:?} → {after:?}"
+    );
     h.service.stop().await.unwrap();
+}
+
+/// The backends of intake's connections to the test's database.
+async fn intake_backends(pool: &PgPool) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE application_name = 'intake' AND datname = current_database() ORDER BY pid",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
