@@ -812,6 +812,25 @@ async fn a_complaint_the_database_refuses_fails_alone_and_its_batch_is_stored() 
     h.service.stop().await.unwrap();
 }
 
+/// Waits (at most 10 s) until a backend of `pg_stat_activity` matches `filter`; panics with
+/// `never` if none does.
+async fn wait_for_backend(pool: &PgPool, filter: &str, never: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let matching: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {filter}"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if matching > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{never}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// The backends of intake's connections to the test's database.
 async fn intake_backends(pool: &PgPool) -> Vec<i32> {
     sqlx::query_scalar(
@@ -1298,25 +1317,13 @@ async fn a_complaint_closed_while_a_repeat_contact_waits_for_it_is_not_linked_to
             .await
     });
     // The contact's batch found the complaint open and waits for its row.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE application_name = 'intake' AND datname = current_database()
-               AND wait_event_type = 'Lock' AND wait_event = 'transactionid'",
-        )
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no batch waited for the row"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_for_backend(
+        &h.pool,
+        "application_name = 'intake' AND datname = current_database()
+         AND wait_event_type = 'Lock' AND wait_event = 'transactionid'",
+        "no batch waited for the row",
+    )
+    .await;
     closing.commit().await.unwrap();
     let repeat = repeat.await.unwrap().unwrap().into_inner();
     assert!(repeat.created);
@@ -1394,23 +1401,48 @@ fn status_event(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn case_events_lock_the_complaints_they_close_in_id_order_like_submission_batches() {
-    use complaints_kit::events::{EventHandler, Incoming};
-    use complaints_proto::common::v1::CaseStatus;
-    let h = start().await;
+/// Two complaints of two customers, stored over gRPC; their ids.
+async fn two_complaints(h: &Harness, prefix: &str) -> [uuid::Uuid; 2] {
     let mut intake = h.client(Role::Service);
-    let mut ids = Vec::new();
-    for (i, customer) in ["ORDER-1", "ORDER-2"].iter().enumerate() {
+    let mut ids = [uuid::Uuid::nil(); 2];
+    for (i, id) in ids.iter_mut().enumerate() {
         let complaint = stored(
             &mut intake,
-            own_contact(&format!("order-{i}"), customer, "O-order", "破损"),
+            own_contact(
+                &format!("{prefix}-{i}"),
+                &format!("{prefix}-C{i}"),
+                &format!("O-{prefix}"),
+                "破损",
+            ),
         )
         .await;
-        ids.push(uuid::Uuid::parse_str(&complaint.id).unwrap());
+        *id = uuid::Uuid::parse_str(&complaint.id).unwrap();
     }
+    ids
+}
+
+/// Applies `events` as intake's case-event consumer applies a chunk, in `tx`.
+async fn apply_chunk(tx: &mut sqlx::PgConnection, events: &[complaints_proto::events::v1::Event]) {
+    use complaints_kit::events::{EventHandler, Incoming};
+    let handler = intake::consumer::CaseEvents;
+    assert!(events.iter().all(|e| handler.in_sets(e)), "one run a chunk");
+    let run: Vec<Incoming> = events
+        .iter()
+        .map(|event| Incoming {
+            event,
+            span: tracing::Span::none(),
+        })
+        .collect();
+    handler.apply_set(tx, &run).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_events_lock_the_complaints_they_close_in_id_order_like_submission_batches() {
+    use complaints_proto::common::v1::CaseStatus;
+    let h = start().await;
+    let mut ids = two_complaints(&h, "order").await;
     ids.sort();
-    let (low, high) = (ids[0], ids[1]);
+    let [low, high] = ids;
     let (low_case, high_case) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let mut conn = h.pool.acquire().await.unwrap();
     intake::store::set_cases(&mut conn, &[(low, low_case), (high, high_case)])
@@ -1432,42 +1464,18 @@ async fn case_events_lock_the_complaints_they_close_in_id_order_like_submission_
         status_event(uuid::Uuid::now_v7(), CaseStatus::Investigating),
         status_event(low_case, CaseStatus::Cancelled),
     ];
-    let handler = intake::consumer::CaseEvents;
-    assert!(events.iter().all(|e| handler.in_sets(e)), "one run a chunk");
     let mut consumer = h.pool.begin().await.unwrap();
     let consumer_pid = backend_pid(&mut consumer).await;
     let applying = tokio::spawn(async move {
-        let run: Vec<Incoming> = events
-            .iter()
-            .map(|event| Incoming {
-                event,
-                span: tracing::Span::none(),
-            })
-            .collect();
-        intake::consumer::CaseEvents
-            .apply_set(&mut consumer, &run)
-            .await
-            .unwrap();
+        apply_chunk(&mut consumer, &events).await;
         consumer.commit().await.unwrap();
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
-        )
-        .bind(consumer_pid)
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the chunk never waited for the lower complaint"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_for_backend(
+        &h.pool,
+        &format!("pid = {consumer_pid} AND wait_event_type = 'Lock'"),
+        "the chunk never waited for the lower complaint",
+    )
+    .await;
     // Waiting for the lower complaint, the chunk holds nothing above it: the batch could go on
     // to lock the higher one (in events' order, the chunk would hold it already: a deadlock).
     sqlx::query("SELECT id FROM intake.complaints WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
@@ -1488,20 +1496,10 @@ async fn case_events_lock_the_complaints_they_close_in_id_order_like_submission_
 
 #[tokio::test]
 async fn a_chunk_applies_openings_and_closings_in_their_order() {
-    use complaints_kit::events::{EventHandler, Incoming};
     use complaints_proto::common::v1::CaseStatus;
     use complaints_proto::events::v1::{CaseOpened, Event, event::Payload};
     let h = start().await;
-    let mut intake = h.client(Role::Service);
-    let mut ids = Vec::new();
-    for (i, customer) in ["SEQ-1", "SEQ-2"].iter().enumerate() {
-        let complaint = stored(
-            &mut intake,
-            own_contact(&format!("seq-{i}"), customer, "O-seq", "破损"),
-        )
-        .await;
-        ids.push(uuid::Uuid::parse_str(&complaint.id).unwrap());
-    }
+    let ids = two_complaints(&h, "seq").await;
     let opened = |complaint: uuid::Uuid, case: uuid::Uuid| Event {
         event_id: uuid::Uuid::now_v7().to_string(),
         aggregate_id: case.to_string(),
@@ -1527,18 +1525,8 @@ async fn a_chunk_applies_openings_and_closings_in_their_order() {
         opened(ids[0], review),
         status_event(second, CaseStatus::Reopened),
     ];
-    let run: Vec<Incoming> = events
-        .iter()
-        .map(|event| Incoming {
-            event,
-            span: tracing::Span::none(),
-        })
-        .collect();
     let mut tx = h.pool.begin().await.unwrap();
-    intake::consumer::CaseEvents
-        .apply_set(&mut tx, &run)
-        .await
-        .unwrap();
+    apply_chunk(&mut tx, &events).await;
     tx.commit().await.unwrap();
     let open: Vec<(uuid::Uuid, bool)> =
         sqlx::query_as("SELECT id, case_open FROM intake.complaints ORDER BY id")
