@@ -176,6 +176,41 @@ pub fn mask(value: &str) -> String {
     }
 }
 
+/// Log lines kept in memory, for tests that check what a service logs (a `MakeWriter` for
+/// `tracing_subscriber`'s fmt layer).
+#[cfg(any(test, feature = "testing"))]
+#[derive(Clone, Default)]
+pub struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(any(test, feature = "testing"))]
+impl CapturedLog {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+
+    fn make_writer(&'a self) -> CapturedLog {
+        self.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -185,27 +220,12 @@ mod tests {
         assert_eq!(super::mask(""), "");
     }
 
-    /// Collects what a fmt layer writes.
-    #[derive(Clone, Default)]
-    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn json_logs_carry_the_trace_and_span_ids() {
         use opentelemetry::trace::TracerProvider as _;
         use tracing_subscriber::layer::SubscriberExt;
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
+        let log = super::CapturedLog::default();
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
             .with(
@@ -213,7 +233,7 @@ mod tests {
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_writer(move || writer.clone()),
+                    .with_writer(log.clone()),
             );
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(
@@ -225,7 +245,7 @@ mod tests {
             let _entered = span.enter();
             tracing::info!(case_id = "c-1", "case opened");
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let text = log.text();
         let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
         let trace_id = line["span"]["trace_id"].as_str().unwrap_or_default();
         let span_id = line["span"]["span_id"].as_str().unwrap_or_default();

@@ -101,34 +101,11 @@ async fn a_held_connection_is_kept_only_while_the_pool_has_another_to_spare() {
     drop((other, waiting));
 }
 
-/// Formatted log lines, kept in memory.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn no_statement_text_is_logged_even_when_slow() {
     // Intake's submit transaction writes customers' identifiers into a statement's text; sqlx
     // would log every statement at `debug`, and one slower than a second at `warn`, in full.
-    let captured = Captured::default();
+    let captured = complaints_kit::telemetry::CapturedLog::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(captured.clone())
         .with_max_level(tracing::Level::TRACE)
@@ -145,6 +122,6 @@ async fn no_statement_text_is_logged_even_when_slow() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logged = captured.text();
     assert!(!logged.contains("13800138000"), "{logged}");
 }
