@@ -62,10 +62,8 @@ impl ClockEvents {
             }
             Some(Payload::CaseReclassified(change)) => {
                 let case_id = Uuid::parse_str(&change.case_id)?;
-                if let Some(case) = store::change_case(conn, case_id, &reclassified(change)).await?
-                {
-                    engine.reclassify(conn, &case, &change.reason, now).await?;
-                }
+                self.cases_reclassified(conn, &[(case_id, change)], now)
+                    .await?;
             }
             Some(Payload::CaseStatusChanged(change)) if !clockless(change) => {
                 let case_id = Uuid::parse_str(&change.case_id)?;
@@ -252,6 +250,31 @@ impl ClockEvents {
 }
 
 impl ClockEvents {
+    /// Records reclassifications (each case given once) and re-plans the open clocks of the
+    /// cases with set-based statements. A case this service never saw opened is left alone.
+    async fn cases_reclassified(
+        &self,
+        conn: &mut PgConnection,
+        changes: &[(Uuid, &CaseReclassified)],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let facts: Vec<(Uuid, CaseChange<'_>)> = changes
+            .iter()
+            .map(|(case_id, change)| (*case_id, reclassified(change)))
+            .collect();
+        let cases = store::change_cases(conn, &facts).await?;
+        let replans: Vec<(&CaseRow, &str)> = changes
+            .iter()
+            .filter_map(|(case_id, change)| {
+                cases
+                    .get(case_id)
+                    .map(|case| (case, change.reason.as_str()))
+            })
+            .collect();
+        self.engine.reclassify_all(conn, &replans, now).await?;
+        Ok(())
+    }
+
     /// Records opened cases and starts their first-response and resolution clocks, with
     /// set-based statements for the whole run.
     async fn cases_opened(
@@ -308,13 +331,15 @@ impl EventHandler for ClockEvents {
     fn in_sets(&self, event: &Event) -> bool {
         opened_of(event).is_some()
             || heard_from_us(event).is_some()
+            || matches!(&event.payload, Some(Payload::CaseReclassified(_)))
             || matches!(&event.payload, Some(Payload::CaseStatusChanged(c)) if clockless(c))
     }
 
-    /// Starts the clocks of the opened cases of a run, then takes the acknowledgements and the
-    /// contacts that reached the customer (in their order), with set-based statements; status
-    /// changes that move no clock are in runs only so as not to split them. Taking
-    /// the openings first keeps each case's order: a case is contacted only after it opened.
+    /// Starts the clocks of the opened cases of a run, then takes the acknowledgements, the
+    /// contacts that reached the customer and the reclassifications in their order, with
+    /// set-based statements (see [`phases`]); status changes that move no clock are in runs
+    /// only so as not to split them. Taking the openings first keeps each case's order: a case
+    /// is contacted or reclassified only after it opened.
     fn apply_set<'a>(
         &'a self,
         tx: &'a mut PgConnection,
@@ -326,21 +351,33 @@ impl EventHandler for ClockEvents {
             .collect();
         Box::pin(async move {
             let now = Utc::now();
-            let mut acknowledged = Vec::new();
+            let mut later = Vec::new();
             for incoming in run {
-                if let Some((case_id, at)) = heard_from_us(incoming.event) {
-                    acknowledged.push((
+                let event = incoming.event;
+                if let Some((case_id, at)) = heard_from_us(event) {
+                    let heard = (
                         Uuid::parse_str(case_id)?,
                         when(at, now),
-                        incoming.event.traceparent.as_str(),
+                        event.traceparent.as_str(),
+                    );
+                    later.push(Later::Heard(heard));
+                } else if let Some(Payload::CaseReclassified(change)) = &event.payload {
+                    later.push(Later::Reclassified(
+                        Uuid::parse_str(&change.case_id)?,
+                        change,
                     ));
                 }
             }
             if !cases.is_empty() {
                 self.cases_opened(tx, &cases).await?;
             }
-            if !acknowledged.is_empty() {
-                self.customers_heard_from_us(tx, &acknowledged).await?;
+            for (heard, reclassified) in phases(later) {
+                if !heard.is_empty() {
+                    self.customers_heard_from_us(tx, &heard).await?;
+                }
+                if !reclassified.is_empty() {
+                    self.cases_reclassified(tx, &reclassified, now).await?;
+                }
             }
             Ok(())
         })
@@ -349,6 +386,47 @@ impl EventHandler for ClockEvents {
     fn after_commit(&self) {
         self.engine.events.committed();
     }
+}
+
+/// An event of a set run taken after the openings.
+enum Later<'e> {
+    /// A first response or a contact that reached the customer: (case, when, trace).
+    Heard((Uuid, DateTime<Utc>, &'e str)),
+    Reclassified(Uuid, &'e CaseReclassified),
+}
+
+/// Contacts and reclassifications of a run, in phases each applied with set-based statements:
+/// first its contacts (a case may be contacted more than once), then its reclassifications
+/// (a case at most once, and never one contacted after it was reclassified). An event that
+/// would break this starts the next phase, so each case's events keep their order; phases
+/// are applied in their order.
+#[allow(clippy::type_complexity)]
+fn phases(
+    later: Vec<Later<'_>>,
+) -> Vec<(
+    Vec<(Uuid, DateTime<Utc>, &str)>,
+    Vec<(Uuid, &CaseReclassified)>,
+)> {
+    let mut phases = vec![(Vec::new(), Vec::new())];
+    let mut reclassified = std::collections::HashSet::new();
+    for item in later {
+        let case_id = match &item {
+            Later::Heard((case_id, _, _)) | Later::Reclassified(case_id, _) => *case_id,
+        };
+        if reclassified.contains(&case_id) {
+            phases.push((Vec::new(), Vec::new()));
+            reclassified.clear();
+        }
+        let (heard, changes) = phases.last_mut().expect("a phase");
+        match item {
+            Later::Heard(contact) => heard.push(contact),
+            Later::Reclassified(case_id, change) => {
+                reclassified.insert(case_id);
+                changes.push((case_id, change));
+            }
+        }
+    }
+    phases
 }
 
 fn opened_of(event: &Event) -> Option<&CaseOpened> {

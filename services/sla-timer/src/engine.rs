@@ -303,9 +303,7 @@ impl Engine {
         facts: &CaseFacts,
     ) -> anyhow::Result<PolicyMatch> {
         let policies = self.policies(conn).await?;
-        policy::select(&policies, facts).ok_or_else(|| {
-            anyhow::anyhow!("no SLA policy matches the case (add a catch-all policy)")
-        })
+        choose(&policies, facts)
     }
 
     /// Recomputes the deadline and the next firing of a clock from its state.
@@ -548,12 +546,17 @@ impl Engine {
         at: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         let calendar = calendars.get(self, conn, &clock.calendar_id).await?;
+        Self::stop(&calendar, &mut clock, at);
+        store::save_clock(conn, &clock).await.map_err(Into::into)
+    }
+
+    /// Cancels a clock in memory: the time it used up to `at` is kept, nothing more fires.
+    fn stop(calendar: &BusinessCalendar, clock: &mut ClockRow, at: DateTime<Utc>) {
         let mut timing = clock.timing();
-        timing.pause(&calendar, at);
+        timing.pause(calendar, at);
         clock.set_timing(&timing);
         clock.state = CANCELLED;
         clock.next_fire_at = None;
-        store::save_clock(conn, &clock).await.map_err(Into::into)
     }
 
     /// Recounts the time a clock used from its runs (start, pauses) under `calendar` and its
@@ -625,8 +628,7 @@ impl Engine {
 
     /// Re-plans the open clocks of a case whose severity, priority, complexity, tier or category
     /// changed: the policy is chosen again and each clock takes its new target, keeping the time
-    /// it already used (recounted in the new measure). The calendar and the clocks' pauses are
-    /// read once for all the clocks.
+    /// it already used (recounted in the new measure). Returns how many clocks it re-planned.
     pub async fn reclassify(
         &self,
         conn: &mut PgConnection,
@@ -634,19 +636,52 @@ impl Engine {
         why: &str,
         now: DateTime<Utc>,
     ) -> anyhow::Result<usize> {
-        let chosen = self.policy_for(conn, &facts_of(case)).await?;
-        let clocks = store::lock_clocks(conn, case.case_id).await?.active();
-        let count = clocks.len();
+        self.reclassify_all(conn, &[(case, why)], now).await
+    }
+
+    /// [`Engine::reclassify`] for several cases (each given once) with set-based statements:
+    /// the policies, the clocks, their pauses and each calendar are read once for all of them,
+    /// and every clock is saved with one statement. A clock whose kind the new policy does not
+    /// measure is cancelled.
+    pub async fn reclassify_all(
+        &self,
+        conn: &mut PgConnection,
+        cases: &[(&CaseRow, &str)],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<usize> {
+        if cases.is_empty() {
+            return Ok(0);
+        }
+        let policies = self.policies(conn).await?;
+        let mut chosen = HashMap::with_capacity(cases.len());
+        for (case, why) in cases {
+            chosen.insert(
+                case.case_id,
+                (*case, *why, choose(&policies, &facts_of(case))?),
+            );
+        }
+        let ids: Vec<Uuid> = cases.iter().map(|(case, _)| case.case_id).collect();
+        let clocks: Vec<ClockRow> = store::lock_clocks_of(conn, &ids)
+            .await?
+            .into_values()
+            .flat_map(|clocks| clocks.active())
+            .collect();
         if clocks.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<Uuid> = clocks.iter().map(|c| c.id).collect();
-        let pauses = store::pauses_of_clocks(conn, &ids).await?;
+        let clock_ids: Vec<Uuid> = clocks.iter().map(|c| c.id).collect();
+        let pauses = store::pauses_of_clocks(conn, &clock_ids).await?;
         let mut calendars = CalendarsRead::default();
+        let mut saved = Vec::with_capacity(clocks.len());
         for mut clock in clocks {
+            let Some((case, why, chosen)) = chosen.get(&clock.case_id) else {
+                continue;
+            };
             let kind = ClockKind::try_from(clock.kind as i32).unwrap_or(ClockKind::Unspecified);
             let Some(measure) = chosen.policy.measure(kind) else {
-                self.cancel(conn, &mut calendars, clock, now).await?;
+                let calendar = calendars.get(self, conn, &clock.calendar_id).await?;
+                Self::stop(&calendar, &mut clock, now);
+                saved.push(clock);
                 continue;
             };
             let calendar = calendars
@@ -683,9 +718,10 @@ impl Engine {
                     .map(|d| local(&calendar, d))
                     .unwrap_or_else(|| "—".into()),
             );
-            store::save_clock(conn, &clock).await?;
+            saved.push(clock);
         }
-        Ok(count)
+        store::save_clocks(conn, &saved).await?;
+        Ok(saved.len())
     }
 
     /// Fires what is due on one clock (possibly several steps after downtime). Returns what
@@ -961,6 +997,12 @@ impl Engine {
             notes,
         })
     }
+}
+
+/// The policy for a case's facts; an error when none matches.
+fn choose(policies: &[Policy], facts: &CaseFacts) -> anyhow::Result<PolicyMatch> {
+    policy::select(policies, facts)
+        .ok_or_else(|| anyhow::anyhow!("no SLA policy matches the case (add a catch-all policy)"))
 }
 
 fn millis(durations: &[Duration]) -> Vec<i64> {

@@ -166,6 +166,54 @@ pub async fn change_case(
     .await
 }
 
+/// [`change_case`] for several cases (each given once), locked in `case_id` order first as
+/// [`cases_locked`] locks them: two statements however many cases. Returns the cases as they
+/// now are; a case this service never saw opened is absent.
+pub async fn change_cases<'c>(
+    conn: &mut PgConnection,
+    changes: &[(Uuid, CaseChange<'c>)],
+) -> Result<std::collections::HashMap<Uuid, CaseRow>, sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(Default::default());
+    }
+    let ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
+    cases_locked(conn, &ids).await?;
+    let field = |f: fn(&CaseChange<'c>) -> Option<&'c str>| -> Vec<Option<&'c str>> {
+        changes.iter().map(|(_, c)| f(c)).collect()
+    };
+    let level = |f: fn(&CaseChange<'c>) -> Option<i16>| -> Vec<Option<i16>> {
+        changes.iter().map(|(_, c)| f(c)).collect()
+    };
+    let rows: Vec<CaseRow> = sqlx::query_as(
+        "UPDATE sla.cases c
+         SET department_id = COALESCE(m.department_id, c.department_id),
+             owner_id = COALESCE(m.owner_id, c.owner_id),
+             category = COALESCE(m.category, c.category),
+             severity = COALESCE(m.severity, c.severity),
+             priority = COALESCE(m.priority, c.priority),
+             complexity = COALESCE(m.complexity, c.complexity),
+             updated_at = now()
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int2[],
+                     $7::int2[])
+              AS m(case_id, department_id, owner_id, category, severity, priority, complexity)
+         WHERE c.case_id = m.case_id
+         RETURNING c.case_id, c.department_id, c.owner_id, c.category, c.severity, c.priority,
+             c.complexity, c.customer_tier, c.channel, c.received_at",
+    )
+    // Planned for each batch (see "Plans" in `complaints_kit::db`).
+    .persistent(false)
+    .bind(&ids)
+    .bind(field(|c| c.department_id))
+    .bind(field(|c| c.owner_id))
+    .bind(field(|c| c.category))
+    .bind(level(|c| c.severity))
+    .bind(level(|c| c.priority))
+    .bind(level(|c| c.complexity))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|c| (c.case_id, c)).collect())
+}
+
 pub async fn case(conn: &mut PgConnection, case_id: Uuid) -> Result<Option<CaseRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT case_id, department_id, owner_id, category, severity, priority, complexity, customer_tier,
@@ -289,40 +337,60 @@ pub async fn upsert_cases(
 }
 
 pub async fn save_clock(conn: &mut PgConnection, clock: &ClockRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE sla.clocks
-         SET state = $2, consumed_ms = $3, running_since = $4, due_at = $5, warned_percent = $6,
-             breached_at = $7, met_at = $8, met_on_time = $9, escalation_level = $10, next_fire_at = $11,
-             department_id = $12, severity = $13, target_ms = $14, business = $15, policy_id = $16,
-             policy_version = $17, policy_reason = $18, calendar_id = $19, thresholds_ms = $20,
-             ladder_ms = $21, warned_ms = $22, plan_note = $23
-         WHERE id = $1",
-    )
-    .bind(clock.id)
-    .bind(clock.state)
-    .bind(clock.consumed_ms)
-    .bind(clock.running_since)
-    .bind(clock.due_at)
-    .bind(clock.warned_percent)
-    .bind(clock.breached_at)
-    .bind(clock.met_at)
-    .bind(clock.met_on_time)
-    .bind(clock.escalation_level)
-    .bind(clock.next_fire_at)
-    .bind(&clock.department_id)
-    .bind(clock.severity)
-    .bind(clock.target_ms)
-    .bind(clock.business)
-    .bind(&clock.policy_id)
-    .bind(clock.policy_version)
-    .bind(&clock.policy_reason)
-    .bind(&clock.calendar_id)
-    .bind(&clock.thresholds_ms)
-    .bind(&clock.ladder_ms)
-    .bind(clock.warned_ms)
-    .bind(&clock.plan_note)
-    .execute(conn)
-    .await?;
+    save_clocks(conn, std::slice::from_ref(clock)).await
+}
+
+/// Saves what re-planning, pausing, firing or cancelling changes of clocks, with one statement
+/// (each clock given once).
+pub async fn save_clocks(conn: &mut PgConnection, clocks: &[ClockRow]) -> Result<(), sqlx::Error> {
+    if clocks.is_empty() {
+        return Ok(());
+    }
+    let mut query = QueryBuilder::new(
+        "UPDATE sla.clocks c
+         SET state = m.state, consumed_ms = m.consumed_ms, running_since = m.running_since,
+             due_at = m.due_at, warned_percent = m.warned_percent, breached_at = m.breached_at,
+             met_at = m.met_at, met_on_time = m.met_on_time, escalation_level = m.escalation_level,
+             next_fire_at = m.next_fire_at, department_id = m.department_id, severity = m.severity,
+             target_ms = m.target_ms, business = m.business, policy_id = m.policy_id,
+             policy_version = m.policy_version, policy_reason = m.policy_reason,
+             calendar_id = m.calendar_id, thresholds_ms = m.thresholds_ms, ladder_ms = m.ladder_ms,
+             warned_ms = m.warned_ms, plan_note = m.plan_note
+         FROM (",
+    );
+    query.push_values(clocks, |mut row, clock| {
+        row.push_bind(clock.id)
+            .push_bind(clock.state)
+            .push_bind(clock.consumed_ms)
+            .push_bind(clock.running_since)
+            .push_bind(clock.due_at)
+            .push_bind(clock.warned_percent)
+            .push_bind(clock.breached_at)
+            .push_bind(clock.met_at)
+            .push_bind(clock.met_on_time)
+            .push_bind(clock.escalation_level)
+            .push_bind(clock.next_fire_at)
+            .push_bind(&clock.department_id)
+            .push_bind(clock.severity)
+            .push_bind(clock.target_ms)
+            .push_bind(clock.business)
+            .push_bind(&clock.policy_id)
+            .push_bind(clock.policy_version)
+            .push_bind(&clock.policy_reason)
+            .push_bind(&clock.calendar_id)
+            .push_bind(&clock.thresholds_ms)
+            .push_bind(&clock.ladder_ms)
+            .push_bind(clock.warned_ms)
+            .push_bind(&clock.plan_note);
+    });
+    query.push(
+        ") AS m(id, state, consumed_ms, running_since, due_at, warned_percent, breached_at, met_at,
+              met_on_time, escalation_level, next_fire_at, department_id, severity, target_ms,
+              business, policy_id, policy_version, policy_reason, calendar_id, thresholds_ms,
+              ladder_ms, warned_ms, plan_note)
+         WHERE c.id = m.id",
+    );
+    query.build().execute(conn).await?;
     Ok(())
 }
 

@@ -86,6 +86,21 @@ impl Harness {
         tx.commit().await.unwrap();
     }
 
+    /// Applies events as one run of the consumer's set-based path, in one transaction.
+    async fn apply_run(&self, events: Vec<Event>) {
+        assert!(events.iter().all(|e| self.handler.in_sets(e)));
+        let run: Vec<Incoming<'_>> = events
+            .iter()
+            .map(|event| Incoming {
+                event,
+                span: tracing::Span::none(),
+            })
+            .collect();
+        let mut tx = self.pool.begin().await.unwrap();
+        self.handler.apply_set(&mut tx, &run).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
     async fn open_case(&self, received_at: DateTime<Utc>, category: &str) -> String {
         self.open_case_graded(received_at, category, Severity::General, Complexity::Simple)
             .await
@@ -204,6 +219,42 @@ fn engine() -> Engine {
 
 fn token(role: Role, department: Option<&str>) -> String {
     testing::token("tester", role, department)
+}
+
+/// An event of a case, as the consumer receives it.
+fn case_event(case_id: &str, payload: Payload) -> Event {
+    Event {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        aggregate_id: case_id.to_owned(),
+        payload: Some(payload),
+        ..Event::default()
+    }
+}
+
+/// A general, simple case of `category` opened in after-sales, received at `received`.
+fn opened_at(case_id: &str, category: &str, received: DateTime<Utc>) -> Payload {
+    Payload::CaseOpened(CaseOpened {
+        case_id: case_id.into(),
+        department_id: "after-sales".into(),
+        owner_id: "agent-wang".into(),
+        category: category.into(),
+        severity: Severity::General as i32,
+        priority: Priority::P3 as i32,
+        complexity: Complexity::Simple as i32,
+        channel: 1,
+        customer_tier: 2,
+        received_at: Some(to_timestamp(received)),
+        opened_at: Some(to_timestamp(received)),
+        ..CaseOpened::default()
+    })
+}
+
+fn acknowledged_at(case_id: &str, at: DateTime<Utc>) -> Payload {
+    Payload::CaseAcknowledged(CaseAcknowledged {
+        case_id: case_id.into(),
+        by: "agent-wang".into(),
+        acknowledged_at: Some(to_timestamp(at)),
+    })
 }
 
 fn admin_req<T>(message: T) -> tonic::Request<T> {
@@ -1171,51 +1222,10 @@ async fn two_replicas_fire_each_clock_overdue_after_downtime_exactly_once() {
 async fn a_run_of_openings_and_acknowledgements_applies_as_one_at_a_time_would() {
     let h = Harness::start().await;
     create_update_policy(&h).await;
-    let event = |case_id: &str, payload: Payload| Event {
-        event_id: uuid::Uuid::now_v7().to_string(),
-        aggregate_id: case_id.to_owned(),
-        payload: Some(payload),
-        ..Event::default()
-    };
-    let opened = |case_id: &str| {
-        Payload::CaseOpened(CaseOpened {
-            case_id: case_id.into(),
-            department_id: "after-sales".into(),
-            owner_id: "agent-wang".into(),
-            category: "delivery".into(),
-            severity: Severity::General as i32,
-            priority: Priority::P3 as i32,
-            complexity: Complexity::Simple as i32,
-            channel: 1,
-            customer_tier: 2,
-            received_at: Some(to_timestamp(sh(25, 9, 0))),
-            opened_at: Some(to_timestamp(sh(25, 9, 0))),
-            ..CaseOpened::default()
-        })
-    };
-    let acknowledged = |case_id: &str, minute: u32| {
-        Payload::CaseAcknowledged(CaseAcknowledged {
-            case_id: case_id.into(),
-            by: "agent-wang".into(),
-            acknowledged_at: Some(to_timestamp(sh(25, 9, minute))),
-        })
-    };
-    let apply_run = |events: Vec<Event>| {
-        let (pool, handler) = (h.pool.clone(), &h.handler);
-        async move {
-            assert!(events.iter().all(|e| handler.in_sets(e)));
-            let run: Vec<Incoming<'_>> = events
-                .iter()
-                .map(|event| Incoming {
-                    event,
-                    span: tracing::Span::none(),
-                })
-                .collect();
-            let mut tx = pool.begin().await.unwrap();
-            handler.apply_set(&mut tx, &run).await.unwrap();
-            tx.commit().await.unwrap();
-        }
-    };
+    let event = case_event;
+    let opened = |case_id: &str| opened_at(case_id, "delivery", sh(25, 9, 0));
+    let acknowledged = |case_id: &str, minute: u32| acknowledged_at(case_id, sh(25, 9, minute));
+    let apply_run = |events: Vec<Event>| h.apply_run(events);
     let (a, b) = (
         uuid::Uuid::now_v7().to_string(),
         uuid::Uuid::now_v7().to_string(),
@@ -1296,4 +1306,112 @@ async fn a_run_of_openings_and_acknowledgements_applies_as_one_at_a_time_would()
         4
     );
     h.assert_every_clock_has_its_case().await;
+}
+
+#[tokio::test]
+async fn a_run_with_reclassifications_applies_as_one_at_a_time_would() {
+    let h = Harness::start().await;
+    create_update_policy(&h).await;
+    let reclassified = |case_id: &str, change: CaseReclassified| {
+        Payload::CaseReclassified(CaseReclassified {
+            case_id: case_id.into(),
+            ..change
+        })
+    };
+    let complex = CaseReclassified {
+        complexity: Complexity::Complex as i32,
+        reason: "needs the supplier".into(),
+        ..CaseReclassified::default()
+    };
+    let crisis = CaseReclassified {
+        severity: Severity::Crisis as i32,
+        reason: "on the news".into(),
+        ..CaseReclassified::default()
+    };
+    // The same story for three cases: `a` is reclassified, then acknowledged (its first
+    // response is met under the new policy); `b` is acknowledged, then reclassified twice
+    // (the met first response keeps its policy; the second change builds on the first);
+    // `c` only opens. A reclassification of a case never opened is left alone.
+    let story = |[a, b, c]: &[String; 3], never: &str| {
+        vec![
+            case_event(a, opened_at(a, "delivery", sh(25, 9, 0))),
+            case_event(b, opened_at(b, "delivery", sh(25, 9, 5))),
+            case_event(a, reclassified(a, complex.clone())),
+            case_event(b, acknowledged_at(b, sh(25, 9, 30))),
+            case_event(never, reclassified(never, crisis.clone())),
+            case_event(a, acknowledged_at(a, sh(25, 9, 40))),
+            case_event(b, reclassified(b, complex.clone())),
+            case_event(c, opened_at(c, "delivery", sh(25, 9, 10))),
+            case_event(b, reclassified(b, crisis.clone())),
+        ]
+    };
+    let ids = || [(); 3].map(|_| uuid::Uuid::now_v7().to_string());
+    let (in_a_run, one_by_one) = (ids(), ids());
+    h.apply_run(story(&in_a_run, &uuid::Uuid::now_v7().to_string()))
+        .await;
+    for event in story(&one_by_one, &uuid::Uuid::now_v7().to_string()) {
+        let payload = event.payload.clone().unwrap();
+        h.apply(&event.aggregate_id, payload).await;
+    }
+    let summary = |clocks: Vec<pb::Clock>| -> Vec<String> {
+        clocks
+            .into_iter()
+            .map(|c| {
+                format!(
+                    "{:?} #{} state {} {} v{} due {:?} target {:?} business {} on time {}",
+                    ClockKind::try_from(c.kind).unwrap(),
+                    c.cycle,
+                    c.state,
+                    c.policy_id,
+                    c.policy_version,
+                    c.due_at.map(|t| t.seconds),
+                    c.target.map(|t| t.seconds),
+                    c.business_time,
+                    c.met_on_time,
+                )
+            })
+            .collect()
+    };
+    let facts = |case_id: &str| {
+        let pool = h.pool.clone();
+        let case_id = uuid::Uuid::parse_str(case_id).unwrap();
+        async move {
+            let row: (i16, i16, i16, String) = sqlx::query_as(
+                "SELECT severity, priority, complexity, category FROM sla.cases WHERE case_id = $1",
+            )
+            .bind(case_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            row
+        }
+    };
+    for (run, single) in in_a_run.iter().zip(&one_by_one) {
+        let (in_run, alone) = (
+            summary(h.clocks(run).await),
+            summary(h.clocks(single).await),
+        );
+        assert!(!in_run.is_empty());
+        assert_eq!(in_run, alone);
+        assert_eq!(facts(run).await, facts(single).await);
+    }
+    // What the story means, so that both paths cannot agree on something wrong.
+    let [a, b, c] = &in_a_run;
+    let first_a = h.clock(a, ClockKind::FirstResponse).await;
+    assert_eq!(first_a.policy_id, "general-complex");
+    assert_eq!(first_a.state, pb::ClockState::Met as i32);
+    assert_eq!(
+        h.clock(b, ClockKind::FirstResponse).await.policy_id,
+        "chatty",
+        "met before the reclassifications: keeps its policy"
+    );
+    assert_eq!(h.clock(b, ClockKind::Resolution).await.policy_id, "crisis");
+    let (severity, _, complexity, _) = facts(b).await;
+    assert_eq!(
+        (severity, complexity),
+        (Severity::Crisis as i16, Complexity::Complex as i16),
+        "the second change keeps the first"
+    );
+    assert_eq!(h.clock(c, ClockKind::Resolution).await.policy_id, "chatty");
+    assert_eq!(h.count("SELECT count(*) FROM sla.cases").await, 6);
 }
