@@ -16,7 +16,7 @@ use crate::domain::lifecycle;
 use crate::domain::policy::{CasePolicy, DissatisfactionAction};
 use crate::store;
 use crate::watch::ChangeSignal;
-use crate::workflow::{self, Change, WorkflowError};
+use crate::workflow::{self, Change, RepeatContact, WorkflowError};
 
 pub struct CaseEvents {
     pub events: EventLog,
@@ -61,30 +61,12 @@ impl CaseEvents {
                     .await?;
                 }
             }
-            Some(Payload::ComplaintRepeatContact(repeat)) => {
-                let Ok(complaint_id) = Uuid::parse_str(&repeat.complaint_id) else {
-                    return Ok(());
-                };
-                let Some(case) = store::lock_by_complaint(conn, complaint_id).await? else {
-                    return Ok(());
-                };
-                let raised =
-                    Priority::try_from(repeat.raised_priority).unwrap_or(Priority::Unspecified);
-                let reference = if repeat.repeat_reference.is_empty() {
-                    &repeat.repeat_complaint_id
-                } else {
-                    &repeat.repeat_reference
-                };
-                workflow::record_repeat_contact(
-                    conn,
-                    &self.events,
-                    case,
-                    reference,
-                    raised,
-                    &event.traceparent,
-                    now,
-                )
-                .await?;
+            Some(Payload::ComplaintRepeatContact(_)) => {
+                let run = [Incoming {
+                    event,
+                    span: tracing::Span::current(),
+                }];
+                self.repeat_contacts(conn, &run, now).await?;
             }
             Some(Payload::ComplaintReclassified(reclassified)) => {
                 let Ok(complaint_id) = Uuid::parse_str(&reclassified.complaint_id) else {
@@ -171,6 +153,40 @@ impl CaseEvents {
 }
 
 impl CaseEvents {
+    /// Records the repeat contacts of a run, in order, with set-based statements.
+    async fn repeat_contacts(
+        &self,
+        conn: &mut PgConnection,
+        run: &[Incoming<'_>],
+        now: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let contacts: Vec<RepeatContact<'_>> = run
+            .iter()
+            .filter_map(|incoming| {
+                let Some(Payload::ComplaintRepeatContact(repeat)) = &incoming.event.payload else {
+                    return None;
+                };
+                // An id that is not one (never from intake) is skipped, as before.
+                let complaint_id = Uuid::parse_str(&repeat.complaint_id).ok()?;
+                Some(RepeatContact {
+                    complaint_id,
+                    reference: if repeat.repeat_reference.is_empty() {
+                        &repeat.repeat_complaint_id
+                    } else {
+                        &repeat.repeat_reference
+                    },
+                    raised: Priority::try_from(repeat.raised_priority)
+                        .unwrap_or(Priority::Unspecified),
+                    traceparent: &incoming.event.traceparent,
+                })
+            })
+            .collect();
+        if !contacts.is_empty() {
+            workflow::record_repeat_contacts(conn, &self.events, &contacts, now).await?;
+        }
+        Ok(())
+    }
+
     /// Opens the cases of a run of accepted complaints with set-based statements.
     async fn open_cases(
         &self,
@@ -201,9 +217,12 @@ impl EventHandler for CaseEvents {
 
     fn in_sets(&self, event: &Event) -> bool {
         accepted_of(event).is_some()
+            || matches!(&event.payload, Some(Payload::ComplaintRepeatContact(_)))
     }
 
-    /// Opens the cases of a run of accepted complaints with set-based statements.
+    /// Opens the cases of a run of accepted complaints, then records its repeat contacts (a
+    /// repeat contact is about a complaint accepted before it, so each complaint's order is
+    /// kept), with set-based statements.
     fn apply_set<'a>(
         &'a self,
         tx: &'a mut PgConnection,
@@ -213,7 +232,12 @@ impl EventHandler for CaseEvents {
             .iter()
             .filter_map(|i| accepted_of(i.event).map(|a| (a, i.event)))
             .collect();
-        Box::pin(async move { self.open_cases(tx, &complaints).await })
+        Box::pin(async move {
+            if !complaints.is_empty() {
+                self.open_cases(tx, &complaints).await?;
+            }
+            self.repeat_contacts(tx, run, Utc::now()).await
+        })
     }
 
     fn after_commit(&self) {

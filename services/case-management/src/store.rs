@@ -342,6 +342,58 @@ pub async fn lock_by_complaint(
     .await
 }
 
+/// The cases of several complaints, locked in case id order; by complaint (a complaint
+/// without a case is absent).
+pub async fn lock_by_complaints(
+    conn: &mut PgConnection,
+    complaint_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, CaseRow>, sqlx::Error> {
+    let cases: Vec<CaseRow> = sqlx::query_as(&format!(
+        "SELECT {CASE_COLUMNS} FROM cases.cases WHERE complaint_id = ANY($1) ORDER BY id FOR UPDATE"
+    ))
+    // Planned for each batch (see "Plans" in `complaints_kit::db`).
+    .persistent(false)
+    .bind(complaint_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(cases.into_iter().map(|c| (c.complaint_id, c)).collect())
+}
+
+/// Writes the classification (category, severity, priority, complexity) of locked cases with
+/// one statement, each case's version moved by the number of changes it stands for (as that
+/// many [`save`]s would).
+pub async fn save_classifications(
+    conn: &mut PgConnection,
+    cases: &[(&CaseRow, i64)],
+) -> Result<(), sqlx::Error> {
+    if cases.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = cases.iter().map(|(c, _)| c.id).collect();
+    let categories: Vec<&str> = cases.iter().map(|(c, _)| c.category.as_str()).collect();
+    let level = |f: fn(&CaseRow) -> i16| -> Vec<i16> { cases.iter().map(|(c, _)| f(c)).collect() };
+    let changes: Vec<i64> = cases.iter().map(|(_, n)| *n).collect();
+    sqlx::query(
+        "UPDATE cases.cases c
+         SET category = m.category, severity = m.severity, priority = m.priority,
+             complexity = m.complexity, version = c.version + m.changes
+         FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int2[], $5::int2[], $6::int8[])
+              AS m(id, category, severity, priority, complexity, changes)
+         WHERE c.id = m.id",
+    )
+    // Planned for each batch (see "Plans" in `complaints_kit::db`).
+    .persistent(false)
+    .bind(&ids)
+    .bind(&categories)
+    .bind(level(|c| c.severity))
+    .bind(level(|c| c.priority))
+    .bind(level(|c| c.complexity))
+    .bind(&changes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The mutable fields of a case as `$2`…`$14` (its id is `$1`), bound by [`bind_case`].
 const CASE_UPDATE: &str = "UPDATE cases.cases
      SET status = $2, department_id = $3, owner_id = $4, category = $5, severity = $6, priority = $7,

@@ -600,6 +600,25 @@ pub async fn reclassify(
     now: DateTime<Utc>,
 ) -> Result<Option<CaseRow>, WorkflowError> {
     let traceparent = &case.trace_for(traceparent);
+    let Some((entry, payload)) = reclassified(&mut case, change, actor, now) else {
+        return Ok(None);
+    };
+    let saved = store::save(&mut *conn, &case).await?;
+    store::append_timeline(&mut *conn, &entry).await?;
+    events
+        .append(&mut *conn, &case.id.to_string(), traceparent, payload)
+        .await?;
+    Ok(Some(saved))
+}
+
+/// Applies a reclassification to a case in memory: the timeline entry and the event that
+/// record it, or `None` when it changes nothing.
+fn reclassified(
+    case: &mut CaseRow,
+    change: &Reclassification,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Option<(TimelineEntry, Payload)> {
     let before = format!(
         "{} / {} / {} / {}",
         case.category, case.severity, case.priority, case.complexity
@@ -621,89 +640,107 @@ pub async fn reclassify(
         case.category, case.severity, case.priority, case.complexity
     );
     if before == after {
-        return Ok(None);
+        return None;
     }
-    let saved = store::save(&mut *conn, &case).await?;
-    store::append_timeline(
-        &mut *conn,
-        &TimelineEntry {
-            case_id: case.id,
-            at: now,
-            actor: actor.into(),
-            kind: "reclassified",
-            from_value: before,
-            to_value: after,
-            note: change.reason.clone(),
-            customer_visible: false,
-        },
-    )
-    .await?;
-    let aggregate = case.id.to_string();
-    events
-        .append(
-            &mut *conn,
-            &aggregate,
-            traceparent,
-            Payload::CaseReclassified(CaseReclassified {
-                case_id: aggregate.clone(),
-                category: saved.category.clone(),
-                severity: saved.severity as i32,
-                priority: saved.priority as i32,
-                complexity: saved.complexity as i32,
-                reason: change.reason.clone(),
-                by: actor.into(),
-            }),
-        )
-        .await?;
-    Ok(Some(saved))
+    let entry = TimelineEntry {
+        case_id: case.id,
+        at: now,
+        actor: actor.into(),
+        kind: "reclassified",
+        from_value: before,
+        to_value: after,
+        note: change.reason.clone(),
+        customer_visible: false,
+    };
+    let payload = Payload::CaseReclassified(CaseReclassified {
+        case_id: case.id.to_string(),
+        category: case.category.clone(),
+        severity: case.severity as i32,
+        priority: case.priority as i32,
+        complexity: case.complexity as i32,
+        reason: change.reason.clone(),
+        by: actor.into(),
+    });
+    Some((entry, payload))
 }
 
-/// The customer contacted again about the locked case's complaint: an internal timeline entry,
-/// and the priority raised when the repeat contact asks for a more urgent one.
-pub async fn record_repeat_contact(
+/// A customer's repeat contact about a complaint, as intake announced it.
+pub struct RepeatContact<'a> {
+    pub complaint_id: Uuid,
+    pub reference: &'a str,
+    pub raised: Priority,
+    pub traceparent: &'a str,
+}
+
+/// The customers contacted again about the complaints of some cases: an internal timeline
+/// entry each, and the case's priority raised when a contact asks for a more urgent one (a
+/// `CaseReclassified` for the SLA timer). Taken in order, as one at a time would, with
+/// set-based statements: the cases locked, the classifications saved, the timeline entries and
+/// the events written with one statement each. A complaint without a case is left alone.
+pub async fn record_repeat_contacts(
     conn: &mut PgConnection,
     events: &EventLog,
-    case: CaseRow,
-    repeat_reference: &str,
-    raised: Priority,
-    traceparent: &str,
+    contacts: &[RepeatContact<'_>],
     now: DateTime<Utc>,
-) -> Result<CaseRow, WorkflowError> {
-    let traceparent = &case.trace_for(traceparent);
-    store::append_timeline(
-        &mut *conn,
-        &TimelineEntry {
+) -> Result<(), WorkflowError> {
+    let complaint_ids: Vec<Uuid> = contacts.iter().map(|c| c.complaint_id).collect();
+    let mut cases = store::lock_by_complaints(&mut *conn, &complaint_ids).await?;
+    let mut saves: Vec<Uuid> = Vec::new();
+    let mut bumps: std::collections::HashMap<Uuid, i64> = Default::default();
+    let mut entries = Vec::with_capacity(contacts.len());
+    let mut announced = Vec::new();
+    for contact in contacts {
+        let Some(case) = cases.get_mut(&contact.complaint_id) else {
+            continue;
+        };
+        let reference = contact.reference;
+        entries.push(TimelineEntry {
             case_id: case.id,
             at: now,
             actor: "intake".into(),
             kind: "repeat_contact",
             from_value: String::new(),
-            to_value: repeat_reference.into(),
-            note: format!("customer contacted again ({repeat_reference})"),
+            to_value: reference.into(),
+            note: format!("customer contacted again ({reference})"),
             customer_visible: false,
-        },
-    )
-    .await?;
-    let current = Priority::try_from(case.priority as i32).unwrap_or(Priority::Unspecified);
-    let Some(priority) = coordination::raised_priority(current, raised) else {
-        return Ok(case);
-    };
-    let change = Reclassification {
-        category: String::new(),
-        severity: Severity::Unspecified,
-        priority,
-        complexity: 0,
-        reason: format!(
-            "customer contacted again ({repeat_reference}); priority raised to {}",
-            priority.as_str_name()
-        ),
-    };
-    let fallback = case.clone();
-    Ok(
-        reclassify(conn, events, case, &change, "intake", traceparent, now)
-            .await?
-            .unwrap_or(fallback),
-    )
+        });
+        let current = Priority::try_from(case.priority as i32).unwrap_or(Priority::Unspecified);
+        let Some(priority) = coordination::raised_priority(current, contact.raised) else {
+            continue;
+        };
+        let change = Reclassification {
+            category: String::new(),
+            severity: Severity::Unspecified,
+            priority,
+            complexity: 0,
+            reason: format!(
+                "customer contacted again ({reference}); priority raised to {}",
+                priority.as_str_name()
+            ),
+        };
+        if let Some((entry, payload)) = reclassified(case, &change, "intake", now) {
+            entries.push(entry);
+            announced.push((
+                case.id.to_string(),
+                case.trace_for(contact.traceparent),
+                payload,
+            ));
+            let saved = bumps.entry(case.id).or_default();
+            if *saved == 0 {
+                saves.push(case.complaint_id);
+            }
+            *saved += 1;
+        }
+    }
+    let changed: Vec<(&CaseRow, i64)> = saves
+        .iter()
+        .filter_map(|complaint_id| cases.get(complaint_id))
+        .map(|case| (case, bumps[&case.id]))
+        .collect();
+    store::save_classifications(&mut *conn, &changed).await?;
+    store::append_timeline_all(&mut *conn, &entries).await?;
+    events.append_all(&mut *conn, announced).await?;
+    Ok(())
 }
 
 /// What a new sub-task asks for.
