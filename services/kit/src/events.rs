@@ -138,6 +138,12 @@ const SETTLE_IDLE: Duration = Duration::from_millis(2);
 /// replica's own streams are woken at once, the others up to this much later (at half load
 /// every 5 ms was a notification for every 2.6 complaints, each a transaction of its own).
 const NOTIFY_COALESCE: Duration = Duration::from_millis(20);
+/// How often a replica tells the other replicas of its producer that it is there (a NOTIFY
+/// without events). Commits are announced only while another replica was heard within
+/// [`PEER_TTL`]: a lone replica sends no NOTIFY per commit (each one was a transaction, and
+/// woke every listening backend of the database).
+const PRESENCE: Duration = Duration::from_secs(2);
+const PEER_TTL: Duration = Duration::from_secs(5);
 /// How often an idle stream tells its consumer it is caught up.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Most events the shared tail keeps (a subscription further behind reads on its own).
@@ -198,6 +204,53 @@ pub fn bind_event<'q, O>(
         .bind(&event.payload)
 }
 
+/// The start of a replica's "I am here" notification (then its name).
+const PRESENT: &str = "present:";
+
+/// What a notification on a producer's channel says, to the replica that receives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Notice {
+    /// This replica's own (its streams were woken at the commit).
+    Own,
+    /// Another replica is there.
+    Present,
+    /// Another replica committed events.
+    Committed,
+}
+
+impl Notice {
+    fn of(payload: &str, own: &str) -> Self {
+        match payload.strip_prefix(PRESENT) {
+            Some(replica) if replica == own => Notice::Own,
+            Some(_) => Notice::Present,
+            None if payload == own => Notice::Own,
+            None => Notice::Committed,
+        }
+    }
+}
+
+/// When another replica of the producer was last heard from.
+#[derive(Debug, Default)]
+struct Peers {
+    last_heard: Option<std::time::Instant>,
+}
+
+impl Peers {
+    /// Whether another replica was heard within [`PEER_TTL`] of `now`.
+    fn present(&self, now: std::time::Instant) -> bool {
+        self.last_heard
+            .is_some_and(|at| now.saturating_duration_since(at) < PEER_TTL)
+    }
+
+    /// Records a notification from another replica; true when none was there before (the
+    /// newcomer should hear at once that this one is there too).
+    fn heard(&mut self, now: std::time::Instant) -> bool {
+        let new = !self.present(now);
+        self.last_heard = Some(now);
+        new
+    }
+}
+
 /// The producer side: appends events inside the caller's transaction and serves them.
 #[derive(Clone)]
 pub struct EventLog {
@@ -213,6 +266,10 @@ struct EventLogInner {
     replica: String,
     /// Notifications received from other replicas.
     peer_wakeups: std::sync::atomic::AtomicU64,
+    /// When another replica was last heard from.
+    peers: std::sync::Mutex<Peers>,
+    /// Wakes the notifying task to say this replica is there (a new peer was heard).
+    greet_peers: tokio::sync::Notify,
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     insert_many_sql: String,
     fetch_sql: String,
@@ -233,6 +290,8 @@ impl EventLog {
                 notify_peers: tokio::sync::Notify::new(),
                 replica: uuid::Uuid::new_v4().simple().to_string(),
                 peer_wakeups: std::sync::atomic::AtomicU64::new(0),
+                peers: std::sync::Mutex::new(Peers::default()),
+                greet_peers: tokio::sync::Notify::new(),
                 metrics: std::sync::OnceLock::new(),
                 // Sequence numbers follow the order given (ordinality).
                 insert_many_sql: format!(
@@ -387,11 +446,21 @@ impl EventLog {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Cross-replica wake-up: commits on this replica are announced with one NOTIFY at most
-    /// every [`NOTIFY_COALESCE`] (outside the writers' transactions, so commits never queue on
-    /// the notification lock), and announcements from other replicas wake this replica's
-    /// streams; its own are ignored (its streams were woken at the commit). Streams still poll
-    /// every 200 ms as a fallback.
+    /// Whether another replica of this producer was heard from lately.
+    fn peers_present(&self) -> bool {
+        self.inner
+            .peers
+            .lock()
+            .map(|peers| peers.present(std::time::Instant::now()))
+            .unwrap_or(true)
+    }
+
+    /// Cross-replica wake-up: while other replicas are there, commits on this replica are
+    /// announced with one NOTIFY at most every [`NOTIFY_COALESCE`] (outside the writers'
+    /// transactions, so commits never queue on the notification lock), and announcements from
+    /// other replicas wake this replica's streams; its own are ignored (its streams were woken
+    /// at the commit). Each replica says it is there every [`PRESENCE`], and at once when it
+    /// hears a new one. Streams still poll every 200 ms as a fallback.
     fn spawn_peer_wakeups(&self, pool: PgPool, shutdown: Shutdown) {
         let log = self.clone();
         let (pool_n, shutdown_n) = (pool.clone(), shutdown.clone());
@@ -399,22 +468,34 @@ impl EventLog {
             // A wake-up is only a hint (a lost one costs a poll), so its transaction does not
             // wait for the WAL flush: a NOTIFY takes a transaction id, and each one was a
             // durable commit of its own. One simple query, never prepared.
-            let sql = format!(
-                "SET LOCAL synchronous_commit = off; SELECT pg_notify('{}', '{}')",
-                log.channel(),
-                log.inner.replica
-            );
+            let notify = |payload: String| {
+                format!(
+                    "SET LOCAL synchronous_commit = off; SELECT pg_notify('{}', '{payload}')",
+                    log.channel()
+                )
+            };
+            let announce = notify(log.inner.replica.clone());
+            let present = notify(format!("{PRESENT}{}", log.inner.replica));
+            let mut presence = tokio::time::interval(PRESENCE);
+            presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut connection = crate::db::HeldConnection::new(pool_n);
             loop {
-                tokio::select! {
-                    _ = log.inner.notify_peers.notified() => {}
+                let sql = tokio::select! {
+                    _ = log.inner.notify_peers.notified() => {
+                        if !log.peers_present() {
+                            continue;
+                        }
+                        tokio::time::sleep(NOTIFY_COALESCE).await;
+                        &announce
+                    }
+                    _ = presence.tick() => &present,
+                    _ = log.inner.greet_peers.notified() => &present,
                     _ = tokio::time::sleep(Duration::from_secs(1)), if connection.is_held() => {
                         connection.release();
                         continue;
                     }
                     _ = shutdown_n.wait() => return,
-                }
-                tokio::time::sleep(NOTIFY_COALESCE).await;
+                };
                 let sent = match connection.get().await {
                     Ok(conn) => sqlx::Executor::execute(conn, sql.as_str()).await.map(drop),
                     Err(error) => Err(error),
@@ -436,7 +517,20 @@ impl EventLog {
                     listener.listen(&log.channel()).await?;
                     loop {
                         let notification = listener.recv().await?;
-                        if notification.payload() != log.inner.replica {
+                        let notice = Notice::of(notification.payload(), &log.inner.replica);
+                        if notice == Notice::Own {
+                            continue;
+                        }
+                        let new_peer = log
+                            .inner
+                            .peers
+                            .lock()
+                            .map(|mut peers| peers.heard(std::time::Instant::now()))
+                            .unwrap_or(false);
+                        if new_peer {
+                            log.inner.greet_peers.notify_one();
+                        }
+                        if notice == Notice::Committed {
                             log.inner
                                 .peer_wakeups
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1264,6 +1358,27 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_tells_its_own_notifications_from_its_peers_presence_and_commits() {
+        assert_eq!(Notice::of("abc", "abc"), Notice::Own);
+        assert_eq!(Notice::of("present:abc", "abc"), Notice::Own);
+        assert_eq!(Notice::of("present:xyz", "abc"), Notice::Present);
+        assert_eq!(Notice::of("xyz", "abc"), Notice::Committed);
+    }
+
+    #[test]
+    fn peers_are_there_for_a_while_after_they_were_heard_and_a_newcomer_is_greeted_once() {
+        let start = std::time::Instant::now();
+        let mut peers = Peers::default();
+        assert!(!peers.present(start), "nobody heard yet");
+        assert!(peers.heard(start), "the first peer heard is new");
+        assert!(peers.present(start + PEER_TTL / 2));
+        assert!(!peers.heard(start + PEER_TTL / 2), "heard again: not new");
+        let later = start + PEER_TTL / 2 + PEER_TTL;
+        assert!(!peers.present(later), "gone quiet for the whole TTL");
+        assert!(peers.heard(later), "heard after a silence: new again");
+    }
 
     #[test]
     fn a_list_with_the_outbox_holds_every_outbox_migration_together_and_in_order() {

@@ -618,6 +618,56 @@ async fn replicas_of_a_producer_wake_each_other_and_ignore_their_own_notificatio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_replica_announces_no_commits_until_another_replica_is_there() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    let channel = format!("complaints_events_{PRODUCER}");
+    listener.listen(&channel).await.unwrap();
+    // What the channel carries while `write` runs and for a while after.
+    async fn heard(
+        listener: &mut sqlx::postgres::PgListener,
+        write: impl std::future::Future<Output = ()>,
+    ) -> Vec<String> {
+        write.await;
+        let mut payloads = Vec::new();
+        let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(until, listener.recv()).await {
+            payloads.push(n.payload().to_owned());
+        }
+        payloads
+    }
+    let lone = heard(&mut listener, async {
+        for n in 0..5 {
+            write_event(&producer, &format!("lone-{n}")).await;
+        }
+    })
+    .await;
+    assert!(!lone.is_empty(), "it says it is there");
+    assert!(
+        lone.iter().all(|p| p.starts_with("present:")),
+        "nothing but presence: {lone:?}"
+    );
+    // Another replica says it is there: the producer answers at once, and announces commits.
+    sqlx::query("SELECT pg_notify($1, 'present:another')")
+        .bind(&channel)
+        .execute(&producer.pool)
+        .await
+        .unwrap();
+    let with_a_peer = heard(&mut listener, async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        write_event(&producer, "seen").await;
+    })
+    .await;
+    let own = lone[0].trim_start_matches("present:");
+    assert!(
+        with_a_peer.iter().any(|p| p == own),
+        "a commit announced: {with_a_peer:?}"
+    );
+    producer.trigger.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_of_a_consumer_apply_each_event_exactly_once() {
     let db = testing::fresh_database().await;
     let producer = Arc::new(start_producer(&db.url).await);
