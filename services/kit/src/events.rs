@@ -1212,7 +1212,6 @@ impl<H: EventHandler> Consumer<H> {
         cursor: (i64, i64),
         events: &[Event],
     ) -> Result<(i64, i64), BatchError> {
-        let mut tx = sqlx::Connection::begin(connection.get().await?).await?;
         let mut last = cursor;
         let mut fresh = Vec::with_capacity(events.len());
         for event in events {
@@ -1229,13 +1228,33 @@ impl<H: EventHandler> Consumer<H> {
             });
             last = position;
         }
+        // Compare-and-set, first, in the round trip that begins the transaction: the cursor
+        // moves only from where this batch starts. Another replica that applied the same
+        // events first has moved it (nothing is applied here); one still applying them holds
+        // the row, and this batch waits for it to commit (then finds it moved) or abort.
+        // Holding the cursor row first also orders this batch before a rebuild's rewind.
+        let sql = format!(
+            "BEGIN; UPDATE {}.event_cursors SET txid = {}, seq = {}, updated_at = now()
+             WHERE source = '{}' AND txid = {} AND seq = {} RETURNING 1",
+            self.schema,
+            last.0,
+            last.1,
+            self.source.replace('\'', "''"),
+            cursor.0,
+            cursor.1
+        );
+        let (mut tx, moved) = crate::db::RawTransaction::begin(connection, &sql).await?;
+        if moved.is_empty() {
+            tx.rollback().await;
+            return Err(BatchError::CursorMoved);
+        }
         let handler = &*self.handler;
         let (sets, rest) = set_first(fresh, |event| handler.in_sets(event));
         let runs = std::iter::once(&sets[..])
             .filter(|run| !run.is_empty())
             .chain(rest.chunk_by(|a, b| handler.in_sets(a.event) == handler.in_sets(b.event)));
         for run in runs {
-            if handler.in_sets(run[0].event) {
+            let applied = if handler.in_sets(run[0].event) {
                 use tracing::Instrument as _;
                 handler
                     .apply_set(&mut tx, run)
@@ -1243,26 +1262,12 @@ impl<H: EventHandler> Consumer<H> {
                     .await
             } else {
                 apply_each(handler, &mut tx, run).await
+            };
+            if let Err(error) = applied {
+                // Rolled back on its connection, which is kept.
+                tx.rollback().await;
+                return Err(BatchError::Handler(error));
             }
-            .map_err(BatchError::Handler)?;
-        }
-        // Compare-and-set: the cursor moves only from where this batch started. Another
-        // replica that applied the same events first has moved it (its effects then stand and
-        // these roll back); one still applying them holds the row until it commits or aborts.
-        let moved = sqlx::query(&format!(
-            "UPDATE {}.event_cursors SET txid = $2, seq = $3, updated_at = now()
-             WHERE source = $1 AND txid = $4 AND seq = $5",
-            self.schema
-        ))
-        .bind(&self.source)
-        .bind(last.0)
-        .bind(last.1)
-        .bind(cursor.0)
-        .bind(cursor.1)
-        .execute(&mut *tx)
-        .await?;
-        if moved.rows_affected() != 1 {
-            return Err(BatchError::CursorMoved);
         }
         tx.commit().await?;
         Ok(last)

@@ -668,6 +668,56 @@ async fn a_lone_replica_announces_no_commits_until_another_replica_is_there() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_moves_its_cursor_before_it_applies_anything() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    let consumer = start_consumer(&db.url, "first", &producer.url, recorder("first")).await;
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    write_event(&producer, "a").await;
+    wait_applied(&pool, "first", 1).await;
+    // The stream's "caught up" (an empty batch, which moves the cursor alone) goes by first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Writes to the cursor wait, as behind another replica's batch holding the row (a table
+    // lock takes no transaction id, so the producer still releases the next event).
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE consumer_test.event_cursors IN EXCLUSIVE MODE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    write_event(&producer, "b").await;
+    let waiting: i32 = eventually(
+        "the consumer to wait for the cursor row",
+        Duration::from_secs(20),
+        || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar("SELECT pid FROM pg_locks WHERE NOT granted LIMIT 1")
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap()
+            }
+        },
+    )
+    .await;
+    // It waits before writing anything: no lock on the table its handler writes.
+    let (held,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_locks
+         WHERE pid = $1 AND relation = 'consumer_test.applied'::regclass",
+    )
+    .bind(waiting)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 0, "the handler ran before the cursor moved");
+    // The lock goes without the cursor having moved: this batch goes on.
+    other.rollback().await.unwrap();
+    wait_applied(&pool, "first", 2).await;
+    assert_applied_once(&pool, "first", 2).await;
+    consumer.stop().await;
+    producer.trigger.trigger();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_of_a_consumer_apply_each_event_exactly_once() {
     let db = testing::fresh_database().await;
     let producer = Arc::new(start_producer(&db.url).await);
