@@ -17,6 +17,41 @@ const CLOCK_COLUMNS: &str = "id, case_id, kind, cycle, state, policy_id, policy_
     escalation_level, next_fire_at, department_id, severity, origin_at, policy_version, thresholds_ms, ladder_ms, \
     warned_ms, plan_note";
 
+/// Binds every column of a clock, in [`CLOCK_COLUMNS`] order, as one row of a `VALUES` list.
+fn push_clock<'args>(
+    mut row: sqlx::query_builder::Separated<'_, 'args, sqlx::Postgres, &'static str>,
+    clock: &'args ClockRow,
+) {
+    row.push_bind(clock.id)
+        .push_bind(clock.case_id)
+        .push_bind(clock.kind)
+        .push_bind(clock.cycle)
+        .push_bind(clock.state)
+        .push_bind(&clock.policy_id)
+        .push_bind(&clock.policy_reason)
+        .push_bind(&clock.calendar_id)
+        .push_bind(clock.business)
+        .push_bind(clock.target_ms)
+        .push_bind(clock.consumed_ms)
+        .push_bind(clock.running_since)
+        .push_bind(clock.started_at)
+        .push_bind(clock.due_at)
+        .push_bind(clock.warned_percent)
+        .push_bind(clock.breached_at)
+        .push_bind(clock.met_at)
+        .push_bind(clock.met_on_time)
+        .push_bind(clock.escalation_level)
+        .push_bind(clock.next_fire_at)
+        .push_bind(&clock.department_id)
+        .push_bind(clock.severity)
+        .push_bind(clock.origin_at)
+        .push_bind(clock.policy_version)
+        .push_bind(&clock.thresholds_ms)
+        .push_bind(&clock.ladder_ms)
+        .push_bind(clock.warned_ms)
+        .push_bind(&clock.plan_note);
+}
+
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct ClockRow {
     pub id: Uuid,
@@ -253,36 +288,7 @@ pub async fn insert_clocks(
         return Ok(Vec::new());
     }
     let mut query = QueryBuilder::new(format!("INSERT INTO sla.clocks ({CLOCK_COLUMNS}) "));
-    query.push_values(clocks, |mut row, clock| {
-        row.push_bind(clock.id)
-            .push_bind(clock.case_id)
-            .push_bind(clock.kind)
-            .push_bind(clock.cycle)
-            .push_bind(clock.state)
-            .push_bind(&clock.policy_id)
-            .push_bind(&clock.policy_reason)
-            .push_bind(&clock.calendar_id)
-            .push_bind(clock.business)
-            .push_bind(clock.target_ms)
-            .push_bind(clock.consumed_ms)
-            .push_bind(clock.running_since)
-            .push_bind(clock.started_at)
-            .push_bind(clock.due_at)
-            .push_bind(clock.warned_percent)
-            .push_bind(clock.breached_at)
-            .push_bind(clock.met_at)
-            .push_bind(clock.met_on_time)
-            .push_bind(clock.escalation_level)
-            .push_bind(clock.next_fire_at)
-            .push_bind(&clock.department_id)
-            .push_bind(clock.severity)
-            .push_bind(clock.origin_at)
-            .push_bind(clock.policy_version)
-            .push_bind(&clock.thresholds_ms)
-            .push_bind(&clock.ladder_ms)
-            .push_bind(clock.warned_ms)
-            .push_bind(&clock.plan_note);
-    });
+    query.push_values(clocks, push_clock);
     query.push(" ON CONFLICT (case_id, kind, cycle) DO NOTHING RETURNING id");
     query.build_query_scalar().fetch_all(conn).await
 }
@@ -358,38 +364,8 @@ pub async fn save_clocks(conn: &mut PgConnection, clocks: &[ClockRow]) -> Result
              warned_ms = m.warned_ms, plan_note = m.plan_note
          FROM (",
     );
-    query.push_values(clocks, |mut row, clock| {
-        row.push_bind(clock.id)
-            .push_bind(clock.state)
-            .push_bind(clock.consumed_ms)
-            .push_bind(clock.running_since)
-            .push_bind(clock.due_at)
-            .push_bind(clock.warned_percent)
-            .push_bind(clock.breached_at)
-            .push_bind(clock.met_at)
-            .push_bind(clock.met_on_time)
-            .push_bind(clock.escalation_level)
-            .push_bind(clock.next_fire_at)
-            .push_bind(&clock.department_id)
-            .push_bind(clock.severity)
-            .push_bind(clock.target_ms)
-            .push_bind(clock.business)
-            .push_bind(&clock.policy_id)
-            .push_bind(clock.policy_version)
-            .push_bind(&clock.policy_reason)
-            .push_bind(&clock.calendar_id)
-            .push_bind(&clock.thresholds_ms)
-            .push_bind(&clock.ladder_ms)
-            .push_bind(clock.warned_ms)
-            .push_bind(&clock.plan_note);
-    });
-    query.push(
-        ") AS m(id, state, consumed_ms, running_since, due_at, warned_percent, breached_at, met_at,
-              met_on_time, escalation_level, next_fire_at, department_id, severity, target_ms,
-              business, policy_id, policy_version, policy_reason, calendar_id, thresholds_ms,
-              ladder_ms, warned_ms, plan_note)
-         WHERE c.id = m.id",
-    );
+    query.push_values(clocks, push_clock);
+    query.push(format!(") AS m({CLOCK_COLUMNS}) WHERE c.id = m.id"));
     query.build().execute(conn).await?;
     Ok(())
 }
