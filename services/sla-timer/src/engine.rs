@@ -578,12 +578,13 @@ impl Engine {
         }
         clock.consumed_ms = consumed.num_milliseconds();
         clock.running_since = running_since;
-        if clock.business
-            && let Some(since) = running_since
-            && runs.len() == 1
-        {
-            clock.started_at = calendar.next_working_instant(since)?;
-        }
+        // When it started counting, as a clock started now would: business time from the
+        // first working minute after the wait began, calendar time from the wait's start.
+        clock.started_at = if clock.business {
+            calendar.next_working_instant(clock.origin_at)?
+        } else {
+            clock.origin_at
+        };
         Ok(())
     }
 

@@ -355,7 +355,7 @@ pub async fn save_clocks(conn: &mut PgConnection, clocks: &[ClockRow]) -> Result
     let mut query = QueryBuilder::new(
         "UPDATE sla.clocks c
          SET state = m.state, consumed_ms = m.consumed_ms, running_since = m.running_since,
-             due_at = m.due_at, warned_percent = m.warned_percent, breached_at = m.breached_at,
+             started_at = m.started_at, due_at = m.due_at, warned_percent = m.warned_percent, breached_at = m.breached_at,
              met_at = m.met_at, met_on_time = m.met_on_time, escalation_level = m.escalation_level,
              next_fire_at = m.next_fire_at, department_id = m.department_id, severity = m.severity,
              target_ms = m.target_ms, business = m.business, policy_id = m.policy_id,

@@ -1415,3 +1415,48 @@ async fn a_run_with_reclassifications_applies_as_one_at_a_time_would() {
     assert_eq!(h.clock(c, ClockKind::Resolution).await.policy_id, "chatty");
     assert_eq!(h.count("SELECT count(*) FROM sla.cases").await, 6);
 }
+
+#[tokio::test]
+async fn a_reclassified_clock_says_when_it_started_counting_in_its_new_measure() {
+    let h = Harness::start().await;
+    // Received on Saturday: business time starts counting on Monday 09:00.
+    let case = h.open_case(sh(23, 10, 0), "product_quality").await;
+    let started = |clock: pb::Clock| at(&clock.started_at);
+    assert_eq!(
+        started(h.clock(&case, ClockKind::Resolution).await),
+        sh(25, 9, 0)
+    );
+    // A crisis counts calendar time from receipt.
+    h.reclassify(
+        &case,
+        CaseReclassified {
+            severity: Severity::Crisis as i32,
+            reason: "on the news".into(),
+            ..CaseReclassified::default()
+        },
+    )
+    .await;
+    let crisis = h.clock(&case, ClockKind::Resolution).await;
+    assert!(!crisis.business_time);
+    assert_eq!(started(crisis), sh(23, 10, 0));
+    // Back to business time, back to Monday 09:00.
+    h.reclassify(
+        &case,
+        CaseReclassified {
+            severity: Severity::General as i32,
+            reason: "calmer".into(),
+            ..CaseReclassified::default()
+        },
+    )
+    .await;
+    let explained = h.explain(&case, ClockKind::Resolution).await;
+    assert_eq!(started(explained.clock.clone().unwrap()), sh(25, 9, 0));
+    assert!(
+        explained
+            .notes
+            .iter()
+            .any(|n| n.contains("outside working time")),
+        "{:?}",
+        explained.notes
+    );
+}
