@@ -35,7 +35,9 @@ impl ClockEvents {
         let engine = &self.engine;
         match &event.payload {
             Some(Payload::CaseOpened(opened)) => {
-                self.cases_opened(conn, &[(opened, event)]).await?;
+                let mut calendars = CalendarsRead::shared();
+                self.cases_opened(conn, &mut calendars, &[(opened, event)])
+                    .await?;
             }
             Some(Payload::CaseAcknowledged(ack)) => {
                 let case_id = Uuid::parse_str(&ack.case_id)?;
@@ -62,7 +64,8 @@ impl ClockEvents {
             }
             Some(Payload::CaseReclassified(change)) => {
                 let case_id = Uuid::parse_str(&change.case_id)?;
-                self.cases_reclassified(conn, &[(case_id, change)], now)
+                let mut calendars = CalendarsRead::shared();
+                self.cases_reclassified(conn, &mut calendars, &[(case_id, change)], now)
                     .await?;
             }
             Some(Payload::CaseStatusChanged(change)) if !clockless(change) => {
@@ -71,7 +74,7 @@ impl ClockEvents {
                 let from = CaseStatus::try_from(change.from).unwrap_or(CaseStatus::Unspecified);
                 let to = CaseStatus::try_from(change.to).unwrap_or(CaseStatus::Unspecified);
                 let clocks = store::lock_clocks(conn, case_id).await?;
-                let mut calendars = CalendarsRead::default();
+                let mut calendars = CalendarsRead::shared();
                 let calendars = &mut calendars;
                 match to {
                     CaseStatus::WaitingOnCustomer => {
@@ -93,7 +96,7 @@ impl ClockEvents {
                         .flat_map(|kind| clocks.active_of_kind(kind as i16))
                         .map(|clock| (clock, at, trace))
                         .collect();
-                        engine.meet_all(conn, met).await?;
+                        engine.meet_all(conn, calendars, met).await?;
                         if let Some(case) = store::case(conn, case_id).await? {
                             let cycle = clocks.max_cycle(ClockKind::FollowUp as i16) + 1;
                             let started = engine
@@ -165,7 +168,8 @@ impl ClockEvents {
         at: DateTime<Utc>,
         trace: &str,
     ) -> anyhow::Result<()> {
-        self.customers_heard_from_us(conn, &[(case_id, at, trace)])
+        let mut calendars = CalendarsRead::shared();
+        self.customers_heard_from_us(conn, &mut calendars, &[(case_id, at, trace)])
             .await
     }
 
@@ -175,6 +179,7 @@ impl ClockEvents {
     async fn customers_heard_from_us(
         &self,
         conn: &mut PgConnection,
+        calendars: &mut CalendarsRead,
         contacts: &[(Uuid, DateTime<Utc>, &str)],
     ) -> anyhow::Result<()> {
         let mut ids: Vec<Uuid> = contacts.iter().map(|(id, _, _)| *id).collect();
@@ -187,7 +192,8 @@ impl ClockEvents {
             store::cases_locked(conn, &ids).await?;
             store::lock_clocks_of(conn, &ids).await?;
             for contact in contacts {
-                Box::pin(self.customers_heard_from_us(conn, std::slice::from_ref(contact))).await?;
+                let contact = std::slice::from_ref(contact);
+                Box::pin(self.customers_heard_from_us(conn, calendars, contact)).await?;
             }
             return Ok(());
         }
@@ -222,8 +228,10 @@ impl ClockEvents {
                 });
             }
         }
-        self.engine.meet_all(conn, met).await?;
-        self.engine.start_clocks(conn, &next_periods).await?;
+        self.engine.meet_all(conn, calendars, met).await?;
+        self.engine
+            .start_clocks(conn, calendars, &next_periods)
+            .await?;
         Ok(())
     }
 
@@ -255,6 +263,7 @@ impl ClockEvents {
     async fn cases_reclassified(
         &self,
         conn: &mut PgConnection,
+        calendars: &mut CalendarsRead,
         changes: &[(Uuid, &CaseReclassified)],
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
@@ -271,7 +280,9 @@ impl ClockEvents {
                     .map(|case| (case, change.reason.as_str()))
             })
             .collect();
-        self.engine.reclassify_all(conn, &replans, now).await?;
+        self.engine
+            .reclassify_all(conn, calendars, &replans, now)
+            .await?;
         Ok(())
     }
 
@@ -280,6 +291,7 @@ impl ClockEvents {
     async fn cases_opened(
         &self,
         conn: &mut PgConnection,
+        calendars: &mut CalendarsRead,
         run: &[(&CaseOpened, &Event)],
     ) -> anyhow::Result<()> {
         let now = Utc::now();
@@ -314,7 +326,7 @@ impl ClockEvents {
                 })
             })
             .collect();
-        self.engine.start_clocks(conn, &starts).await?;
+        self.engine.start_clocks(conn, calendars, &starts).await?;
         Ok(())
     }
 }
@@ -368,15 +380,18 @@ impl EventHandler for ClockEvents {
                     ));
                 }
             }
+            // Each calendar is read (and share-locked) once for the whole run.
+            let calendars = &mut CalendarsRead::shared();
             if !cases.is_empty() {
-                self.cases_opened(tx, &cases).await?;
+                self.cases_opened(tx, calendars, &cases).await?;
             }
             for (heard, reclassified) in phases(later) {
                 if !heard.is_empty() {
-                    self.customers_heard_from_us(tx, &heard).await?;
+                    self.customers_heard_from_us(tx, calendars, &heard).await?;
                 }
                 if !reclassified.is_empty() {
-                    self.cases_reclassified(tx, &reclassified, now).await?;
+                    self.cases_reclassified(tx, calendars, &reclassified, now)
+                        .await?;
                 }
             }
             Ok(())

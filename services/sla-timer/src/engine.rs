@@ -345,19 +345,25 @@ impl Engine {
             origin,
             traceparent,
         };
-        Ok(self.start_clocks(conn, &[start]).await?.pop())
+        let mut calendars = CalendarsRead::shared();
+        Ok(self
+            .start_clocks(conn, &mut calendars, &[start])
+            .await?
+            .pop())
     }
 
     /// Starts several clocks with set-based statements: each calendar involved is read (and
-    /// share-locked) once, the clocks are planned in memory, then inserted and announced with
-    /// one statement each. Clocks whose (case, kind, cycle) already exists are skipped; returns
-    /// the clocks started, in the order given.
+    /// share-locked: `calendars` must be [`CalendarsRead::shared`]) once for the transaction,
+    /// the clocks are planned in memory, then inserted and announced with one statement each.
+    /// Clocks whose (case, kind, cycle) already exists are skipped; returns the clocks started,
+    /// in the order given.
     pub async fn start_clocks(
         &self,
         conn: &mut PgConnection,
+        calendars: &mut CalendarsRead,
         starts: &[ClockStart<'_>],
     ) -> anyhow::Result<Vec<ClockRow>> {
-        let mut calendars = CalendarsRead::shared();
+        debug_assert!(calendars.share, "clocks start on share-locked calendars");
         let mut clocks = Vec::with_capacity(starts.len());
         let mut announcements = Vec::with_capacity(starts.len());
         for start in starts {
@@ -444,20 +450,23 @@ impl Engine {
         at: DateTime<Utc>,
         traceparent: &str,
     ) -> anyhow::Result<()> {
-        self.meet_all(conn, vec![(clock, at, traceparent)]).await
+        let mut calendars = CalendarsRead::default();
+        self.meet_all(conn, &mut calendars, vec![(clock, at, traceparent)])
+            .await
     }
 
     /// Meets several clocks (each target achieved at its instant) with one update and one
-    /// event statement; each calendar involved is read once.
+    /// event statement; each calendar involved is read once (for the transaction, through
+    /// `calendars`).
     pub async fn meet_all(
         &self,
         conn: &mut PgConnection,
+        calendars: &mut CalendarsRead,
         met: Vec<(ClockRow, DateTime<Utc>, &str)>,
     ) -> anyhow::Result<()> {
         if met.is_empty() {
             return Ok(());
         }
-        let mut calendars = CalendarsRead::default();
         let mut clocks = Vec::with_capacity(met.len());
         let mut events = Vec::with_capacity(met.len());
         for (mut clock, at, traceparent) in met {
@@ -637,7 +646,9 @@ impl Engine {
         why: &str,
         now: DateTime<Utc>,
     ) -> anyhow::Result<usize> {
-        self.reclassify_all(conn, &[(case, why)], now).await
+        let mut calendars = CalendarsRead::default();
+        self.reclassify_all(conn, &mut calendars, &[(case, why)], now)
+            .await
     }
 
     /// [`Engine::reclassify`] for several cases (each given once) with set-based statements:
@@ -647,6 +658,7 @@ impl Engine {
     pub async fn reclassify_all(
         &self,
         conn: &mut PgConnection,
+        calendars: &mut CalendarsRead,
         cases: &[(&CaseRow, &str)],
         now: DateTime<Utc>,
     ) -> anyhow::Result<usize> {
@@ -672,7 +684,6 @@ impl Engine {
         }
         let clock_ids: Vec<Uuid> = clocks.iter().map(|c| c.id).collect();
         let pauses = store::pauses_of_clocks(conn, &clock_ids).await?;
-        let mut calendars = CalendarsRead::default();
         let mut saved = Vec::with_capacity(clocks.len());
         for mut clock in clocks {
             let Some((case, why, chosen)) = chosen.get(&clock.case_id) else {
