@@ -257,6 +257,33 @@ fn acknowledged_at(case_id: &str, at: DateTime<Utc>) -> Payload {
     })
 }
 
+/// The explanation has a note that says `text`.
+fn assert_noted(explained: &pb::ExplainClockResponse, text: &str) {
+    assert!(
+        explained.notes.iter().any(|n| n.contains(text)),
+        "no note says {text:?}: {:?}",
+        explained.notes
+    );
+}
+
+/// A reclassification that changes only the severity.
+fn to_severity(severity: Severity, why: &str) -> CaseReclassified {
+    CaseReclassified {
+        severity: severity as i32,
+        reason: why.into(),
+        ..CaseReclassified::default()
+    }
+}
+
+/// A reclassification that changes only the complexity.
+fn to_complexity(complexity: Complexity, why: &str) -> CaseReclassified {
+    CaseReclassified {
+        complexity: complexity as i32,
+        reason: why.into(),
+        ..CaseReclassified::default()
+    }
+}
+
 fn admin_req<T>(message: T) -> tonic::Request<T> {
     testing::authed(message, &token(Role::Admin, None))
 }
@@ -390,14 +417,7 @@ async fn a_complaint_received_on_friday_night_counts_from_the_next_working_minut
     assert_eq!(explained.segments.len(), 1);
     assert_eq!(at(&explained.segments[0].start), sh(25, 9, 0));
     assert_eq!(explained.time_zone, "Asia/Shanghai");
-    assert!(
-        explained
-            .notes
-            .iter()
-            .any(|n| n.contains("outside working time")),
-        "{:?}",
-        explained.notes
-    );
+    assert_noted(&explained, "outside working time");
     assert!(clock.business_time);
     assert_eq!(clock.calendar_id, "cn-mainland");
 }
@@ -929,11 +949,7 @@ async fn reclassification_replans_the_open_clocks_of_the_case() {
     assert_eq!(at(&before.due_at), sh(27, 18, 0));
     h.reclassify(
         &case,
-        CaseReclassified {
-            complexity: Complexity::Complex as i32,
-            reason: "needs the supplier".into(),
-            ..CaseReclassified::default()
-        },
+        to_complexity(Complexity::Complex, "needs the supplier"),
     )
     .await;
     let explained = h.explain(&case, ClockKind::Resolution).await;
@@ -947,39 +963,18 @@ async fn reclassification_replans_the_open_clocks_of_the_case() {
             .unwrap()
             .with_timezone(&Utc)
     );
-    assert!(
-        explained
-            .notes
-            .iter()
-            .any(|n| n.contains("reclassification (needs the supplier)")),
-        "{:?}",
-        explained.notes
-    );
+    assert_noted(&explained, "reclassification (needs the supplier)");
     // Raised to a crisis: calendar time from receipt, 24 hours.
-    h.reclassify(
-        &case,
-        CaseReclassified {
-            severity: Severity::Crisis as i32,
-            reason: "on the news".into(),
-            ..CaseReclassified::default()
-        },
-    )
-    .await;
+    h.reclassify(&case, to_severity(Severity::Crisis, "on the news"))
+        .await;
     let crisis = h.clock(&case, ClockKind::Resolution).await;
     assert_eq!(crisis.policy_id, "crisis");
     assert!(!crisis.business_time);
     assert_eq!(at(&crisis.due_at), sh(26, 9, 0));
     // Back to general: the complexity given earlier is kept (a reclassification changes only
     // what it gives).
-    h.reclassify(
-        &case,
-        CaseReclassified {
-            severity: Severity::General as i32,
-            reason: "calmer".into(),
-            ..CaseReclassified::default()
-        },
-    )
-    .await;
+    h.reclassify(&case, to_severity(Severity::General, "calmer"))
+        .await;
     let calmer = h.clock(&case, ClockKind::Resolution).await;
     assert_eq!(calmer.policy_id, "general-complex");
     assert!(calmer.business_time);
@@ -1047,11 +1042,7 @@ async fn reclassification_recounts_each_clock_with_its_own_pauses() {
     for case in [&paused, &steady] {
         h.reclassify(
             case,
-            CaseReclassified {
-                complexity: Complexity::Complex as i32,
-                reason: "needs the supplier".into(),
-                ..CaseReclassified::default()
-            },
+            to_complexity(Complexity::Complex, "needs the supplier"),
         )
         .await;
     }
@@ -1318,16 +1309,8 @@ async fn a_run_with_reclassifications_applies_as_one_at_a_time_would() {
             ..change
         })
     };
-    let complex = CaseReclassified {
-        complexity: Complexity::Complex as i32,
-        reason: "needs the supplier".into(),
-        ..CaseReclassified::default()
-    };
-    let crisis = CaseReclassified {
-        severity: Severity::Crisis as i32,
-        reason: "on the news".into(),
-        ..CaseReclassified::default()
-    };
+    let complex = to_complexity(Complexity::Complex, "needs the supplier");
+    let crisis = to_severity(Severity::Crisis, "on the news");
     // The same story for three cases: `a` is reclassified, then acknowledged (its first
     // response is met under the new policy); `b` is acknowledged, then reclassified twice
     // (the met first response keeps its policy; the second change builds on the first);
@@ -1427,36 +1410,15 @@ async fn a_reclassified_clock_says_when_it_started_counting_in_its_new_measure()
         sh(25, 9, 0)
     );
     // A crisis counts calendar time from receipt.
-    h.reclassify(
-        &case,
-        CaseReclassified {
-            severity: Severity::Crisis as i32,
-            reason: "on the news".into(),
-            ..CaseReclassified::default()
-        },
-    )
-    .await;
+    h.reclassify(&case, to_severity(Severity::Crisis, "on the news"))
+        .await;
     let crisis = h.clock(&case, ClockKind::Resolution).await;
     assert!(!crisis.business_time);
     assert_eq!(started(crisis), sh(23, 10, 0));
     // Back to business time, back to Monday 09:00.
-    h.reclassify(
-        &case,
-        CaseReclassified {
-            severity: Severity::General as i32,
-            reason: "calmer".into(),
-            ..CaseReclassified::default()
-        },
-    )
-    .await;
+    h.reclassify(&case, to_severity(Severity::General, "calmer"))
+        .await;
     let explained = h.explain(&case, ClockKind::Resolution).await;
     assert_eq!(started(explained.clock.clone().unwrap()), sh(25, 9, 0));
-    assert!(
-        explained
-            .notes
-            .iter()
-            .any(|n| n.contains("outside working time")),
-        "{:?}",
-        explained.notes
-    );
+    assert_noted(&explained, "outside working time");
 }
