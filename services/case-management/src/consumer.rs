@@ -62,11 +62,7 @@ impl CaseEvents {
                 }
             }
             Some(Payload::ComplaintRepeatContact(_)) => {
-                let run = [Incoming {
-                    event,
-                    span: tracing::Span::current(),
-                }];
-                self.repeat_contacts(conn, &run, now).await?;
+                self.repeat_contacts(conn, &[event], now).await?;
             }
             Some(Payload::ComplaintReclassified(reclassified)) => {
                 let Ok(complaint_id) = Uuid::parse_str(&reclassified.complaint_id) else {
@@ -153,17 +149,17 @@ impl CaseEvents {
 }
 
 impl CaseEvents {
-    /// Records the repeat contacts of a run, in order, with set-based statements.
+    /// Records the repeat contacts among `events`, in order, with set-based statements.
     async fn repeat_contacts(
         &self,
         conn: &mut PgConnection,
-        run: &[Incoming<'_>],
+        events: &[&Event],
         now: chrono::DateTime<Utc>,
     ) -> anyhow::Result<()> {
-        let contacts: Vec<RepeatContact<'_>> = run
+        let contacts: Vec<RepeatContact<'_>> = events
             .iter()
-            .filter_map(|incoming| {
-                let Some(Payload::ComplaintRepeatContact(repeat)) = &incoming.event.payload else {
+            .filter_map(|event| {
+                let Some(Payload::ComplaintRepeatContact(repeat)) = &event.payload else {
                     return None;
                 };
                 // An id that is not one (never from intake) is skipped, as before.
@@ -177,7 +173,7 @@ impl CaseEvents {
                     },
                     raised: Priority::try_from(repeat.raised_priority)
                         .unwrap_or(Priority::Unspecified),
-                    traceparent: &incoming.event.traceparent,
+                    traceparent: &event.traceparent,
                 })
             })
             .collect();
@@ -236,7 +232,8 @@ impl EventHandler for CaseEvents {
             if !complaints.is_empty() {
                 self.open_cases(tx, &complaints).await?;
             }
-            self.repeat_contacts(tx, run, Utc::now()).await
+            let events: Vec<&Event> = run.iter().map(|incoming| incoming.event).collect();
+            self.repeat_contacts(tx, &events, Utc::now()).await
         })
     }
 

@@ -685,8 +685,8 @@ pub async fn record_repeat_contacts(
 ) -> Result<(), WorkflowError> {
     let complaint_ids: Vec<Uuid> = contacts.iter().map(|c| c.complaint_id).collect();
     let mut cases = store::lock_by_complaints(&mut *conn, &complaint_ids).await?;
-    let mut saves: Vec<Uuid> = Vec::new();
-    let mut bumps: std::collections::HashMap<Uuid, i64> = Default::default();
+    // Changes per complaint's case: its version moves once for each.
+    let mut changes: std::collections::HashMap<Uuid, i64> = Default::default();
     let mut entries = Vec::with_capacity(contacts.len());
     let mut announced = Vec::new();
     for contact in contacts {
@@ -725,17 +725,12 @@ pub async fn record_repeat_contacts(
                 case.trace_for(contact.traceparent),
                 payload,
             ));
-            let saved = bumps.entry(case.id).or_default();
-            if *saved == 0 {
-                saves.push(case.complaint_id);
-            }
-            *saved += 1;
+            *changes.entry(contact.complaint_id).or_default() += 1;
         }
     }
-    let changed: Vec<(&CaseRow, i64)> = saves
+    let changed: Vec<(&CaseRow, i64)> = changes
         .iter()
-        .filter_map(|complaint_id| cases.get(complaint_id))
-        .map(|case| (case, bumps[&case.id]))
+        .filter_map(|(complaint_id, n)| cases.get(complaint_id).map(|case| (case, *n)))
         .collect();
     store::save_classifications(&mut *conn, &changed).await?;
     store::append_timeline_all(&mut *conn, &entries).await?;

@@ -209,45 +209,47 @@ const PRESENT: &str = "present:";
 
 /// What a notification on a producer's channel says, to the replica that receives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Notice {
+enum Notice<'p> {
     /// This replica's own (its streams were woken at the commit).
     Own,
-    /// Another replica is there.
-    Present,
-    /// Another replica committed events.
-    Committed,
+    /// Another replica (named) is there.
+    Present(&'p str),
+    /// Another replica (named) committed events.
+    Committed(&'p str),
 }
 
-impl Notice {
-    fn of(payload: &str, own: &str) -> Self {
+impl<'p> Notice<'p> {
+    fn of(payload: &'p str, own: &str) -> Self {
         match payload.strip_prefix(PRESENT) {
             Some(replica) if replica == own => Notice::Own,
-            Some(_) => Notice::Present,
+            Some(replica) => Notice::Present(replica),
             None if payload == own => Notice::Own,
-            None => Notice::Committed,
+            None => Notice::Committed(payload),
         }
     }
 }
 
-/// When another replica of the producer was last heard from.
+/// The other replicas of the producer, by name, with when each was last heard from.
 #[derive(Debug, Default)]
 struct Peers {
-    last_heard: Option<std::time::Instant>,
+    heard: std::collections::HashMap<String, std::time::Instant>,
 }
 
 impl Peers {
     /// Whether another replica was heard within [`PEER_TTL`] of `now`.
     fn present(&self, now: std::time::Instant) -> bool {
-        self.last_heard
-            .is_some_and(|at| now.saturating_duration_since(at) < PEER_TTL)
+        self.heard
+            .values()
+            .any(|at| now.saturating_duration_since(*at) < PEER_TTL)
     }
 
-    /// Records a notification from another replica; true when none was there before (the
-    /// newcomer should hear at once that this one is there too).
-    fn heard(&mut self, now: std::time::Instant) -> bool {
-        let new = !self.present(now);
-        self.last_heard = Some(now);
-        new
+    /// Records a notification from `replica`; true when it was not there before (a newcomer,
+    /// or one back after a silence, should hear at once that this one is there too). Replicas
+    /// silent for longer than [`PEER_TTL`] are forgotten.
+    fn heard(&mut self, replica: &str, now: std::time::Instant) -> bool {
+        self.heard
+            .retain(|_, at| now.saturating_duration_since(*at) < PEER_TTL);
+        self.heard.insert(replica.to_owned(), now).is_none()
     }
 }
 
@@ -518,19 +520,20 @@ impl EventLog {
                     loop {
                         let notification = listener.recv().await?;
                         let notice = Notice::of(notification.payload(), &log.inner.replica);
-                        if notice == Notice::Own {
-                            continue;
-                        }
+                        let replica = match notice {
+                            Notice::Own => continue,
+                            Notice::Present(replica) | Notice::Committed(replica) => replica,
+                        };
                         let new_peer = log
                             .inner
                             .peers
                             .lock()
-                            .map(|mut peers| peers.heard(std::time::Instant::now()))
+                            .map(|mut peers| peers.heard(replica, std::time::Instant::now()))
                             .unwrap_or(false);
                         if new_peer {
                             log.inner.greet_peers.notify_one();
                         }
-                        if notice == Notice::Committed {
+                        if matches!(notice, Notice::Committed(_)) {
                             log.inner
                                 .peer_wakeups
                                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1368,8 +1371,8 @@ mod tests {
     fn a_replica_tells_its_own_notifications_from_its_peers_presence_and_commits() {
         assert_eq!(Notice::of("abc", "abc"), Notice::Own);
         assert_eq!(Notice::of("present:abc", "abc"), Notice::Own);
-        assert_eq!(Notice::of("present:xyz", "abc"), Notice::Present);
-        assert_eq!(Notice::of("xyz", "abc"), Notice::Committed);
+        assert_eq!(Notice::of("present:xyz", "abc"), Notice::Present("xyz"));
+        assert_eq!(Notice::of("xyz", "abc"), Notice::Committed("xyz"));
     }
 
     #[test]
@@ -1377,12 +1380,17 @@ mod tests {
         let start = std::time::Instant::now();
         let mut peers = Peers::default();
         assert!(!peers.present(start), "nobody heard yet");
-        assert!(peers.heard(start), "the first peer heard is new");
+        assert!(peers.heard("a", start), "the first peer heard is new");
         assert!(peers.present(start + PEER_TTL / 2));
-        assert!(!peers.heard(start + PEER_TTL / 2), "heard again: not new");
+        assert!(
+            !peers.heard("a", start + PEER_TTL / 2),
+            "heard again: not new"
+        );
+        // A replica that replaced another (a restart) is new while the old one's time runs.
+        assert!(peers.heard("b", start + PEER_TTL / 2), "another name: new");
         let later = start + PEER_TTL / 2 + PEER_TTL;
         assert!(!peers.present(later), "gone quiet for the whole TTL");
-        assert!(peers.heard(later), "heard after a silence: new again");
+        assert!(peers.heard("a", later), "heard after a silence: new again");
     }
 
     #[test]

@@ -648,7 +648,7 @@ async fn a_lone_replica_announces_no_commits_until_another_replica_is_there() {
         lone.iter().all(|p| p.starts_with("present:")),
         "nothing but presence: {lone:?}"
     );
-    // Another replica says it is there: the producer answers at once, and announces commits.
+    // Another replica says it is there: from then on the producer announces its commits.
     sqlx::query("SELECT pg_notify($1, 'present:another')")
         .bind(&channel)
         .execute(&producer.pool)
@@ -691,10 +691,14 @@ async fn a_batch_moves_its_cursor_before_it_applies_anything() {
         || {
             let pool = pool.clone();
             async move {
-                sqlx::query_scalar("SELECT pid FROM pg_locks WHERE NOT granted LIMIT 1")
-                    .fetch_optional(&pool)
-                    .await
-                    .unwrap()
+                // Only this test's database: other tests run beside it on the same server.
+                sqlx::query_scalar(
+                    "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE NOT l.granted AND a.datname = current_database() LIMIT 1",
+                )
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
             }
         },
     )

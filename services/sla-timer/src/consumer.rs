@@ -58,7 +58,7 @@ impl ClockEvents {
                     owner_id: Some(&assigned.owner_id),
                     ..CaseChange::default()
                 };
-                if let Some(case) = store::change_case(conn, case_id, &change).await? {
+                if let Some(case) = store::change_case(conn, case_id, change).await? {
                     store::move_open_clocks(conn, case_id, &case.department_id).await?;
                 }
             }

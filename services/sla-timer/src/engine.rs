@@ -636,25 +636,12 @@ impl Engine {
         Ok(count)
     }
 
-    /// Re-plans the open clocks of a case whose severity, priority, complexity, tier or category
-    /// changed: the policy is chosen again and each clock takes its new target, keeping the time
-    /// it already used (recounted in the new measure). Returns how many clocks it re-planned.
-    pub async fn reclassify(
-        &self,
-        conn: &mut PgConnection,
-        case: &CaseRow,
-        why: &str,
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<usize> {
-        let mut calendars = CalendarsRead::default();
-        self.reclassify_all(conn, &mut calendars, &[(case, why)], now)
-            .await
-    }
-
-    /// [`Engine::reclassify`] for several cases (each given once) with set-based statements:
-    /// the policies, the clocks, their pauses and each calendar are read once for all of them,
-    /// and every clock is saved with one statement. A clock whose kind the new policy does not
-    /// measure is cancelled.
+    /// Re-plans the open clocks of cases (each given once, with why) whose severity, priority,
+    /// complexity, tier or category changed: the policy is chosen again and each clock takes
+    /// its new target, keeping the time it already used (recounted in the new measure). The
+    /// policies, the clocks, their pauses and each calendar are read once for all of them, and
+    /// every clock is saved with one statement; a clock whose kind the new policy does not
+    /// measure is cancelled. Returns how many clocks it re-planned.
     pub async fn reclassify_all(
         &self,
         conn: &mut PgConnection,

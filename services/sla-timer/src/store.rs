@@ -173,37 +173,21 @@ pub struct CaseChange<'a> {
 }
 
 /// Applies a change to a case's facts and returns the case as it now is, locked as [`case`]
-/// locks it: one statement where reading the case and [`upsert_case`] took two. `None` for a
-/// case this service never saw opened.
+/// locks it, with one statement. `None` for a case this service never saw opened.
 pub async fn change_case(
     conn: &mut PgConnection,
     case_id: Uuid,
-    change: &CaseChange<'_>,
+    change: CaseChange<'_>,
 ) -> Result<Option<CaseRow>, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE sla.cases
-         SET department_id = COALESCE($2, department_id), owner_id = COALESCE($3, owner_id),
-             category = COALESCE($4, category), severity = COALESCE($5, severity),
-             priority = COALESCE($6, priority), complexity = COALESCE($7, complexity),
-             updated_at = now()
-         WHERE case_id = $1
-         RETURNING case_id, department_id, owner_id, category, severity, priority, complexity,
-             customer_tier, channel, received_at",
-    )
-    .bind(case_id)
-    .bind(change.department_id)
-    .bind(change.owner_id)
-    .bind(change.category)
-    .bind(change.severity)
-    .bind(change.priority)
-    .bind(change.complexity)
-    .fetch_optional(conn)
-    .await
+    Ok(change_cases(conn, &[(case_id, change)])
+        .await?
+        .remove(&case_id))
 }
 
 /// [`change_case`] for several cases (each given once), locked in `case_id` order first as
-/// [`cases_locked`] locks them: two statements however many cases. Returns the cases as they
-/// now are; a case this service never saw opened is absent.
+/// [`cases_locked`] locks them (one case needs no order: its update locks it): two statements
+/// however many cases. Returns the cases as they now are; a case this service never saw opened
+/// is absent.
 pub async fn change_cases<'c>(
     conn: &mut PgConnection,
     changes: &[(Uuid, CaseChange<'c>)],
@@ -212,7 +196,9 @@ pub async fn change_cases<'c>(
         return Ok(Default::default());
     }
     let ids: Vec<Uuid> = changes.iter().map(|(id, _)| *id).collect();
-    cases_locked(conn, &ids).await?;
+    if ids.len() > 1 {
+        cases_locked(conn, &ids).await?;
+    }
     let field = |f: fn(&CaseChange<'c>) -> Option<&'c str>| -> Vec<Option<&'c str>> {
         changes.iter().map(|(_, c)| f(c)).collect()
     };
