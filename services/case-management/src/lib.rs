@@ -15,6 +15,7 @@ use complaints_kit::config::{self, CommonConfig, ConfigError};
 use complaints_kit::db::Migration;
 use complaints_kit::events::{
     CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION,
+    OUTBOX_STATISTICS_MIGRATION,
 };
 use complaints_kit::server::ServiceContext;
 use complaints_proto::cases::v1::case_service_server::CaseServiceServer;
@@ -27,6 +28,7 @@ pub const DEFAULT_PORT: u16 = 50052;
 pub const MIGRATIONS: &[Migration] = &[
     OUTBOX_MIGRATION,
     OUTBOX_INDEX_MIGRATION,
+    OUTBOX_STATISTICS_MIGRATION,
     CURSOR_MIGRATION,
     Migration {
         name: "0001_cases",
@@ -39,6 +41,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "0003_case_trace",
         sql: include_str!("../migrations/0003_case_trace.sql"),
+    },
+    Migration {
+        name: "0004_column_statistics",
+        sql: include_str!("../migrations/0004_column_statistics.sql"),
     },
 ];
 

@@ -247,6 +247,25 @@ async fn two_concurrent_updates_never_both_win() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_keeps_planner_statistics_only_for_what_queries_filter_on() {
+    let h = start().await;
+    h.case_for("stats-1", "质量问题").await;
+    let pool = sqlx::PgPool::connect(&h._db.url).await.unwrap();
+    assert_eq!(
+        testing::analyzed_columns(&pool, "cases", "timeline").await,
+        [
+            "at",
+            "case_id",
+            "customer_visible",
+            "id",
+            "kind",
+            "request_id"
+        ]
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_illegal_transition_names_the_allowed_ones() {
     let h = start().await;
     let case = h.case_for("sm-1", "质量问题").await;

@@ -13,6 +13,7 @@ use complaints_kit::config::{self, CommonConfig, ConfigError};
 use complaints_kit::db::Migration;
 use complaints_kit::events::{
     CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION,
+    OUTBOX_STATISTICS_MIGRATION,
 };
 use complaints_kit::server::ServiceContext;
 use complaints_proto::intake::v1::intake_service_server::IntakeServiceServer;
@@ -25,6 +26,7 @@ pub const DEFAULT_PORT: u16 = 50051;
 pub const MIGRATIONS: &[Migration] = &[
     OUTBOX_MIGRATION,
     OUTBOX_INDEX_MIGRATION,
+    OUTBOX_STATISTICS_MIGRATION,
     CURSOR_MIGRATION,
     Migration {
         name: "0001_complaints",
@@ -41,6 +43,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "0004_lock_repeat_candidates",
         sql: include_str!("../migrations/0004_lock_repeat_candidates.sql"),
+    },
+    Migration {
+        name: "0005_column_statistics",
+        sql: include_str!("../migrations/0005_column_statistics.sql"),
     },
 ];
 

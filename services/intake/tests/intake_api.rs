@@ -176,6 +176,39 @@ async fn concurrent_identical_submissions_create_exactly_one_complaint_and_one_e
 }
 
 #[tokio::test]
+async fn complaints_keep_planner_statistics_only_for_what_queries_filter_on() {
+    let (service, db) = start().await;
+    let mut intake = client(&service, Role::Service);
+    for request_id in ["stats-1", "stats-2"] {
+        intake
+            .submit_complaint(complaint(request_id))
+            .await
+            .unwrap();
+    }
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    assert_eq!(
+        testing::analyzed_columns(&pool, "intake", "complaints").await,
+        [
+            "case_id",
+            "case_open",
+            "category",
+            "channel",
+            "customer_id",
+            "email",
+            "id",
+            "linked_to",
+            "phone",
+            "received_at",
+            "reference",
+            "request_id",
+            "severity",
+            "status",
+        ]
+    );
+    service.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn personal_data_is_masked_for_quality_and_shown_to_agents() {
     let (service, _db) = start().await;
     let created = client(&service, Role::Service)

@@ -194,3 +194,21 @@ pub fn forged_token(subject: &str, role: Role) -> String {
         .mint(subject, &[role], None, Duration::from_secs(3600))
         .expect("mint")
 }
+
+/// Analyzes `schema.table` and returns, sorted, the columns PostgreSQL then keeps planner
+/// statistics for: the ones set to `STATISTICS 0` are left out. The table needs rows.
+pub async fn analyzed_columns(pool: &sqlx::PgPool, schema: &str, table: &str) -> Vec<String> {
+    sqlx::query(&format!("ANALYZE {schema}.{table}"))
+        .execute(pool)
+        .await
+        .expect("ANALYZE");
+    sqlx::query_scalar(
+        "SELECT attname::text FROM pg_stats WHERE schemaname = $1 AND tablename = $2
+         ORDER BY attname",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .expect("pg_stats")
+}

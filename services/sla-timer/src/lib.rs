@@ -17,6 +17,7 @@ use complaints_kit::config::{self, CommonConfig, ConfigError};
 use complaints_kit::db::Migration;
 use complaints_kit::events::{
     CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION,
+    OUTBOX_STATISTICS_MIGRATION,
 };
 use complaints_kit::server::ServiceContext;
 use complaints_proto::cases::v1::case_service_client::CaseServiceClient;
@@ -32,6 +33,7 @@ pub const DEFAULT_PORT: u16 = 50053;
 pub const MIGRATIONS: &[Migration] = &[
     OUTBOX_MIGRATION,
     OUTBOX_INDEX_MIGRATION,
+    OUTBOX_STATISTICS_MIGRATION,
     CURSOR_MIGRATION,
     Migration {
         name: "0001_clocks",
@@ -56,6 +58,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "0006_clock_case_check_in_code",
         sql: include_str!("../migrations/0006_clock_case_check_in_code.sql"),
+    },
+    Migration {
+        name: "0007_column_statistics",
+        sql: include_str!("../migrations/0007_column_statistics.sql"),
     },
 ];
 

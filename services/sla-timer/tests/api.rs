@@ -423,6 +423,32 @@ async fn a_complaint_received_on_friday_night_counts_from_the_next_working_minut
 }
 
 #[tokio::test]
+async fn clocks_keep_planner_statistics_only_for_what_queries_filter_on() {
+    let h = Harness::start().await;
+    h.open_case(sh(22, 22, 0), "product_quality").await;
+    assert_eq!(
+        testing::analyzed_columns(&h.pool, "sla", "clocks").await,
+        [
+            "breached_at",
+            "calendar_id",
+            "case_id",
+            "cycle",
+            "department_id",
+            "due_at",
+            "id",
+            "kind",
+            "met_at",
+            "met_on_time",
+            "next_fire_at",
+            "severity",
+            "started_at",
+            "state",
+            "warned_ms",
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_pause_over_a_weekend_subtracts_only_the_business_time_paused() {
     let h = Harness::start().await;
     // General simple complaint: resolution in 3 working days (24 business hours).
