@@ -36,7 +36,7 @@ USAGE:
       --rate: operations per second across all clients (of every kind); without it, a
       closed loop. --warmup: load run before the measured --duration (its complaints are
       still checked, its calls not timed). --no-host-probe: no host-speed column. Services
-      run with one runtime thread each, and so does the bench, unless TOKIO_WORKER_THREADS is set.
+      run with one runtime thread each unless TOKIO_WORKER_THREADS is set.
   complaints pg-stop
       Stops the private PostgreSQL started by `up`.
 
@@ -95,20 +95,8 @@ fn flag(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
-fn main() -> anyhow::Result<()> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    // The bench's clients and event watchers use a fifth of a core at most: on one runtime
-    // thread they spare the machine they measure a second thread's wake-ups (the bench's CPU
-    // 9–12 % less, the 64-client rate unchanged). TOKIO_WORKER_THREADS, if set, wins.
-    if std::env::args().nth(1).as_deref() == Some("bench")
-        && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
-    {
-        runtime.worker_threads(1);
-    }
-    runtime.enable_all().build()?.block_on(run())
-}
-
-async fn run() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if complaints_cli::args::wants_help(&args) {
         print!("{USAGE}");
