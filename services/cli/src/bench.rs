@@ -134,9 +134,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         .map(|i| format!("{host}:{}", base_port + 1000 + i))
         .collect();
 
+    // The suite's own database, where the bench can read its tables' statistics.
+    let mut suite_url = None;
     if options.target.is_none() {
         let (name, url) = create_database(&options.database_url, "bench").await?;
         scratch_db = Some(name);
+        suite_url = Some(url.clone());
         let services: &[&str] = if options.intake_only {
             &SERVICE_NAMES[..1]
         } else {
@@ -464,6 +467,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     .await
     .ok()
     .and_then(Result::ok);
+    let mut suite_connection = match &suite_url {
+        Some(url) => tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(url))
+            .await
+            .ok()
+            .and_then(Result::ok),
+        None => None,
+    };
     let progress = {
         let stats = stats.clone();
         let propagation = propagation.clone();
@@ -484,6 +494,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             let mut bench = own_cpu();
             let mut read_at = Instant::now();
             let mut wal = wal_syncs(wal_connection.as_mut()).await;
+            let mut autovacuum = autovacuum_passes(suite_connection.as_mut()).await;
             let mut tick = tokio::time::interval_at(
                 tokio::time::Instant::from_std(started) + Duration::from_secs(1),
                 Duration::from_secs(1),
@@ -500,6 +511,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                 let window = at.duration_since(read_at).as_secs_f64().max(0.001);
                 read_at = at;
                 let wal_now = wal_syncs(wal_connection.as_mut()).await;
+                let autovacuum_now = autovacuum_passes(suite_connection.as_mut()).await;
                 let rate = |before: f64, after: f64| (after - before) / window;
                 samples.lock().unwrap().push(Sample {
                     services: services
@@ -527,7 +539,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                             after.1.zip(before.1).map(|(a, b)| a - b),
                         )
                     }),
+                    autovacuum: autovacuum.zip(autovacuum_now).map(|(b, a)| a - b),
                 });
+                autovacuum = autovacuum_now;
                 machine = now;
                 wal = wal_now;
                 services = services_now;
@@ -839,6 +853,23 @@ fn machine_cpu_seconds() -> Option<(f64, f64)> {
     ))
 }
 
+/// Automatic vacuums and analyzes of the suite's tables finished so far (`pg_stat_user_tables`
+/// of its database). In a fresh database every table grows past autovacuum's thresholds between
+/// its visits, which come about every `autovacuum_naptime` ÷ the number of databases: a visit
+/// takes up to a second of CPU, and the seconds it lands in show it. Skipped, like
+/// [`wal_syncs`], when it does not come within a quarter of a second.
+async fn autovacuum_passes(connection: Option<&mut sqlx::PgConnection>) -> Option<f64> {
+    let query = sqlx::query_scalar::<_, f64>(
+        "SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)::float8 \
+         FROM pg_stat_user_tables",
+    )
+    .fetch_one(connection?);
+    tokio::time::timeout(Duration::from_millis(250), query)
+        .await
+        .ok()?
+        .ok()
+}
+
 /// PostgreSQL's WAL syncs so far, and the milliseconds spent in them when the server times
 /// them (`track_wal_io_timing`, on for the private server): `pg_stat_wal`, which backends
 /// update about once a second.
@@ -1133,6 +1164,39 @@ fn report(
             probes: run.probes,
         },
     );
+    let autovacuum =
+        seconds::autovacuum_summary(&per_second, &stats.calls, "SubmitComplaint").map(|a| {
+            let whole = Latency::of(
+                stats
+                    .calls
+                    .iter()
+                    .filter(|c| c.rpc == "SubmitComplaint")
+                    .map(|c| c.micros)
+                    .collect(),
+            );
+            let (others, elsewhere) = &a.elsewhere;
+            let shown: Vec<String> = a.seconds.iter().map(|s| (s + 1).to_string()).collect();
+            out.push_str(&format!(
+                "autovacuum: {:.0} automatic vacuums and analyzes of the suite's tables finished; \
+                 SubmitComplaint p99 {}: {:.1} ms (whole run {:.1} ms)\n",
+                a.passes,
+                if shown.is_empty() {
+                    format!("over all {others} seconds")
+                } else {
+                    format!(
+                        "over the {others} seconds they did not run in (seconds {} left out)",
+                        shown.join(", ")
+                    )
+                },
+                elsewhere.p99_ms,
+                whole.p99_ms,
+            ));
+            serde_json::json!({
+                "passes": a.passes,
+                "seconds": a.seconds,
+                "submit_elsewhere": {"seconds": others, "latency": elsewhere.json()},
+            })
+        });
     let mut services = serde_json::Map::new();
     out.push_str("\nservice                 CPU s (load)  CPU %   peak RSS MiB\n");
     for (i, name) in SERVICE_NAMES.iter().enumerate() {
@@ -1256,6 +1320,7 @@ fn report(
         "propagated_after_load": seconds::propagated_after(per_second.len(), &propagated_ms),
         "per_second": per_second.iter().map(seconds::Second::json).collect::<Vec<_>>(),
         "host_speed": host,
+        "autovacuum": autovacuum,
         "pgbench_tps": pgbench_tps,
         "pgbench_tps_runs": pgbench_runs,
         "ratio_to_pgbench": ratio,
@@ -1319,9 +1384,9 @@ fn per_second_section(
         ));
     }
     out.push_str(
-        "\nper second: CPU % of one core (services' resident MiB at the second's end), the bench's own and the machine's busy CPU, time stolen by the host; WAL syncs (ms in them); host: the probe's speed against its fastest\n",
+        "\nper second: CPU % of one core (services' resident MiB at the second's end), the bench's own and the machine's busy CPU, time stolen by the host; WAL syncs (ms in them); autovac: automatic vacuums and analyzes of the suite's tables finished; host: the probe's speed against its fastest\n",
     );
-    out.push_str("   t       intake   case-mgmt   sla-timer      survey     scoring  postgres  bench  busy %  stolen s  WAL syncs (ms)  host %\n");
+    out.push_str("   t       intake   case-mgmt   sla-timer      survey     scoring  postgres  bench  busy %  stolen s  WAL syncs (ms)  autovac  host %\n");
     for second in &table {
         let services: Vec<String> = (0..SERVICE_NAMES.len())
             .map(|i| {
@@ -1337,7 +1402,7 @@ fn per_second_section(
             .collect();
         let percent = |cpu: Option<f64>| cpu.map_or_else(dash, |cpu| format!("{:.0}", cpu * 100.0));
         out.push_str(&format!(
-            "{:>4} {:>12} {:>11} {:>11} {:>11} {:>11} {:>9} {:>6} {:>7} {:>9} {:>15} {:>7}\n",
+            "{:>4} {:>12} {:>11} {:>11} {:>11} {:>11} {:>9} {:>6} {:>7} {:>9} {:>15} {:>8} {:>7}\n",
             second.second + 1,
             services[0],
             services[1],
@@ -1354,6 +1419,9 @@ fn per_second_section(
                 Some(ms) => format!("{syncs:.0} ({ms:.0})"),
                 None => format!("{syncs:.0}"),
             }),
+            second
+                .autovacuum
+                .map_or_else(dash, |passes| format!("{passes:.0}")),
             second
                 .host_speed
                 .map_or_else(dash, |v| format!("{:.0}", v * 100.0)),

@@ -95,11 +95,13 @@ pub fn percentile(sorted: &[u32], p: f64) -> f64 {
 /// as a busier second: the machine's busy and stolen CPU, each service's CPU and its resident
 /// bytes at the sample (in [`SERVICE_NAMES`] order), and the CPU of every PostgreSQL process
 /// and of the bench itself. PostgreSQL's WAL syncs in the second, with the milliseconds they
-/// took (when the server times them, `track_wal_io_timing`), are counts.
+/// took (when the server times them, `track_wal_io_timing`), are counts, and so are the
+/// automatic vacuums and analyzes of the suite's tables that finished in the second.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sample {
     pub machine: Option<(f64, f64)>,
     pub wal: Option<(f64, Option<f64>)>,
+    pub autovacuum: Option<f64>,
     pub services: Vec<Option<(f64, f64)>>,
     pub postgres: Option<f64>,
     /// The bench's own CPU seconds in it (the load generator).
@@ -140,6 +142,9 @@ pub struct Second {
     pub machine: Option<(f64, f64)>,
     /// PostgreSQL's WAL syncs in it, and the milliseconds they took (see [`Sample`]).
     pub wal: Option<(f64, Option<f64>)>,
+    /// Automatic vacuums and analyzes of the suite's tables that finished in it: a second of
+    /// them is a second in which PostgreSQL worked for more than the load.
+    pub autovacuum: Option<f64>,
     /// Its probe computations' median speed against the fastest computation of the run.
     pub host_speed: Option<f64>,
     /// Each service's (CPU seconds a second in it, resident bytes at its end), in
@@ -184,6 +189,7 @@ impl Second {
             "stolen_s": self.machine.map(|(_, steal)| steal),
             "wal_syncs": self.wal.map(|(syncs, _)| syncs),
             "wal_sync_ms": self.wal.and_then(|(_, ms)| ms),
+            "autovacuum_passes": self.autovacuum,
             "host_speed_percent": self.host_speed.map(|s| s * 100.0),
         })
     }
@@ -257,6 +263,7 @@ pub fn per_second(seconds: usize, recorded: &Recorded<'_>) -> Vec<Second> {
                 propagation: (!delays.is_empty()).then(|| Latency::of(delays)),
                 machine: sample.and_then(|s| s.machine),
                 wal: sample.and_then(|s| s.wal),
+                autovacuum: sample.and_then(|s| s.autovacuum),
                 host_speed: speeds[second],
                 services: sample.map(|s| s.services.clone()).unwrap_or_default(),
                 postgres: sample.and_then(|s| s.postgres),
@@ -332,6 +339,49 @@ pub fn host_summary(seconds: &[Second], calls: &[Call], rpc: &str) -> Option<Hos
         measured: speeds.len(),
         slow: speeds.iter().filter(|v| **v < SLOW).count(),
         at_speed: (fast_seconds > 0).then(|| (fast_seconds, Latency::of(micros))),
+    })
+}
+
+/// When automatic vacuums and analyzes of the suite's tables ran, and an RPC's latency without
+/// those seconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutovacuumSummary {
+    /// Passes finished in the run.
+    pub passes: f64,
+    /// Seconds (0-based) in which passes finished, and the one before each: a pass works for
+    /// up to a second before it finishes.
+    pub seconds: Vec<usize>,
+    /// The RPC's calls that began in every other second, and how many seconds those were.
+    pub elsewhere: (usize, Latency),
+}
+
+/// Summarises the seconds' automatic vacuums and analyzes (see [`AutovacuumSummary`]); `None`
+/// when no second was sampled.
+pub fn autovacuum_summary(
+    seconds: &[Second],
+    calls: &[Call],
+    rpc: &str,
+) -> Option<AutovacuumSummary> {
+    if seconds.iter().all(|s| s.autovacuum.is_none()) {
+        return None;
+    }
+    let mut busy = vec![false; seconds.len()];
+    for (i, second) in seconds.iter().enumerate() {
+        if second.autovacuum.is_some_and(|passes| passes > 0.0) {
+            busy[i] = true;
+            busy[i.saturating_sub(1)] = true;
+        }
+    }
+    let last = seconds.len().saturating_sub(1);
+    let micros: Vec<u32> = calls
+        .iter()
+        .filter(|c| c.rpc == rpc && !busy[(c.began_ms as usize / 1000).min(last)])
+        .map(|c| c.micros)
+        .collect();
+    Some(AutovacuumSummary {
+        passes: seconds.iter().filter_map(|s| s.autovacuum).sum(),
+        seconds: (0..seconds.len()).filter(|i| busy[*i]).collect(),
+        elsewhere: (busy.iter().filter(|b| !**b).count(), Latency::of(micros)),
     })
 }
 
@@ -480,6 +530,7 @@ mod tests {
             Sample {
                 machine: Some((1.5, 0.0)),
                 wal: Some((400.0, Some(60.5))),
+                autovacuum: Some(3.0),
                 services: vec![Some((0.25, 40.0 * MIB)), None],
                 postgres: Some(0.8),
                 bench: Some(0.15),
@@ -487,6 +538,7 @@ mod tests {
             Sample {
                 machine: Some((1.9, 0.25)),
                 wal: Some((380.0, None)),
+                autovacuum: None,
                 services: vec![Some((0.5, 42.0 * MIB)), Some((0.1, 30.0 * MIB))],
                 postgres: None,
                 bench: None,
@@ -513,6 +565,7 @@ mod tests {
         assert_eq!(first.propagation.as_ref().map(|l| l.count), Some(1));
         assert_eq!(first.machine, Some((1.5, 0.0)));
         assert_eq!(first.wal, Some((400.0, Some(60.5))));
+        assert_eq!(first.autovacuum, Some(3.0));
         assert_eq!(first.services, vec![Some((0.25, 40.0 * MIB)), None]);
         assert_eq!((first.postgres, first.bench), (Some(0.8), Some(0.15)));
         assert!(!first.rpc.contains_key("GetCase"));
@@ -531,6 +584,7 @@ mod tests {
         assert_eq!((propagation.count, propagation.max_ms), (2, 300.0));
         assert_eq!(second.machine, Some((1.9, 0.25)));
         assert_eq!(second.wal, Some((380.0, None)));
+        assert_eq!(second.autovacuum, None);
         assert_eq!(second.postgres, None);
         // The JSON names each service read, with its CPU in percent of one core.
         let json = second.json();
@@ -541,6 +595,8 @@ mod tests {
         assert_eq!(json["errors_by_code"]["GetCase Internal"], 1);
         assert!(json["bench_cpu_percent"].is_null());
         assert_eq!(seconds[0].json()["bench_cpu_percent"], 15.0);
+        assert_eq!(seconds[0].json()["autovacuum_passes"], 3.0);
+        assert!(json["autovacuum_passes"].is_null());
         assert_eq!(
             (json["accepted"].as_u64(), json["propagated"].as_u64()),
             (Some(2), Some(3))
@@ -548,8 +604,8 @@ mod tests {
         // A second never sampled has none of it.
         let third = &per_second(3, &recorded)[2];
         assert_eq!(
-            (third.machine, third.wal, third.postgres),
-            (None, None, None)
+            (third.machine, third.wal, third.postgres, third.autovacuum),
+            (None, None, None, None)
         );
         assert!(third.services.is_empty());
         assert_eq!(second.host_speed, None);
@@ -578,6 +634,55 @@ mod tests {
         assert_eq!(speeds[2], None);
         assert!((speeds[3].unwrap() - 0.8).abs() < 1e-9);
         assert_eq!(host_speeds(2, &[]), vec![None, None]);
+    }
+
+    #[test]
+    fn the_autovacuum_summary_leaves_out_the_seconds_its_passes_ran_in() {
+        // Five seconds of 10 ms calls; passes finish in second 3, so seconds 2 and 3 (a pass
+        // works before it finishes) go, with their 300 ms calls.
+        let mut calls = Vec::new();
+        for second in 0..5u32 {
+            let micros = if second == 2 || second == 3 {
+                300_000
+            } else {
+                10_000
+            };
+            for i in 0..10 {
+                calls.push(call(second * 1000 + i, "SubmitComplaint", micros, None));
+            }
+        }
+        let passes = [Some(0.0), Some(0.0), Some(0.0), Some(4.0), None];
+        let samples: Vec<Sample> = passes
+            .iter()
+            .map(|autovacuum| Sample {
+                autovacuum: *autovacuum,
+                ..Sample::default()
+            })
+            .collect();
+        let recorded = Recorded {
+            calls: &calls,
+            samples: &samples,
+            ..Recorded::default()
+        };
+        let table = per_second(5, &recorded);
+        let summary = autovacuum_summary(&table, &calls, "SubmitComplaint").unwrap();
+        assert_eq!(summary.passes, 4.0);
+        assert_eq!(summary.seconds, [2, 3]);
+        let (seconds, latency) = summary.elsewhere;
+        assert_eq!((seconds, latency.count), (3, 30));
+        assert_eq!(latency.max_ms, 10.0);
+        // Never sampled (a suite the bench did not start): no summary.
+        let unsampled = per_second(
+            5,
+            &Recorded {
+                calls: &calls,
+                ..Recorded::default()
+            },
+        );
+        assert_eq!(
+            autovacuum_summary(&unsampled, &calls, "SubmitComplaint"),
+            None
+        );
     }
 
     #[test]
