@@ -1166,14 +1166,7 @@ fn report(
     );
     let autovacuum =
         seconds::autovacuum_summary(&per_second, &stats.calls, "SubmitComplaint").map(|a| {
-            let whole = Latency::of(
-                stats
-                    .calls
-                    .iter()
-                    .filter(|c| c.rpc == "SubmitComplaint")
-                    .map(|c| c.micros)
-                    .collect(),
-            );
+            let whole = submit_latency(&stats.calls);
             let (others, elsewhere) = &a.elsewhere;
             let shown: Vec<String> = a.seconds.iter().map(|s| (s + 1).to_string()).collect();
             out.push_str(&format!(
@@ -1428,13 +1421,7 @@ fn per_second_section(
         ));
     }
     let host = seconds::host_summary(&table, calls, "SubmitComplaint").map(|h| {
-        let whole = Latency::of(
-            calls
-                .iter()
-                .filter(|c| c.rpc == "SubmitComplaint")
-                .map(|c| c.micros)
-                .collect(),
-        );
+        let whole = submit_latency(calls);
         let at_speed = h.at_speed.as_ref().map_or_else(
             || format!("no second at ≥ {:.0} %", seconds::AT_SPEED * 100.0),
             |(n, l)| {
@@ -1464,6 +1451,17 @@ fn per_second_section(
         })
     });
     (table, host.unwrap_or(serde_json::Value::Null))
+}
+
+/// SubmitComplaint's latency over the whole run.
+fn submit_latency(calls: &[Call]) -> Latency {
+    Latency::of(
+        calls
+            .iter()
+            .filter(|c| c.rpc == "SubmitComplaint")
+            .map(|c| c.micros)
+            .collect(),
+    )
 }
 
 /// SubmitComplaint's latency target (issue 10: p99 ≤ 25 ms), a bound of intake's
