@@ -541,7 +541,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                     }),
                     autovacuum: autovacuum.zip(autovacuum_now).map(|(b, a)| a - b),
                 });
-                autovacuum = autovacuum_now;
+                // The counts only grow: a reading that did not come keeps the last one, and
+                // the next second counts what finished meanwhile.
+                if autovacuum_now.is_some() {
+                    autovacuum = autovacuum_now;
+                }
                 machine = now;
                 wal = wal_now;
                 services = services_now;
@@ -857,7 +861,8 @@ fn machine_cpu_seconds() -> Option<(f64, f64)> {
 /// of its database). In a fresh database every table grows past autovacuum's thresholds between
 /// its visits, which come about every `autovacuum_naptime` ÷ the number of databases: a visit
 /// takes up to a second of CPU, and the seconds it lands in show it. Skipped, like
-/// [`wal_syncs`], when it does not come within a quarter of a second.
+/// [`wal_syncs`], when it does not come within a quarter of a second; no reading with
+/// `--target`, whose database the bench does not know.
 async fn autovacuum_passes(connection: Option<&mut sqlx::PgConnection>) -> Option<f64> {
     let query = sqlx::query_scalar::<_, f64>(
         "SELECT coalesce(sum(autovacuum_count + autoanalyze_count), 0)::float8 \

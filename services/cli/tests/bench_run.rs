@@ -182,12 +182,33 @@ async fn a_short_bench_run_reports_every_complaint_propagated_and_the_pgbench_ra
             second["wal_syncs"].as_f64().is_some_and(|n| n >= 0.0),
             "{second}"
         );
+        // Automatic vacuums and analyzes of the suite's tables finished in it (mostly none).
+        assert!(
+            second["autovacuum_passes"]
+                .as_f64()
+                .is_some_and(|n| n >= 0.0),
+            "{second}"
+        );
         assert!(
             second["host_speed_percent"]
                 .as_f64()
                 .is_some_and(|v| v > 0.0 && v <= 100.0)
         );
     }
+    // SubmitComplaint's p99 without the seconds autovacuum ran in: all of its calls when it
+    // did not run, fewer when it did.
+    let autovacuum = &json["autovacuum"];
+    let passes = autovacuum["passes"].as_f64().expect("autovacuum passes");
+    let elsewhere = autovacuum["submit_elsewhere"]["latency"]["count"]
+        .as_u64()
+        .unwrap();
+    let submitted = json["rpc"]["SubmitComplaint"]["count"].as_u64().unwrap();
+    if passes == 0.0 {
+        assert_eq!(elsewhere, submitted, "{autovacuum}");
+    } else {
+        assert!(elsewhere <= submitted, "{autovacuum}");
+    }
+    assert!(stdout.contains("autovacuum: "), "{stdout}");
     let host = &json["host_speed"];
     assert_eq!(
         host["seconds_measured"].as_u64(),

@@ -90,7 +90,8 @@ pub const OUTBOX_MIGRATIONS: [Migration; 3] = [
 
 /// A list of migrations with the outbox must hold all of [`OUTBOX_MIGRATIONS`], together and
 /// in order: a producer that left one out would run with the outbox of an older release (the
-/// indexes nothing reads kept up to date by every event). Checked by `db::migrate`.
+/// indexes nothing reads kept up to date by every event, statistics nothing uses gathered by
+/// every `ANALYZE`). Checked by `db::migrate`.
 pub fn check_outbox_migrations(migrations: &[Migration]) -> Result<(), String> {
     let names: Vec<&str> = migrations.iter().map(|m| m.name).collect();
     let wanted = OUTBOX_MIGRATIONS.map(|m| m.name);
