@@ -13,7 +13,7 @@ use complaints_kit::config::{self, CommonConfig, ConfigError};
 use complaints_kit::db::Migration;
 use complaints_kit::events::{
     CURSOR_MIGRATION, Consumer, EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION,
-    OUTBOX_STATISTICS_MIGRATION,
+    OUTBOX_POSITION_MIGRATION, OUTBOX_STATISTICS_MIGRATION,
 };
 use complaints_kit::server::ServiceContext;
 use complaints_proto::intake::v1::intake_service_server::IntakeServiceServer;
@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[Migration] = &[
     OUTBOX_MIGRATION,
     OUTBOX_INDEX_MIGRATION,
     OUTBOX_STATISTICS_MIGRATION,
+    OUTBOX_POSITION_MIGRATION,
     CURSOR_MIGRATION,
     Migration {
         name: "0001_complaints",

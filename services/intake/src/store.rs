@@ -541,11 +541,14 @@ pub const RECORD_REPEATS: &str = "WITH counted AS (
          WHERE c.id = r.id
          RETURNING c.id),
      announced AS (
-         -- Sequence numbers follow the order given.
+         -- Sequence numbers follow the order given. Written once every complaint is counted
+         -- (`done`): an event's position is taken when it is written, and must come after
+         -- the events of a batch this one waited for on a complaint's lock.
          INSERT INTO intake.event_outbox (event_id, aggregate_id, event_type, occurred_at, payload)
          SELECT e.id, e.aggregate, e.kind, e.at, e.payload
          FROM unnest($4::uuid[], $5::text[], $6::text[], $7::timestamptz[], $8::bytea[])
               WITH ORDINALITY AS e(id, aggregate, kind, at, payload, n)
+              CROSS JOIN (SELECT count(*) FROM counted) done
          ORDER BY e.n)
      SELECT count(*) FROM counted";
 

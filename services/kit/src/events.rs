@@ -2,11 +2,14 @@
 //! gRPC server-streaming `Subscribe`, and a consumer whose cursor lives in its own schema and
 //! moves in the same transaction as the effects of the events it applied.
 //!
-//! Ordering without skips: each outbox row records the id of the transaction that wrote it.
-//! Readers release rows in (transaction id, sequence) order and only below the oldest
-//! transaction still running (`pg_snapshot_xmin`), so a row that commits late can never land
-//! behind a position a consumer has already passed. Per case, order holds because every write
-//! to a case first locks the case row, which gives its transactions ids in lock order.
+//! Ordering without skips: each outbox row records a position at or above the id of the
+//! transaction that wrote it. Readers release rows in (position, sequence) order and only below
+//! the oldest transaction still running (`pg_snapshot_xmin`), so a row that commits late can
+//! never land behind a position a consumer has already passed. Per aggregate, order holds
+//! because every write to an aggregate first locks its row, and a row written after another
+//! transaction committed is positioned past that transaction's id (see
+//! [`OUTBOX_POSITION_MIGRATION`]): the next writer, which waited for the lock, comes after it
+//! whenever it took its own id.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -79,19 +82,42 @@ pub const OUTBOX_STATISTICS_MIGRATION: Migration = Migration {
               ALTER COLUMN aggregate_id SET STATISTICS 0;",
 };
 
+/// An event's position is no longer its transaction's id alone but the greater of that id
+/// and the next id not yet handed out when the row is written (`pg_snapshot_xmax` of a fresh
+/// snapshot, which a `VOLATILE` PL/pgSQL function takes for each row even in the middle of a
+/// statement). A transaction that took its id, then waited for a lock on an aggregate and
+/// wrote the aggregate's next event, used to be ordered before the event of the transaction
+/// it waited for (its id was the smaller). Now every event written after another transaction
+/// committed is positioned at or past that transaction's events; a tie goes to the sequence,
+/// which follows insertion. A position is never below its writer's id, so release below the
+/// oldest running transaction stays gap-free. List it right after
+/// [`OUTBOX_STATISTICS_MIGRATION`].
+pub const OUTBOX_POSITION_MIGRATION: Migration = Migration {
+    name: "kit_0005_event_outbox_position",
+    sql: "CREATE FUNCTION {schema}.event_position() RETURNS bigint
+              LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
+          BEGIN
+              RETURN greatest(pg_current_xact_id()::text::bigint,
+                              pg_snapshot_xmax(pg_current_snapshot())::text::bigint);
+          END $$;
+          ALTER TABLE {schema}.event_outbox ALTER COLUMN txid SET DEFAULT {schema}.event_position();",
+};
+
 /// The outbox's migrations in order, for a schema that only needs the outbox (test harnesses
 /// of a producer's consumers). A service lists them all in its own migrations instead, one
 /// right after the other ([`check_outbox_migrations`] refuses anything else).
-pub const OUTBOX_MIGRATIONS: [Migration; 3] = [
+pub const OUTBOX_MIGRATIONS: [Migration; 4] = [
     OUTBOX_MIGRATION,
     OUTBOX_INDEX_MIGRATION,
     OUTBOX_STATISTICS_MIGRATION,
+    OUTBOX_POSITION_MIGRATION,
 ];
 
 /// A list of migrations with the outbox must hold all of [`OUTBOX_MIGRATIONS`], together and
 /// in order: a producer that left one out would run with the outbox of an older release (the
 /// indexes nothing reads kept up to date by every event, statistics nothing uses gathered by
-/// every `ANALYZE`). Checked by `db::migrate`.
+/// every `ANALYZE`, an aggregate's events out of order when a writer waited for its lock).
+/// Checked by `db::migrate`.
 pub fn check_outbox_migrations(migrations: &[Migration]) -> Result<(), String> {
     let names: Vec<&str> = migrations.iter().map(|m| m.name).collect();
     let wanted = OUTBOX_MIGRATIONS.map(|m| m.name);
@@ -1422,6 +1448,7 @@ mod tests {
                 OUTBOX_MIGRATION,
                 OUTBOX_INDEX_MIGRATION,
                 OUTBOX_STATISTICS_MIGRATION,
+                OUTBOX_POSITION_MIGRATION,
                 CURSOR_MIGRATION,
                 own,
             ],
@@ -1441,10 +1468,21 @@ mod tests {
                 CURSOR_MIGRATION,
                 own,
             ],
+            // The list of the release before, without the positions.
+            vec![
+                OUTBOX_MIGRATION,
+                OUTBOX_INDEX_MIGRATION,
+                OUTBOX_STATISTICS_MIGRATION,
+                CURSOR_MIGRATION,
+                own,
+            ],
         ] {
             let problem = check_outbox_migrations(&bad).unwrap_err();
             assert!(
-                problem.contains("kit_0003_event_outbox_indexes, kit_0004_event_outbox_statistics"),
+                problem.contains(
+                    "kit_0003_event_outbox_indexes, kit_0004_event_outbox_statistics, \
+                     kit_0005_event_outbox_position"
+                ),
                 "{problem}"
             );
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use complaints_kit::db::Migration;
 use complaints_kit::events::{
     CURSOR_MIGRATION, Consumer, EventHandler, EventLog, OUTBOX_INDEX_MIGRATION, OUTBOX_MIGRATION,
-    OUTBOX_STATISTICS_MIGRATION,
+    OUTBOX_POSITION_MIGRATION, OUTBOX_STATISTICS_MIGRATION,
 };
 use complaints_kit::server::ServiceContext;
 use complaints_kit::shutdown::{Shutdown, ShutdownTrigger};
@@ -62,6 +62,7 @@ async fn start_producer(database_url: &str) -> Producer {
             OUTBOX_MIGRATION,
             OUTBOX_INDEX_MIGRATION,
             OUTBOX_STATISTICS_MIGRATION,
+            OUTBOX_POSITION_MIGRATION,
             PRODUCER_TABLES,
         ],
         shutdown,
@@ -374,6 +375,118 @@ async fn events_of_one_aggregate_arrive_in_order_under_concurrent_writers() {
         );
     }
     consumer.stop().await;
+    producer.trigger.trigger();
+}
+
+/// A writer that took its transaction id first and then waited for an aggregate's lock writes
+/// the aggregate's next event: that event is released after the one of the writer it waited
+/// for, whether it is written by a later statement or by the very statement that waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_written_after_waiting_for_its_aggregate_comes_after_the_one_it_waited_for() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    for same_statement in [false, true] {
+        let aggregate = format!("waited-{same_statement}");
+        sqlx::query("INSERT INTO producer_test.aggregates (id) VALUES ($1)")
+            .bind(&aggregate)
+            .execute(&producer.pool)
+            .await
+            .unwrap();
+        // The late writer takes its id before anyone touches the aggregate.
+        let mut late = producer.pool.begin().await.unwrap();
+        let (late_pid, _): (i32, String) =
+            sqlx::query_as("SELECT pg_backend_pid(), pg_current_xact_id()::text")
+                .fetch_one(&mut *late)
+                .await
+                .unwrap();
+        // The early writer, with a later id, locks it and writes version 1.
+        let mut early = producer.pool.begin().await.unwrap();
+        let (version,): (i32,) = sqlx::query_as(
+            "UPDATE producer_test.aggregates SET version = version + 1 WHERE id = $1 RETURNING version",
+        )
+        .bind(&aggregate)
+        .fetch_one(&mut *early)
+        .await
+        .unwrap();
+        append(&producer.log, &mut early, &aggregate, version).await;
+        let log = producer.log.clone();
+        let waited = aggregate.clone();
+        let writing = tokio::spawn(async move {
+            if same_statement {
+                let event = log.encode(
+                    &waited,
+                    "",
+                    Payload::CaseAcknowledged(CaseAcknowledged {
+                        case_id: waited.clone(),
+                        by: "2".into(),
+                        acknowledged_at: None,
+                    }),
+                );
+                let sql = format!(
+                    "WITH saved AS (UPDATE producer_test.aggregates SET version = version + 1
+                                    WHERE id = $6 RETURNING version),
+                          announced AS ({})
+                     SELECT version FROM saved",
+                    log.insert_one_sql("saved", 1)
+                );
+                let (version,): (i32,) =
+                    complaints_kit::events::bind_event(sqlx::query_as(&sql), &event)
+                        .bind(&waited)
+                        .fetch_one(&mut *late)
+                        .await
+                        .unwrap();
+                assert_eq!(version, 2);
+            } else {
+                let (version,): (i32,) = sqlx::query_as(
+                    "UPDATE producer_test.aggregates SET version = version + 1 WHERE id = $1 RETURNING version",
+                )
+                .bind(&waited)
+                .fetch_one(&mut *late)
+                .await
+                .unwrap();
+                append(&log, &mut late, &waited, version).await;
+            }
+            late.commit().await.unwrap();
+        });
+        let pool = producer.pool.clone();
+        eventually(
+            "the late writer waits for the aggregate's lock",
+            Duration::from_secs(10),
+            || {
+                let pool = pool.clone();
+                async move {
+                    let (waiting,): (bool,) = sqlx::query_as(
+                        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND NOT granted)",
+                    )
+                    .bind(late_pid)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                    waiting.then_some(())
+                }
+            },
+        )
+        .await;
+        early.commit().await.unwrap();
+        writing.await.unwrap();
+    }
+    let events = released(&producer, 4).await;
+    let order: Vec<(String, String)> = events
+        .iter()
+        .map(|event| match &event.payload {
+            Some(Payload::CaseAcknowledged(ack)) => (event.aggregate_id.clone(), ack.by.clone()),
+            other => panic!("unexpected payload {other:?}"),
+        })
+        .collect();
+    let of = |aggregate: &str| -> Vec<String> {
+        order
+            .iter()
+            .filter(|(a, _)| a == aggregate)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(of("waited-false"), ["1", "2"], "later statement: {order:?}");
+    assert_eq!(of("waited-true"), ["1", "2"], "same statement: {order:?}");
     producer.trigger.trigger();
 }
 
@@ -839,6 +952,7 @@ async fn runs_of_hot_kinds_go_to_apply_set_in_order_and_only_batches_that_wrote_
             OUTBOX_MIGRATION,
             OUTBOX_INDEX_MIGRATION,
             OUTBOX_STATISTICS_MIGRATION,
+            OUTBOX_POSITION_MIGRATION,
             CURSOR_MIGRATION,
         ],
         shutdown,
