@@ -47,6 +47,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_column_statistics",
         sql: include_str!("../migrations/0004_column_statistics.sql"),
     },
+    Migration {
+        name: "0005_timeline_case_check_in_code",
+        sql: include_str!("../migrations/0005_timeline_case_check_in_code.sql"),
+    },
 ];
 
 pub use domain::policy::{CasePolicy, DissatisfactionAction};

@@ -265,6 +265,48 @@ async fn the_timeline_keeps_planner_statistics_only_for_what_queries_filter_on()
     h.stop().await;
 }
 
+/// No foreign key checks it (migration 0005): every timeline entry's case must be there, and
+/// there must be entries to check, of openings and of later changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_timeline_entry_has_its_case_without_a_foreign_key_checking_each() {
+    let h = start().await;
+    let case = h.case_for("orphans-1", "质量问题").await;
+    h.case_for("orphans-2", "服务态度").await;
+    let mut agent = h.cases("agent-a", Role::Agent, Some("quality"));
+    agent
+        .transition_case(transition(&case, CaseStatus::Investigating))
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&h._db.url).await.unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
+            n
+        }
+    };
+    assert!(count("SELECT count(*) FROM cases.timeline").await >= 3);
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM cases.timeline t
+             WHERE NOT EXISTS (SELECT 1 FROM cases.cases c WHERE c.id = t.case_id)"
+        )
+        .await,
+        0,
+        "timeline entries without their case"
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM pg_constraint
+             WHERE conrelid = 'cases.timeline'::regclass AND contype = 'f'"
+        )
+        .await,
+        0,
+        "a foreign key still checks every timeline entry"
+    );
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_illegal_transition_names_the_allowed_ones() {
     let h = start().await;

@@ -79,22 +79,24 @@ pub async fn upsert_cases(conn: &mut PgConnection, cases: &[CaseRow]) -> Result<
     if rows.is_empty() {
         return Ok(());
     }
-    let mut query = sqlx::QueryBuilder::new(
-        "INSERT INTO survey.cases (case_id, department_id, owner_id, category, channel, customer_id) ",
-    );
-    query.push_values(rows, |mut row, case| {
-        row.push_bind(case.case_id)
-            .push_bind(&case.department_id)
-            .push_bind(&case.owner_id)
-            .push_bind(&case.category)
-            .push_bind(case.channel)
-            .push_bind(&case.customer_id);
-    });
-    query.push(
-        " ON CONFLICT (case_id) DO UPDATE SET department_id = EXCLUDED.department_id,
+    let arguments = complaints_kit::db::ColumnArrays::new()
+        .column(&rows, |c| c.case_id)
+        .column(&rows, |c| c.department_id.clone())
+        .column(&rows, |c| c.owner_id.clone())
+        .column(&rows, |c| c.category.clone())
+        .column(&rows, |c| c.channel)
+        .column(&rows, |c| c.customer_id.clone())
+        .finish()?;
+    // Prepared and kept: the plan reads no table (the conflicts are found in the primary key).
+    sqlx::query_with(
+        "INSERT INTO survey.cases (case_id, department_id, owner_id, category, channel, customer_id)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[])
+         ON CONFLICT (case_id) DO UPDATE SET department_id = EXCLUDED.department_id,
              owner_id = EXCLUDED.owner_id, updated_at = now()",
-    );
-    query.build().execute(conn).await?;
+        arguments,
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

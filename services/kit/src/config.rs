@@ -146,7 +146,7 @@ pub struct CommonConfig {
     /// `EVENT_RETENTION`, default 30d: produced events older than this are deleted; a consumer
     /// whose cursor fell behind gets OUT_OF_RANGE, never a silent gap.
     pub event_retention: Duration,
-    /// `EVENT_SETTLE_BUSY` (default 50ms, at most 200ms) and `EVENT_APPLY_CHUNK` (default 64,
+    /// `EVENT_SETTLE_BUSY` (default 50ms, at most 200ms) and `EVENT_APPLY_CHUNK` (default 128,
     /// 1 to 2000): how long a busy event stream lets commits gather before it reads on, and the
     /// most events a consumer applies per transaction.
     pub event_tuning: crate::events::EventTuning,

@@ -27,6 +27,67 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection, Executor, PgPool};
 
+/// The arguments of a statement that writes many rows from one array per column
+/// (`… FROM unnest($1::uuid[], $2::text[], …)`), added column by column.
+///
+/// One statement text serves every row count, so it is parsed once per connection and its
+/// plan kept. A `VALUES` list is a new statement for each row count: parsed, described and
+/// planned again for each (sqlx keeps 100 statements a connection, and a consumer's batches
+/// come in every size up to its chunk), with a parameter, and an expression to initialise,
+/// per value. A column whose values are themselves arrays goes as text in PostgreSQL's array
+/// syntax ([`array_literal`]) and is cast back in the statement: `unnest` would flatten an
+/// array of arrays.
+#[derive(Default)]
+pub struct ColumnArrays {
+    arguments: sqlx::postgres::PgArguments,
+    error: Option<sqlx::error::BoxDynError>,
+}
+
+impl ColumnArrays {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the next column: `value` of each row, in row order.
+    pub fn column<R, T>(mut self, rows: &[R], value: impl Fn(&R) -> T) -> Self
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'static,
+        Vec<T>: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        use sqlx::Arguments as _;
+        if self.error.is_none() {
+            let values: Vec<T> = rows.iter().map(value).collect();
+            if let Err(error) = self.arguments.add(values) {
+                self.error = Some(error);
+            }
+        }
+        self
+    }
+
+    /// The arguments, for `sqlx::query_with` and its kin.
+    pub fn finish(self) -> Result<sqlx::postgres::PgArguments, sqlx::Error> {
+        match self.error {
+            None => Ok(self.arguments),
+            Some(error) => Err(sqlx::Error::Encode(error)),
+        }
+    }
+}
+
+/// `values` in PostgreSQL's array syntax (`{1,2,3}`), for a column of arrays bound as text
+/// (see [`ColumnArrays`]).
+pub fn array_literal(values: &[i64]) -> String {
+    let mut text = String::with_capacity(2 + values.len() * 8);
+    text.push('{');
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&value.to_string());
+    }
+    text.push('}');
+    text
+}
+
 /// One embedded migration. `{schema}` in the SQL is replaced by the service's schema name.
 #[derive(Clone, Copy, Debug)]
 pub struct Migration {
@@ -396,6 +457,16 @@ mod tests {
             .unwrap_err();
         assert!(matches!(refused, DbError::Listing { .. }), "{refused}");
         assert!(refused.to_string().contains("schema x"), "{refused}");
+    }
+
+    #[test]
+    fn array_literals_are_postgres_array_syntax() {
+        assert_eq!(super::array_literal(&[]), "{}");
+        assert_eq!(super::array_literal(&[5]), "{5}");
+        assert_eq!(
+            super::array_literal(&[-1, 0, 86_400_000]),
+            "{-1,0,86400000}"
+        );
     }
 
     #[test]

@@ -170,7 +170,7 @@ impl Default for EventTuning {
     fn default() -> Self {
         Self {
             settle_busy: Duration::from_millis(50),
-            apply_chunk: 64,
+            apply_chunk: 128,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! SQL of the `sla` schema.
 
 use chrono::{DateTime, Duration, Utc};
-use sqlx::{PgConnection, PgPool, QueryBuilder};
+use complaints_kit::db::{ColumnArrays, array_literal};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::clock::{ClockTiming, Pause};
@@ -17,40 +18,58 @@ const CLOCK_COLUMNS: &str = "id, case_id, kind, cycle, state, policy_id, policy_
     escalation_level, next_fire_at, department_id, severity, origin_at, policy_version, thresholds_ms, ladder_ms, \
     warned_ms, plan_note";
 
-/// Binds every column of a clock, in [`CLOCK_COLUMNS`] order, as one row of a `VALUES` list.
-fn push_clock<'args>(
-    mut row: sqlx::query_builder::Separated<'_, 'args, sqlx::Postgres, &'static str>,
-    clock: &'args ClockRow,
-) {
-    row.push_bind(clock.id)
-        .push_bind(clock.case_id)
-        .push_bind(clock.kind)
-        .push_bind(clock.cycle)
-        .push_bind(clock.state)
-        .push_bind(&clock.policy_id)
-        .push_bind(&clock.policy_reason)
-        .push_bind(&clock.calendar_id)
-        .push_bind(clock.business)
-        .push_bind(clock.target_ms)
-        .push_bind(clock.consumed_ms)
-        .push_bind(clock.running_since)
-        .push_bind(clock.started_at)
-        .push_bind(clock.due_at)
-        .push_bind(clock.warned_percent)
-        .push_bind(clock.breached_at)
-        .push_bind(clock.met_at)
-        .push_bind(clock.met_on_time)
-        .push_bind(clock.escalation_level)
-        .push_bind(clock.next_fire_at)
-        .push_bind(&clock.department_id)
-        .push_bind(clock.severity)
-        .push_bind(clock.origin_at)
-        .push_bind(clock.policy_version)
-        .push_bind(&clock.thresholds_ms)
-        .push_bind(&clock.ladder_ms)
-        .push_bind(clock.warned_ms)
-        .push_bind(&clock.plan_note);
+/// Every column of clocks as arrays, in [`CLOCK_COLUMNS`] order, for [`CLOCK_ARRAYS`].
+fn clock_arrays(clocks: &[ClockRow]) -> Result<sqlx::postgres::PgArguments, sqlx::Error> {
+    ColumnArrays::new()
+        .column(clocks, |c| c.id)
+        .column(clocks, |c| c.case_id)
+        .column(clocks, |c| c.kind)
+        .column(clocks, |c| c.cycle)
+        .column(clocks, |c| c.state)
+        .column(clocks, |c| c.policy_id.clone())
+        .column(clocks, |c| c.policy_reason.clone())
+        .column(clocks, |c| c.calendar_id.clone())
+        .column(clocks, |c| c.business)
+        .column(clocks, |c| c.target_ms)
+        .column(clocks, |c| c.consumed_ms)
+        .column(clocks, |c| c.running_since)
+        .column(clocks, |c| c.started_at)
+        .column(clocks, |c| c.due_at)
+        .column(clocks, |c| c.warned_percent)
+        .column(clocks, |c| c.breached_at)
+        .column(clocks, |c| c.met_at)
+        .column(clocks, |c| c.met_on_time)
+        .column(clocks, |c| c.escalation_level)
+        .column(clocks, |c| c.next_fire_at)
+        .column(clocks, |c| c.department_id.clone())
+        .column(clocks, |c| c.severity)
+        .column(clocks, |c| c.origin_at)
+        .column(clocks, |c| c.policy_version)
+        .column(clocks, |c| array_literal(&c.thresholds_ms))
+        .column(clocks, |c| array_literal(&c.ladder_ms))
+        .column(clocks, |c| c.warned_ms)
+        .column(clocks, |c| c.plan_note.clone())
+        .finish()
 }
+
+/// The rows [`clock_arrays`] binds, as `m` with every column of [`CLOCK_COLUMNS`] (the two
+/// columns of arrays come as text, cast back in [`CLOCK_VALUES`]).
+const CLOCK_ARRAYS: &str = "unnest($1::uuid[], $2::uuid[], $3::int2[], $4::int4[], $5::int2[], \
+    $6::text[], $7::text[], $8::text[], $9::bool[], $10::int8[], $11::int8[], $12::timestamptz[], \
+    $13::timestamptz[], $14::timestamptz[], $15::int4[], $16::timestamptz[], $17::timestamptz[], \
+    $18::bool[], $19::int4[], $20::timestamptz[], $21::text[], $22::int2[], $23::timestamptz[], \
+    $24::int8[], $25::text[], $26::text[], $27::int8[], $28::text[]) AS m(id, case_id, kind, cycle, \
+    state, policy_id, policy_reason, calendar_id, business, target_ms, consumed_ms, running_since, \
+    started_at, due_at, warned_percent, breached_at, met_at, met_on_time, escalation_level, \
+    next_fire_at, department_id, severity, origin_at, policy_version, thresholds_ms, ladder_ms, \
+    warned_ms, plan_note)";
+
+/// The values of [`CLOCK_ARRAYS`]' rows, in [`CLOCK_COLUMNS`] order.
+const CLOCK_VALUES: &str = "m.id, m.case_id, m.kind, m.cycle, m.state, m.policy_id, m.policy_reason, \
+    m.calendar_id, m.business, m.target_ms, m.consumed_ms, m.running_since, m.started_at, m.due_at, \
+    m.warned_percent, m.breached_at, m.met_at, m.met_on_time, m.escalation_level, m.next_fire_at, \
+    m.department_id, m.severity, m.origin_at, m.policy_version, m.thresholds_ms::int8[], \
+    m.ladder_ms::int8[], m.warned_ms, m.plan_note";
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct ClockRow {
@@ -273,10 +292,17 @@ pub async fn insert_clocks(
     if clocks.is_empty() {
         return Ok(Vec::new());
     }
-    let mut query = QueryBuilder::new(format!("INSERT INTO sla.clocks ({CLOCK_COLUMNS}) "));
-    query.push_values(clocks, push_clock);
-    query.push(" ON CONFLICT (case_id, kind, cycle) DO NOTHING RETURNING id");
-    query.build_query_scalar().fetch_all(conn).await
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "INSERT INTO sla.clocks ({CLOCK_COLUMNS}) SELECT {CLOCK_VALUES} FROM {CLOCK_ARRAYS}
+             ON CONFLICT (case_id, kind, cycle) DO NOTHING RETURNING id"
+        )
+    });
+    // Prepared and kept: the plan reads no table (the conflicts are found in the unique index).
+    sqlx::query_scalar_with(sql, clock_arrays(clocks)?)
+        .fetch_all(conn)
+        .await
 }
 
 /// Records cases as opened (or their current facts), with their complaint's trace ("" keeps
@@ -298,33 +324,36 @@ pub async fn upsert_cases(
     if rows.is_empty() {
         return Ok(());
     }
-    let mut query = QueryBuilder::new(
+    let arguments = ColumnArrays::new()
+        .column(&rows, |(case, _)| case.case_id)
+        .column(&rows, |(case, _)| case.department_id.clone())
+        .column(&rows, |(case, _)| case.owner_id.clone())
+        .column(&rows, |(case, _)| case.category.clone())
+        .column(&rows, |(case, _)| case.severity)
+        .column(&rows, |(case, _)| case.priority)
+        .column(&rows, |(case, _)| case.complexity)
+        .column(&rows, |(case, _)| case.customer_tier)
+        .column(&rows, |(case, _)| case.channel)
+        .column(&rows, |(case, _)| case.received_at)
+        .column(&rows, |(_, traceparent)| (*traceparent).to_owned())
+        .finish()?;
+    // Prepared and kept: the plan reads no table (the conflicts are found in the primary key).
+    sqlx::query_with(
         "INSERT INTO sla.cases (case_id, department_id, owner_id, category, severity, priority, complexity,
-             customer_tier, channel, received_at, traceparent) ",
-    );
-    query.push_values(rows, |mut row, (case, traceparent)| {
-        row.push_bind(case.case_id)
-            .push_bind(&case.department_id)
-            .push_bind(&case.owner_id)
-            .push_bind(&case.category)
-            .push_bind(case.severity)
-            .push_bind(case.priority)
-            .push_bind(case.complexity)
-            .push_bind(case.customer_tier)
-            .push_bind(case.channel)
-            .push_bind(case.received_at)
-            .push_bind(*traceparent);
-    });
-    query.push(
-        " ON CONFLICT (case_id) DO UPDATE SET department_id = EXCLUDED.department_id,
+             customer_tier, channel, received_at, traceparent)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int2[],
+             $7::int2[], $8::int2[], $9::int2[], $10::timestamptz[], $11::text[])
+         ON CONFLICT (case_id) DO UPDATE SET department_id = EXCLUDED.department_id,
              owner_id = EXCLUDED.owner_id, category = EXCLUDED.category, severity = EXCLUDED.severity,
              priority = EXCLUDED.priority, complexity = EXCLUDED.complexity,
              customer_tier = EXCLUDED.customer_tier,
              traceparent = CASE WHEN EXCLUDED.traceparent = '' THEN sla.cases.traceparent
                                 ELSE EXCLUDED.traceparent END,
              updated_at = now()",
-    );
-    query.build().execute(conn).await?;
+        arguments,
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -338,21 +367,27 @@ pub async fn save_clocks(conn: &mut PgConnection, clocks: &[ClockRow]) -> Result
     if clocks.is_empty() {
         return Ok(());
     }
-    let mut query = QueryBuilder::new(
-        "UPDATE sla.clocks c
-         SET state = m.state, consumed_ms = m.consumed_ms, running_since = m.running_since,
-             started_at = m.started_at, due_at = m.due_at, warned_percent = m.warned_percent, breached_at = m.breached_at,
-             met_at = m.met_at, met_on_time = m.met_on_time, escalation_level = m.escalation_level,
-             next_fire_at = m.next_fire_at, department_id = m.department_id, severity = m.severity,
-             target_ms = m.target_ms, business = m.business, policy_id = m.policy_id,
-             policy_version = m.policy_version, policy_reason = m.policy_reason,
-             calendar_id = m.calendar_id, thresholds_ms = m.thresholds_ms, ladder_ms = m.ladder_ms,
-             warned_ms = m.warned_ms, plan_note = m.plan_note
-         FROM (",
-    );
-    query.push_values(clocks, push_clock);
-    query.push(format!(") AS m({CLOCK_COLUMNS}) WHERE c.id = m.id"));
-    query.build().execute(conn).await?;
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        format!(
+            "UPDATE sla.clocks c
+             SET state = m.state, consumed_ms = m.consumed_ms, running_since = m.running_since,
+                 started_at = m.started_at, due_at = m.due_at, warned_percent = m.warned_percent,
+                 breached_at = m.breached_at, met_at = m.met_at, met_on_time = m.met_on_time,
+                 escalation_level = m.escalation_level, next_fire_at = m.next_fire_at,
+                 department_id = m.department_id, severity = m.severity, target_ms = m.target_ms,
+                 business = m.business, policy_id = m.policy_id, policy_version = m.policy_version,
+                 policy_reason = m.policy_reason, calendar_id = m.calendar_id,
+                 thresholds_ms = m.thresholds_ms::int8[], ladder_ms = m.ladder_ms::int8[],
+                 warned_ms = m.warned_ms, plan_note = m.plan_note
+             FROM {CLOCK_ARRAYS} WHERE c.id = m.id"
+        )
+    });
+    sqlx::query_with(sql, clock_arrays(clocks)?)
+        // Planned for each batch (see "Plans" in `complaints_kit::db`): a join with `unnest`.
+        .persistent(false)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
