@@ -365,8 +365,7 @@ pub async fn lock_by_complaints(
     let cases: Vec<CaseRow> = sqlx::query_as(&format!(
         "SELECT {CASE_COLUMNS} FROM cases.cases WHERE complaint_id = ANY($1) ORDER BY id FOR UPDATE"
     ))
-    // Planned for each batch (see "Plans" in `complaints_kit::db`).
-    .persistent(false)
+    // Prepared: a consumer's transaction plans it once, generically (kit `CONSUMER_PLANS`).
     .bind(complaint_ids)
     .fetch_all(conn)
     .await?;
@@ -395,8 +394,7 @@ pub async fn save_classifications(
               AS m(id, category, severity, priority, complexity, changes)
          WHERE c.id = m.id",
     )
-    // Planned for each batch (see "Plans" in `complaints_kit::db`).
-    .persistent(false)
+    // Prepared: a consumer's transaction plans it once, generically (kit `CONSUMER_PLANS`).
     .bind(&ids)
     .bind(&categories)
     .bind(level(|c| c.severity))

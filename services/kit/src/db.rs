@@ -8,12 +8,15 @@
 //! keeps a generic plan for it until the table is analyzed again. A statement first run while
 //! its table was nearly empty can keep a plan that scans the whole table long after the table
 //! has grown (measured: a lookup by an array of keys and a join against `unnest(…)` both kept
-//! sequential scans, costing milliseconds a call after ten thousand complaints). Statements
-//! that run once per batch of events, or whose best plan depends on how many keys they are
-//! given, are therefore sent unprepared (`persistent(false)`): planned each time, for a few
-//! tens of microseconds per batch. Per-request statements are written so that every plan is
-//! an index scan (lookups by primary key, one branch per partial index). The one exception is
-//! intake's submit transaction, which forces generic plans (`plan_cache_mode`): its lookup by
+//! sequential scans, costing milliseconds a call after ten thousand complaints). A consumer's
+//! transaction therefore plans without sequential scans and with generic plans only
+//! (`events::CONSUMER_PLANS`, set at its `BEGIN`): its statements, keyed by arrays, are
+//! prepared, planned once per connection and read by key at any table size (planning them for
+//! each batch had cost more than running most of them). Batch statements that other
+//! transactions run too (the SLA timer's sweeps and API calls) are sent unprepared
+//! (`persistent(false)`): planned each time, for a few tens of microseconds. Per-request
+//! statements are written so that every plan is an index scan (lookups by primary key, one
+//! branch per partial index). Intake's submit transaction also forces generic plans: its lookup by
 //! arrays of identifiers is a nested loop of index scans in every plan, and re-planning it per
 //! batch cost more than running it. That lookup is a PL/pgSQL function (called in the round
 //! trip that begins the transaction, see [`RawTransaction`]) whose plan is kept for the
@@ -131,8 +134,12 @@ pub async fn connect(
     // statement whose text carries customers' identifiers (see intake's
     // `store::begin_for_customer`). Slow statements show in `pg_stat_statements` (constants
     // stripped) and in the services' own histograms.
+    // No JIT compilation: the services' statements read and write a few rows by key, and a
+    // plan whose cost passes JIT's thresholds (any plan with a sequential scan where one is
+    // disabled, see "Plans") was compiled for 30–100 ms to read a handful of rows.
     let options = PgConnectOptions::from_str(url)
         .map_err(DbError::Url)?
+        .options([("jit", "off")])
         .application_name(application)
         .log_statements(log::LevelFilter::Off)
         .log_slow_statements(log::LevelFilter::Off, Duration::from_secs(1));

@@ -148,6 +148,13 @@ pub const CURSOR_MIGRATION: Migration = Migration {
 
 pub const DEFAULT_BATCH: u32 = 500;
 
+/// How a consumer's transaction plans, set at its `BEGIN`: generic plans (made at a
+/// statement's first run on a connection, then kept), and no sequential scan where an index
+/// serves, so that a plan made while a table was nearly empty still reads by key once it is
+/// large.
+pub const CONSUMER_PLANS: &str =
+    "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off;";
+
 /// How event streams trade latency for fewer, larger transactions (`EVENT_SETTLE_BUSY`,
 /// `EVENT_APPLY_CHUNK`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1280,8 +1287,12 @@ impl<H: EventHandler> Consumer<H> {
         // events first has moved it (nothing is applied here); one still applying them holds
         // the row, and this batch waits for it to commit (then finds it moved) or abort.
         // Holding the cursor row first also orders this batch before a rebuild's rewind.
+        // The batch's statements run their generic plans, made without sequential scans (see
+        // "Plans" in `crate::db`): a handler's statements read and write rows by key, and a
+        // plan made once per connection serves every batch, where planning each batch's
+        // statements anew cost more than running most of them.
         let sql = format!(
-            "BEGIN; UPDATE {}.event_cursors SET txid = {}, seq = {}, updated_at = now()
+            "BEGIN; {CONSUMER_PLANS} UPDATE {}.event_cursors SET txid = {}, seq = {}, updated_at = now()
              WHERE source = '{}' AND txid = {} AND seq = {} RETURNING 1",
             self.schema,
             last.0,

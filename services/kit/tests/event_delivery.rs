@@ -39,6 +39,9 @@ const CONSUMER_TABLES: Migration = Migration {
               version integer NOT NULL,
               consumer_txid bigint NOT NULL,
               times integer NOT NULL DEFAULT 1,
+              -- How the applying transaction planned its statements.
+              plans text NOT NULL
+                  DEFAULT current_setting('plan_cache_mode') || ', seqscan ' || current_setting('enable_seqscan'),
               PRIMARY KEY (source, event_id)
           );",
 };
@@ -487,6 +490,28 @@ async fn an_event_written_after_waiting_for_its_aggregate_comes_after_the_one_it
     };
     assert_eq!(of("waited-false"), ["1", "2"], "later statement: {order:?}");
     assert_eq!(of("waited-true"), ["1", "2"], "same statement: {order:?}");
+    producer.trigger.trigger();
+}
+
+/// A consumer's batches run their statements' generic plans, made without sequential scans
+/// (see `CONSUMER_PLANS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumers_batches_plan_generically_without_sequential_scans() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    let consumer = start_consumer(&db.url, "plans", &producer.url, recorder("plans")).await;
+    for i in 0..3 {
+        write_event(&producer, &format!("plans-{i}")).await;
+    }
+    wait_applied(&producer.pool, "plans", 3).await;
+    let plans: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT plans FROM consumer_test.applied WHERE source = 'plans'",
+    )
+    .fetch_all(&producer.pool)
+    .await
+    .unwrap();
+    assert_eq!(plans, ["force_generic_plan, seqscan off"]);
+    consumer.stop().await;
     producer.trigger.trigger();
 }
 

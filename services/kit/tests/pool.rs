@@ -39,6 +39,31 @@ async fn a_connection_idle_past_the_check_is_tested_and_replaced_when_dead() {
     assert_ne!(first, second, "a fresh connection replaced the dead one");
 }
 
+/// A plan with a disabled sequential scan (a consumer's batch, intake's submit transaction)
+/// costs past JIT's thresholds: compiled, it took 30–100 ms to read six rows.
+#[tokio::test]
+async fn pooled_connections_never_compile_plans_with_jit() {
+    let database = fresh_database().await;
+    let pool = db::connect(&database.url, "pool-test", 1).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    for statement in [
+        "CREATE TEMPORARY TABLE six ON COMMIT DROP AS SELECT generate_series(1, 6) AS n",
+        "SET LOCAL enable_seqscan = off",
+    ] {
+        sqlx::query(statement).execute(&mut *tx).await.unwrap();
+    }
+    let plan: Vec<String> =
+        sqlx::query_scalar("EXPLAIN (ANALYZE, FORMAT TEXT) SELECT count(*) FROM six")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    assert!(
+        !plan.iter().any(|line| line.contains("JIT")),
+        "{}",
+        plan.join("\n")
+    );
+}
+
 #[tokio::test]
 async fn a_held_connection_is_kept_between_uses_and_given_back_on_release() {
     let database = fresh_database().await;

@@ -99,8 +99,7 @@ pub async fn lock_facts_all(
         "SELECT case_id, {FACT_COLUMNS} FROM scoring.case_facts WHERE case_id = ANY($1)
          ORDER BY case_id FOR UPDATE"
     ))
-    // Planned for each batch (see "Plans" in `complaints_kit::db`).
-    .persistent(false)
+    // Prepared: a consumer's transaction plans it once, generically (kit `CONSUMER_PLANS`).
     .bind(&seen_before)
     .fetch_all(conn)
     .await?;
@@ -174,8 +173,7 @@ pub async fn save_facts_all(
         )
     });
     bind_facts(sqlx::query(sql), facts)
-        // Planned for each batch (see "Plans" in `complaints_kit::db`): a join with `unnest`.
-        .persistent(false)
+        // Prepared: a consumer's transaction plans it once, generically (kit `CONSUMER_PLANS`).
         .execute(conn)
         .await?;
     Ok(())

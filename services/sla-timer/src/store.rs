@@ -240,8 +240,7 @@ pub async fn change_cases<'c>(
          RETURNING c.case_id, c.department_id, c.owner_id, c.category, c.severity, c.priority,
              c.complexity, c.customer_tier, c.channel, c.received_at",
     )
-    // Planned for each batch (see "Plans" in `complaints_kit::db`).
-    .persistent(false)
+    // Prepared: a consumer's transaction plans it once, generically (kit `CONSUMER_PLANS`).
     .bind(&ids)
     .bind(field(|c| c.department_id))
     .bind(field(|c| c.owner_id))
@@ -275,8 +274,7 @@ pub async fn cases_locked(
              channel, received_at
          FROM sla.cases WHERE case_id = ANY($1) ORDER BY case_id FOR UPDATE",
     )
-    // Planned for each batch (see "Plans" in `complaints_kit::db`).
-    .persistent(false)
+    // Prepared: a consumer's transaction plans it once, generically (kit `CONSUMER_PLANS`).
     .bind(case_ids)
     .fetch_all(conn)
     .await?;
@@ -429,8 +427,7 @@ pub async fn lock_clocks_of(
         "SELECT {CLOCK_COLUMNS} FROM sla.clocks WHERE case_id = ANY($1)
          ORDER BY case_id, kind, cycle FOR UPDATE"
     ))
-    // Planned for each batch (see "Plans" in `complaints_kit::db`).
-    .persistent(false)
+    // Prepared: a consumer's transaction plans it once, generically (kit `CONSUMER_PLANS`).
     .bind(case_ids)
     .fetch_all(conn)
     .await?;
@@ -463,8 +460,7 @@ pub async fn save_met_clocks(
               AS m(id, consumed_ms, running_since, met_at, met_on_time)
          WHERE c.id = m.id",
     )
-    // Planned for each batch (see "Plans" in `complaints_kit::db`).
-    .persistent(false)
+    // Prepared: a consumer's transaction plans it once, generically (kit `CONSUMER_PLANS`).
     .bind(&ids)
     .bind(&consumed)
     .bind(&running)
