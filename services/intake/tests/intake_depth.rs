@@ -741,9 +741,10 @@ async fn a_burst_shares_transactions_and_gets_the_answers_of_one_at_a_time() {
     // Sixteen matters, the clash and the first held contact were announced; nine repeats.
     assert_eq!(h.events("ComplaintAccepted").await, 18);
     assert_eq!(h.events("ComplaintRepeatContact").await, 9);
-    // The burst was written together: many acceptances in one transaction.
+    // The burst was written together: many acceptances in one transaction (the one that
+    // inserted the rows, `xmin`; positions may differ within a transaction).
     let (largest,): (i64,) = sqlx::query_as(
-        "SELECT max(n) FROM (SELECT count(*) AS n FROM intake.event_outbox GROUP BY txid) t",
+        "SELECT max(n) FROM (SELECT count(*) AS n FROM intake.event_outbox GROUP BY xmin::text) t",
     )
     .fetch_one(&h.pool)
     .await
@@ -1282,8 +1283,8 @@ async fn two_repeat_contacts_in_one_batch_count_twice_and_raise_priority_twice()
         (2, 2, root.version as i64 + 2)
     );
     let transactions: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT txid::text, count(*) FROM intake.event_outbox
-         WHERE aggregate_id = $1 AND event_type = 'ComplaintRepeatContact' GROUP BY txid",
+        "SELECT xmin::text, count(*) FROM intake.event_outbox
+         WHERE aggregate_id = $1 AND event_type = 'ComplaintRepeatContact' GROUP BY xmin::text",
     )
     .bind(&root.id)
     .fetch_all(&h.pool)

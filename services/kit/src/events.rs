@@ -83,22 +83,25 @@ pub const OUTBOX_STATISTICS_MIGRATION: Migration = Migration {
 };
 
 /// An event's position is no longer its transaction's id alone but the greater of that id
-/// and the next id not yet handed out when the row is written (`pg_snapshot_xmax` of a fresh
-/// snapshot, which a `VOLATILE` PL/pgSQL function takes for each row even in the middle of a
-/// statement). A transaction that took its id, then waited for a lock on an aggregate and
-/// wrote the aggregate's next event, used to be ordered before the event of the transaction
-/// it waited for (its id was the smaller). Now every event written after another transaction
-/// committed is positioned at or past that transaction's events; a tie goes to the sequence,
-/// which follows insertion. A position is never below its writer's id, so release below the
-/// oldest running transaction stays gap-free. List it right after
-/// [`OUTBOX_STATISTICS_MIGRATION`].
+/// and the newest id of a transaction that had ended when the row is written (one below
+/// `pg_snapshot_xmax` of a fresh snapshot, which a `VOLATILE` PL/pgSQL function takes for each
+/// row even in the middle of a statement). A transaction that took its id, then waited for a
+/// lock on an aggregate and wrote the aggregate's next event, used to be ordered before the
+/// event of the transaction it waited for (its id was the smaller). Now every event written
+/// after another transaction committed is positioned at or past that transaction's events; a
+/// tie goes to the sequence, which follows insertion. A position is never below its writer's
+/// id, so release below the oldest running transaction stays gap-free; and it is an id that
+/// has ended or the writer's own, so an event is released once its writer and the
+/// transactions older than its position have ended (with `xmax` itself, an event waited for
+/// the next transaction of the cluster to end, seconds on a quiet system). List it right
+/// after [`OUTBOX_STATISTICS_MIGRATION`].
 pub const OUTBOX_POSITION_MIGRATION: Migration = Migration {
     name: "kit_0005_event_outbox_position",
     sql: "CREATE FUNCTION {schema}.event_position() RETURNS bigint
               LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE AS $$
           BEGIN
               RETURN greatest(pg_current_xact_id()::text::bigint,
-                              pg_snapshot_xmax(pg_current_snapshot())::text::bigint);
+                              pg_snapshot_xmax(pg_current_snapshot())::text::bigint - 1);
           END $$;
           ALTER TABLE {schema}.event_outbox ALTER COLUMN txid SET DEFAULT {schema}.event_position();",
 };

@@ -493,6 +493,40 @@ async fn an_event_written_after_waiting_for_its_aggregate_comes_after_the_one_it
     producer.trigger.trigger();
 }
 
+/// An event's position is an id that was handed out when it was written (its writer's, or
+/// that of the newest transaction that had ended): one past that, it would stay unreleased
+/// until some later transaction of the cluster ended, seconds on a quiet system.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_positioned_at_an_id_already_handed_out() {
+    let db = testing::fresh_database().await;
+    let producer = start_producer(&db.url).await;
+    // The writer takes its id; a later transaction takes one and ends; then the event.
+    let mut writer = producer.pool.begin().await.unwrap();
+    let (own,): (String,) = sqlx::query_as("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut *writer)
+        .await
+        .unwrap();
+    write_event(&producer, "ended-first").await;
+    append(&producer.log, &mut writer, "written-later", 1).await;
+    let (position, next): (i64, i64) = sqlx::query_as(
+        "SELECT txid, pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+         FROM producer_test.event_outbox WHERE aggregate_id = 'written-later'",
+    )
+    .fetch_one(&mut *writer)
+    .await
+    .unwrap();
+    assert!(
+        position > own.parse::<i64>().unwrap(),
+        "past the transaction that ended"
+    );
+    assert!(
+        position < next,
+        "{position} was not handed out ({next} is next)"
+    );
+    writer.commit().await.unwrap();
+    producer.trigger.trigger();
+}
+
 /// A consumer's batches run their statements' generic plans, made without sequential scans
 /// (see `CONSUMER_PLANS`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
