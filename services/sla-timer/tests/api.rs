@@ -14,7 +14,7 @@ use complaints_kit::time::{from_pb_duration, from_timestamp, to_pb_duration, to_
 use complaints_proto::common::v1::{CaseStatus, ClockKind, Complexity, Priority, Severity};
 use complaints_proto::events::v1::{
     CaseAcknowledged, CaseAssigned, CaseCustomerContacted, CaseOpened, CaseReclassified,
-    CaseStatusChanged, Event, SurveyAnswered, event::Payload,
+    CaseStatusChanged, ClockBreached, ClockWarning, Event, SurveyAnswered, event::Payload,
 };
 use complaints_proto::sla::v1 as pb;
 use complaints_proto::sla::v1::sla_service_client::SlaServiceClient;
@@ -527,6 +527,68 @@ async fn a_warning_one_hour_before_the_deadline_fires_one_business_hour_before_i
     // A second pass at the same instant fires nothing more.
     let (_, lags) = engine.fire_due(&h.pool, sh(26, 10, 30), 100).await.unwrap();
     assert!(lags.is_empty());
+}
+
+/// A live alert feed misses no alert committed after it started, also one whose writer began
+/// before a later event committed (and so is positioned below it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_alert_feed_gets_an_alert_committed_after_it_started_below_a_newer_event() {
+    let h = Harness::start().await;
+    let mut client = h.client();
+    let case = h.open_case(sh(25, 11, 0), "billing").await;
+    let log = EventLog::new(sla_timer::SCHEMA, sla_timer::SERVICE_NAME);
+    // The writer of a warning takes its id and writes it, and stays open ...
+    let mut slow = h.pool.begin().await.unwrap();
+    log.append(
+        &mut slow,
+        &case,
+        "",
+        Payload::ClockWarning(ClockWarning {
+            clock_id: "slow".into(),
+            case_id: case.clone(),
+            kind: ClockKind::Resolution as i32,
+            percent_used: 80,
+            due_at: None,
+        }),
+    )
+    .await
+    .unwrap();
+    // ... while a later alert commits.
+    let mut fast = h.pool.begin().await.unwrap();
+    log.append(
+        &mut fast,
+        &case,
+        "",
+        Payload::ClockBreached(ClockBreached {
+            clock_id: "fast".into(),
+            case_id: case.clone(),
+            kind: ClockKind::FirstResponse as i32,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    fast.commit().await.unwrap();
+    let mut alerts = client
+        .watch_clock_alerts(testing::authed(
+            pb::WatchClockAlertsRequest::default(),
+            &token(Role::Supervisor, Some("after-sales")),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    slow.commit().await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|id: &String| id == "slow") {
+        let batch = tokio::time::timeout(StdDuration::from_secs(20), alerts.message())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the warning committed after the feed started; seen {seen:?}")
+            })
+            .unwrap()
+            .unwrap();
+        seen.extend(batch.alerts.into_iter().map(|a| a.clock_id));
+    }
 }
 
 #[tokio::test]
