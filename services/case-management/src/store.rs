@@ -756,15 +756,6 @@ pub async fn timeline_by_request(
     .await
 }
 
-/// The oldest transaction still running: every outbox row of an older one is released.
-pub async fn snapshot_xmin(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    let (xmin,): (i64,) =
-        sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            .fetch_one(pool)
-            .await?;
-    Ok(xmin)
-}
-
 // ---- sub-tasks -------------------------------------------------------------------------
 
 const SUB_TASK_COLUMNS: &str = "id, case_id, department_id, owner_id, title, detail, due_at, status, result, \

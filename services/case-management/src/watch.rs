@@ -63,12 +63,9 @@ impl Watcher {
         principal: Principal,
         filter: WatchFilter,
     ) -> Result<ReceiverStream<Result<WatchCasesResponse, Status>>, Status> {
-        // Every outbox row of a transaction older than the oldest running one is already
-        // visible; start just below it so no change committed from now on is missed.
-        let xmin = crate::store::snapshot_xmin(&self.pool)
+        let mut position = complaints_kit::events::live_feed_start(&self.pool)
             .await
             .map_err(|e| grpc::storage(&e))?;
-        let mut position = (xmin - 1, i64::MAX);
         let (tx, rx) = mpsc::channel(16);
         let pool = self.pool.clone();
         let events = self.events.clone();

@@ -138,6 +138,19 @@ pub fn check_outbox_migrations(migrations: &[Migration]) -> Result<(), String> {
     }
 }
 
+/// Where a live feed of an outbox from "now" starts (a position to read after): just below the
+/// oldest transaction still running. Every event positioned below it is already visible; one
+/// at or above it may still commit. The newest visible event is no start: an event whose
+/// writer began earlier and commits later is positioned below it and would be skipped. A few
+/// events committed just before the feed started may come first.
+pub async fn live_feed_start(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    let (xmin,): (i64,) =
+        sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(pool)
+            .await?;
+    Ok((xmin - 1, i64::MAX))
+}
+
 /// Cursor table of a consuming service: one row per stream it follows.
 pub const CURSOR_MIGRATION: Migration = Migration {
     name: "kit_0002_event_cursors",

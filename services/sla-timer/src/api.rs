@@ -1112,7 +1112,9 @@ impl SlaService for SlaApi {
             .map_err(|_| grpc::invalid_field("resume_token", "not a token this service issued"))?
         {
             Some(p) => p,
-            None => store::live_feed_start(&self.pool).await.map_err(db)?,
+            None => complaints_kit::events::live_feed_start(&self.pool)
+                .await
+                .map_err(db)?,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let pool = self.pool.clone();

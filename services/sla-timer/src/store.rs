@@ -857,19 +857,6 @@ pub async fn alerts_after(
     .await
 }
 
-/// Where a live feed from "now" starts: just below the oldest transaction still running.
-/// Every event positioned below it is already visible; one at or above it may still commit
-/// (the newest visible event's position was no start: an event written by a transaction that
-/// commits later can sit below it, and was skipped). A few events committed just before the
-/// feed started may come first.
-pub async fn live_feed_start(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
-    let (xmin,): (i64,) =
-        sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            .fetch_one(pool)
-            .await?;
-    Ok((xmin - 1, i64::MAX))
-}
-
 // --- Calendars -----------------------------------------------------------------------------
 
 #[derive(Clone, Debug, sqlx::FromRow)]

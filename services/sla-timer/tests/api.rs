@@ -73,6 +73,18 @@ impl Harness {
         SlaServiceClient::new(testing::channel(&self.servers[0].url))
     }
 
+    /// The live alert feed of after-sales' supervisor, from now.
+    async fn live_alerts(&self) -> tonic::Streaming<pb::WatchClockAlertsResponse> {
+        self.client()
+            .watch_clock_alerts(testing::authed(
+                pb::WatchClockAlertsRequest::default(),
+                &token(Role::Supervisor, Some("after-sales")),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Applies a case event the way the consumer does: in a transaction with its effects.
     async fn apply(&self, case_id: &str, payload: Payload) {
         let event = Event {
@@ -496,14 +508,7 @@ async fn a_warning_one_hour_before_the_deadline_fires_one_business_hour_before_i
     assert_eq!(explained.warnings.len(), 1);
     assert_eq!(at(&explained.warnings[0].at), sh(26, 10, 0));
 
-    let mut alerts = client
-        .watch_clock_alerts(testing::authed(
-            pb::WatchClockAlertsRequest::default(),
-            &token(Role::Supervisor, Some("after-sales")),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut alerts = h.live_alerts().await;
     let engine = engine();
     // Not at midnight, not at 09:59 ...
     for early in [sh(26, 0, 0), sh(26, 9, 59)] {
@@ -534,7 +539,6 @@ async fn a_warning_one_hour_before_the_deadline_fires_one_business_hour_before_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_alert_feed_gets_an_alert_committed_after_it_started_below_a_newer_event() {
     let h = Harness::start().await;
-    let mut client = h.client();
     let case = h.open_case(sh(25, 11, 0), "billing").await;
     let log = EventLog::new(sla_timer::SCHEMA, sla_timer::SERVICE_NAME);
     // The writer of a warning takes its id and writes it, and stays open ...
@@ -569,14 +573,7 @@ async fn a_live_alert_feed_gets_an_alert_committed_after_it_started_below_a_newe
     .await
     .unwrap();
     fast.commit().await.unwrap();
-    let mut alerts = client
-        .watch_clock_alerts(testing::authed(
-            pb::WatchClockAlertsRequest::default(),
-            &token(Role::Supervisor, Some("after-sales")),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut alerts = h.live_alerts().await;
     slow.commit().await.unwrap();
     let mut seen = Vec::new();
     while !seen.iter().any(|id: &String| id == "slow") {
